@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from negkit.results import COLUMNS, Record, ResultsLog, read_results
+
+
+def _rec(**kw):
+    base = dict(setting="standard", model="small_resnet", dataset="digits", scenario="random_10",
+                method="negmerge", pool_config="", coef=0.35, split="test", metric="TA", value=91.5)
+    return Record(**{**base, **kw})
+
+
+def test_append_and_read_back(tmp_path):
+    log = ResultsLog(tmp_path / "sub" / "results.jsonl")
+    assert log.read().empty and list(log.read().columns) == list(COLUMNS)
+    log.append(_rec())
+    log.append([_rec(metric="UA", value=10.0), _rec(method="retrain", coef=math.nan)])
+    df = log.read()
+    assert len(df) == 3
+    assert df.loc[0, "value"] == 91.5
+    assert math.isnan(df.loc[2, "coef"])
+    assert log.has(method="retrain") and not log.has(method="ties")
+    with pytest.raises(ValueError, match="unknown column"):
+        log.has(methd="retrain")
+
+
+def test_torn_last_line_is_skipped_with_warning(tmp_path):
+    log = ResultsLog(tmp_path / "r.jsonl")
+    log.append(_rec())
+    with open(log.path, "a") as fh:
+        fh.write('{"setting": "standard", "mod')  # an append cut short
+    with pytest.warns(UserWarning, match="truncated"):
+        df = log.read()
+    assert len(df) == 1
+
+
+def test_corrupt_middle_line_is_an_error(tmp_path):
+    p = tmp_path / "r.jsonl"
+    p.write_text("not json\n{}\n")
+    with pytest.raises(ValueError, match="r.jsonl:1"):
+        read_results(p)
+
+
+def test_folder_of_logs_concatenates(tmp_path):
+    ResultsLog(tmp_path / "a.jsonl").append(_rec())
+    ResultsLog(tmp_path / "b" / "c.jsonl").append(_rec(dataset="cars", setting="clip"))
+    assert sorted(read_results(tmp_path)["dataset"]) == ["cars", "digits"]
+
+
+@pytest.mark.parametrize("field,value", [("metric", "accuracy"), ("method", "negmrge")])
+def test_unknown_names_rejected(field, value):
+    with pytest.raises(ValueError, match=f"unknown {field}"):
+        _rec(**{field: value})
