@@ -1,0 +1,442 @@
+"""Sign-consensus analysis of a pool of task vectors (NegMerge, Kim et al., ICML 2025, §3).
+
+NegMerge keeps an element of the merged task vector only where every fine-tune of
+the pool moves it in the same direction: element ``j`` survives iff
+``sign(τ_1[j]) = … = sign(τ_K[j]) ≠ 0``. This module measures how often that
+happens — per tensor, per layer group, as a function of the pool size K, and
+between pairs of fine-tunes — and returns tidy pandas DataFrames that
+:mod:`negkit.plotting` draws.
+
+Every function accepts the pool either in memory (a sequence of
+``Mapping[str, Tensor]``, e.g. :class:`negkit.taskvec.TaskVector` or plain state
+dicts) or as a list of safetensors paths, which are memory-mapped and read tensor
+by tensor (and, for large tensors, in row chunks), so memory stays bounded by
+about ``K × chunk_size`` elements. Both give identical DataFrames: rows follow the
+*natural* key order (digits compared as numbers, ``resblocks.2`` before
+``resblocks.10``) because safetensors files do not keep insertion order.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import os
+import re
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import safe_open
+from tqdm.auto import tqdm
+
+__all__ = [
+    "layer_group", "sign_consensus", "by_layer", "consensus_vs_k", "consensus_by_layer_vs_k",
+    "pairwise_agreement", "ALL",
+]
+
+#: Group label of the rows of :func:`consensus_vs_k` that cover the whole vector.
+ALL = "all"
+
+#: Default grouping patterns, tried in order; the first match (group 1 of the
+#: regex, or the whole match) is the layer group of a key.
+DEFAULT_PATTERNS: tuple[str, ...] = (
+    r"(?:^|\.)((?:res)?blocks\.\d+)(?:\.|$)",  # CLIP / timm ViT blocks: resblocks.3, blocks.3
+    r"(?:^|\.)(layer\d+\.\d+)(?:\.|$)",        # torchvision/timm/CLIP ResNet: layer2.1
+)
+_PREFIXES = ("module.", "model.", "visual.")
+TensorSource = Union[Mapping[str, torch.Tensor], str, os.PathLike]
+Grouping = Union[None, Callable[[str], str], Mapping[str, str]]
+
+_CHUNK = 1 << 20  # elements per task vector held at once (K × 4 MiB in float32)
+
+
+def layer_group(key: str, patterns: Sequence[str] = DEFAULT_PATTERNS) -> str:
+    """Map a parameter name to its layer group.
+
+    ``visual.transformer.resblocks.3.attn.in_proj_weight`` → ``resblocks.3``;
+    ``layer2.1.conv1.weight`` → ``layer2.1``; anything else → its first component
+    after stripping ``module.``/``model.``/``visual.`` (``visual.conv1.weight`` →
+    ``conv1``, ``fc.bias`` → ``fc``). CLIP's text tower (keys starting with
+    ``transformer.`` and no ``visual.``) is prefixed with ``text.`` so its blocks
+    do not merge with the image tower's.
+
+    Args:
+        key: State-dict key.
+        patterns: Regexes tried in order; the first that matches gives the group
+            (its capture group 1, else the whole match). Pass your own for custom
+            grouping, or pass a callable as ``groups=`` to the analysis functions.
+
+    Returns:
+        The group name.
+    """
+    for pat in patterns:
+        m = re.search(pat, key)
+        if m:
+            group = m.group(1) if m.groups() else m.group(0)
+            return f"text.{group}" if key.startswith("transformer.") else group
+    stripped = key
+    while stripped.startswith(_PREFIXES) and "." in stripped:
+        stripped = stripped.split(".", 1)[1]
+    return stripped.split(".", 1)[0]
+
+
+def _natural(key: str) -> list:
+    # re.split with a capture group alternates str, digits, str, ... so positions compare alike.
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
+
+
+def _group_fn(groups: Grouping) -> Callable[[str], str]:
+    if groups is None:
+        return layer_group
+    if callable(groups):
+        return groups
+    if isinstance(groups, Mapping):
+        return lambda k: groups.get(k, layer_group(k))
+    raise TypeError(f"groups must be None, a callable key -> group or a mapping, got {type(groups).__name__}")
+
+
+class _FileVector(Mapping):
+    """Read-only mapping over an open safetensors handle; tensors load on access."""
+
+    def __init__(self, handle: Any, keys: Sequence[str]) -> None:
+        self._h, self._keys = handle, list(keys)
+        self._set = set(self._keys)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._set:
+            raise KeyError(key)
+        return self._h.get_tensor(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+class _Pool(contextlib.ExitStack):
+    """K task vectors (in memory or safetensors files) behind one chunked reader."""
+
+    def __init__(self, tvs: Sequence[TensorSource], names: Sequence[str] | None, strict: bool) -> None:
+        super().__init__()
+        if isinstance(tvs, (str, os.PathLike, Mapping)) or len(tvs) == 0:
+            raise ValueError("pass a non-empty sequence of task vectors or safetensors paths (a list), "
+                             f"got {type(tvs).__name__}")
+        self.sources: list[Any] = []
+        self.is_file: list[bool] = []
+        default_names = []
+        for i, tv in enumerate(tvs):
+            if isinstance(tv, (str, os.PathLike)):
+                path = Path(tv)
+                if not path.is_file():
+                    raise FileNotFoundError(f"task vector file {path} does not exist")
+                self.sources.append(self.enter_context(safe_open(str(path), framework="pt", device="cpu")))
+                self.is_file.append(True)
+                default_names.append(path.stem)
+            else:
+                vec = getattr(tv, "vector", tv)  # TaskVector-like objects may wrap their dict
+                if not (hasattr(vec, "keys") and hasattr(vec, "__getitem__")):
+                    raise TypeError(f"tv[{i}] is a {type(tv).__name__}; expected a Mapping[str, Tensor] "
+                                    "or a path to a .safetensors file")
+                self.sources.append(vec)
+                self.is_file.append(False)
+                default_names.append(str(getattr(tv, "name", None) or f"tv{i}"))
+        names = [str(n) for n in names] if names is not None else default_names
+        if len(names) != len(self.sources):
+            raise ValueError(f"got {len(names)} names for {len(self.sources)} task vectors")
+        if len(set(names)) < len(names):
+            names = [f"{n}#{i}" for i, n in enumerate(names)]
+        self.names = names
+        self.keys = self._common_keys(strict)
+        self.shapes = {k: self._shape(0, k) for k in self.keys}
+        for i in range(1, len(self.sources)):
+            for k in self.keys:
+                if self._shape(i, k) != self.shapes[k]:
+                    raise ValueError(f"shape mismatch for {k!r}: {self.shapes[k]} in {self.names[0]} but "
+                                     f"{self._shape(i, k)} in {self.names[i]}; were they fine-tuned "
+                                     "from the same model?")
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def _common_keys(self, strict: bool) -> list[str]:
+        keysets = [list(s.keys()) for s in self.sources]
+        common = set(keysets[0]).intersection(*keysets[1:])
+        if not strict or all(len(ks) == len(common) for ks in keysets):
+            if not common:
+                raise ValueError("the task vectors share no keys")
+            if len(common) < max(len(ks) for ks in keysets):
+                warnings.warn(f"analysing the {len(common)} keys shared by all task vectors; others are ignored")
+            return sorted(common, key=_natural)
+        for i, ks in enumerate(keysets):
+            missing = sorted(set().union(*keysets) - set(ks), key=_natural)
+            if missing:
+                raise ValueError(f"task vectors disagree on keys: {missing[0]!r} missing in tv[{i}] "
+                                 f"({self.names[i]}) and {len(missing) - 1} more; pass strict=False "
+                                 "to analyse the shared keys")
+        raise AssertionError("unreachable")
+
+    def _shape(self, i: int, key: str) -> tuple[int, ...]:
+        src = self.sources[i]
+        return tuple(src.get_slice(key).get_shape()) if self.is_file[i] else tuple(src[key].shape)
+
+    def _rows(self, i: int, key: str, a: int | None, b: int | None) -> torch.Tensor:
+        src = self.sources[i]
+        if not self.is_file[i]:
+            t = src[key] if a is None else src[key][a:b]
+        else:
+            t = src.get_tensor(key) if a is None else src.get_slice(key)[a:b]
+        return t.detach().reshape(-1).to("cpu", torch.float32)
+
+    def chunks(self, key: str, size: int = _CHUNK) -> Iterator[torch.Tensor]:
+        """Yield (K, m) float32 blocks of the flattened tensor ``key``, m ≲ ``size``."""
+        shape = self.shapes[key]
+        numel = math.prod(shape)
+        if not shape or numel <= size:
+            yield torch.stack([self._rows(i, key, None, None) for i in range(len(self))])
+            return
+        step = max(1, size // (numel // shape[0]))  # whole rows per block
+        for a in range(0, shape[0], step):
+            yield torch.stack([self._rows(i, key, a, a + step) for i in range(len(self))])
+
+    def mappings(self) -> list[Mapping[str, torch.Tensor]]:
+        """The pool as mappings restricted to the analysed keys (files stay lazy)."""
+        return [_FileVector(s, self.keys) if f else {k: s[k] for k in self.keys}
+                for s, f in zip(self.sources, self.is_file)]
+
+
+def _resolve_methods(methods: Sequence[str] | Mapping[str, Any]) -> dict[str, Callable[..., dict]]:
+    items = methods.items() if isinstance(methods, Mapping) else ((m, m) for m in methods)
+    rules = {}
+    for label, rule in items:
+        if isinstance(rule, str):
+            from negkit import merge  # lazy: merge depends on taskvec, analysis is importable alone
+            rule = merge.get(rule)
+        rules[str(label)] = rule
+    return rules
+
+
+def sign_consensus(
+    tvs: Sequence[TensorSource],
+    *,
+    groups: Grouping = None,
+    methods: Sequence[str] | Mapping[str, Any] = ("negmerge",),
+    method_options: Mapping[str, Mapping[str, Any]] | None = None,
+    names: Sequence[str] | None = None,
+    strict: bool = True,
+    chunk_size: int = _CHUNK,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Per-tensor sign consensus of a pool of K task vectors.
+
+    Args:
+        tvs: K task vectors (mappings of tensors) or safetensors paths.
+        groups: Layer grouping: None for :func:`layer_group`, a callable
+            ``key -> group``, or a mapping (keys it lacks fall back to :func:`layer_group`).
+        methods: Merge rules whose kept fraction is reported, as registry names
+            of :mod:`negkit.merge` or a mapping ``label -> name or rule callable``.
+            Each rule runs once on the whole pool (its global statistics, e.g.
+            TIES' top-k, stay intact); files are handed over as lazy mappings.
+        method_options: Extra keyword options per method label.
+        names: Names of the task vectors (only used in error messages here).
+        strict: If False, analyse the keys shared by all vectors instead of failing.
+        chunk_size: Elements per vector read at once when streaming.
+        progress: Show a tqdm bar over tensors.
+
+    Returns:
+        One row per tensor: ``key, group, numel, frac_consistent`` (fraction of
+        elements whose K signs are equal and non-zero), ``mean_abs`` (mean |τ|
+        over the K vectors and the elements), and ``frac_kept_<method>`` (fraction
+        of the tensor's elements that the merged vector leaves non-zero). For
+        ``negmerge`` this equals ``frac_consistent`` by definition; computing it
+        through the registered rule keeps the two tied.
+    """
+    group_of = _group_fn(groups)
+    rules = _resolve_methods(methods)
+    options = dict(method_options or {})
+    with _Pool(tvs, names, strict) as pool:
+        merged = {label: rule(pool.mappings(), **options.get(label, {})) for label, rule in rules.items()}
+        rows = []
+        for key in tqdm(pool.keys, desc="sign consensus", disable=not progress):
+            numel = math.prod(pool.shapes[key])
+            n_cons, abs_sum = 0, 0.0
+            for block in pool.chunks(key, chunk_size):  # (K, m)
+                s = torch.sign(block)
+                n_cons += int(((s[0] != 0) & (s == s[0]).all(dim=0)).sum())
+                abs_sum += float(block.abs().sum(dtype=torch.float64))
+            row = {"key": key, "group": group_of(key), "numel": numel,
+                   "frac_consistent": n_cons / numel, "mean_abs": abs_sum / (len(pool) * numel)}
+            for label, out in merged.items():
+                t = out.get(key) if isinstance(out, Mapping) else None
+                row[f"frac_kept_{label}"] = (float(torch.count_nonzero(t)) / numel) if t is not None else math.nan
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def by_layer(df: pd.DataFrame) -> pd.DataFrame:
+    """Aggregate a :func:`sign_consensus` table per layer group, weighting tensors by numel.
+
+    Returns:
+        One row per group, in order of first appearance: ``group, n_tensors,
+        numel`` and the numel-weighted mean of every ``frac_*`` and ``mean_abs`` column.
+    """
+    value_cols = [c for c in df.columns if c.startswith("frac_") or c == "mean_abs"]
+    rows = []
+    for group, part in df.groupby("group", sort=False):
+        w = part["numel"].to_numpy(dtype=float)
+        row = {"group": group, "n_tensors": len(part), "numel": int(w.sum())}
+        row.update({c: float(np.average(part[c].to_numpy(dtype=float), weights=w)) for c in value_cols})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["group", "n_tensors", "numel", *value_cols])
+
+
+def _subsets(k_total: int, ks: Sequence[int], draws: int, seed: int) -> list[tuple[int, int, tuple[int, ...]]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in ks:
+        if not 1 <= k <= k_total:
+            raise ValueError(f"subset size k={k} is outside 1..{k_total} (the pool has {k_total} vectors)")
+        if math.comb(k_total, k) <= draws:  # few distinct subsets: take them all, once each
+            chosen = list(itertools.combinations(range(k_total), k))
+        else:
+            seen: set[tuple[int, ...]] = set()
+            chosen = []
+            while len(chosen) < draws:
+                sub = tuple(sorted(rng.choice(k_total, size=k, replace=False).tolist()))
+                if sub not in seen:
+                    seen.add(sub)
+                    chosen.append(sub)
+        out.extend((k, d, sub) for d, sub in enumerate(chosen))
+    return out
+
+
+def consensus_vs_k(
+    tvs: Sequence[TensorSource],
+    ks: Sequence[int] | None = None,
+    draws: int = 5,
+    seed: int = 0,
+    *,
+    by_group: bool = False,
+    groups: Grouping = None,
+    names: Sequence[str] | None = None,
+    strict: bool = True,
+    chunk_size: int = _CHUNK,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Consensus rate of random sub-pools of size k, several draws each.
+
+    Shows how fast the fraction of sign-consistent elements (what NegMerge keeps)
+    shrinks as fine-tunes are added. When ``C(K, k) <= draws`` every subset is
+    used once instead (so ``k = K`` gives a single row); otherwise ``draws``
+    distinct subsets are drawn with ``numpy.random.default_rng(seed)``. All
+    subsets are evaluated in one pass over the data.
+
+    Args:
+        tvs: K task vectors or safetensors paths.
+        ks: Subset sizes (default ``1..K``; k = 1 gives the non-zero fraction).
+        draws: Random subsets per k.
+        seed: Seed of the subset draws.
+        by_group: Also report every layer group.
+        groups, names, strict, chunk_size, progress: As in :func:`sign_consensus`.
+
+    Returns:
+        Long table ``k, draw, members`` ("+"-joined names), ``group`` (:data:`ALL`
+        for the whole vector), ``numel, frac_consistent``.
+    """
+    group_of = _group_fn(groups)
+    with _Pool(tvs, names, strict) as pool:
+        subsets = _subsets(len(pool), list(ks) if ks is not None else range(1, len(pool) + 1), draws, seed)
+        index = [list(sub) for _, _, sub in subsets]
+        counts: dict[str, np.ndarray] = {}
+        sizes: dict[str, int] = {}
+        for key in tqdm(pool.keys, desc="consensus vs K", disable=not progress):
+            g = group_of(key) if by_group else ALL
+            c = counts.setdefault(g, np.zeros(len(subsets), dtype=np.int64))
+            sizes[g] = sizes.get(g, 0) + math.prod(pool.shapes[key])
+            for block in pool.chunks(key, chunk_size):
+                pos, neg = block > 0, block < 0  # (K, m)
+                for j, idx in enumerate(index):
+                    c[j] += int((pos[idx].all(dim=0) | neg[idx].all(dim=0)).sum())
+        names_ = pool.names
+    if by_group:
+        counts = {ALL: sum(counts.values()), **counts}
+        sizes = {ALL: sum(sizes.values()), **sizes}
+    rows = [{"k": k, "draw": d, "members": "+".join(names_[i] for i in sub), "group": g,
+             "numel": sizes[g], "frac_consistent": counts[g][j] / sizes[g]}
+            for g in counts for j, (k, d, sub) in enumerate(subsets)]
+    return pd.DataFrame(rows)
+
+
+def consensus_by_layer_vs_k(
+    tvs: Sequence[TensorSource],
+    ks: Sequence[int] | None = None,
+    draws: int = 5,
+    seed: int = 0,
+    **kw: Any,
+) -> pd.DataFrame:
+    """Layer group × k table of the mean consensus rate over draws (input of
+    :func:`negkit.plotting.consensus_heatmap`).
+
+    Args:
+        tvs, ks, draws, seed: As in :func:`consensus_vs_k`.
+        **kw: Forwarded to :func:`consensus_vs_k` (``groups``, ``names``, ...).
+
+    Returns:
+        Wide DataFrame: index ``group`` (in order of first appearance), columns ``k``.
+    """
+    long = consensus_vs_k(tvs, ks, draws, seed, by_group=True, **kw)
+    long = long[long["group"] != ALL]
+    order = list(dict.fromkeys(long["group"]))
+    table = long.groupby(["group", "k"])["frac_consistent"].mean().unstack("k")
+    return table.loc[order]
+
+
+def pairwise_agreement(
+    tvs: Sequence[TensorSource],
+    names: Sequence[str] | None = None,
+    *,
+    form: str = "wide",
+    strict: bool = True,
+    chunk_size: int = _CHUNK,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Fraction of elements on which two task vectors have the same non-zero sign.
+
+    Entry (a, b) is the consensus rate of the pair {τ_a, τ_b}, i.e.
+    ``#{j : sign τ_a[j] = sign τ_b[j] ≠ 0} / numel`` over all analysed elements,
+    so the diagonal is the non-zero fraction of each vector. Counted blockwise as
+    ``P Pᵀ + N Nᵀ`` with P, N the (K, m) indicator matrices of positive and
+    negative entries; memory stays at about ``K × chunk_size`` elements.
+
+    Args:
+        tvs: K task vectors or safetensors paths.
+        names: Labels (default: file stems, ``.name`` attributes, or ``tv{i}``).
+        form: ``"wide"`` for a K × K DataFrame (index and columns are the names),
+            ``"long"`` for rows ``a, b, agreement``.
+        strict, chunk_size, progress: As in :func:`sign_consensus`.
+
+    Returns:
+        The agreement matrix in the requested form.
+    """
+    if form not in ("wide", "long"):
+        raise ValueError(f"form must be 'wide' or 'long', got {form!r}")
+    chunk_size = min(chunk_size, 1 << 23)  # keeps the float32 counts below exact-integer range
+    with _Pool(tvs, names, strict) as pool:
+        agree = torch.zeros(len(pool), len(pool), dtype=torch.float64)
+        total = 0
+        for key in tqdm(pool.keys, desc="pairwise agreement", disable=not progress):
+            total += math.prod(pool.shapes[key])
+            for block in pool.chunks(key, chunk_size):
+                pos, neg = (block > 0).float(), (block < 0).float()
+                # Each entry counts at most one block's m (< 2**24) elements: exact in float32.
+                agree += (pos @ pos.T + neg @ neg.T).double()
+        labels = pool.names
+    wide = pd.DataFrame((agree / total).numpy(), index=pd.Index(labels, name="a"),
+                        columns=pd.Index(labels, name="b"))
+    if form == "wide":
+        return wide
+    return wide.stack().rename("agreement").reset_index()
