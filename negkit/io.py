@@ -1,0 +1,306 @@
+"""Checkpoint and artefact I/O: safetensors state dicts, atomic writes, JSON.
+
+Every file the kit writes goes through :func:`atomic_write`: the content is
+written to a temporary file in the destination folder, flushed to disk and then
+renamed over the destination (``os.replace`` is atomic on POSIX and Windows), so
+an interrupted run never leaves a half-written checkpoint or results file behind.
+
+:func:`load_state_dict` is the one loader for any checkpoint. safetensors files
+are read directly; legacy ``.pt``/``.pth``/``.bin`` files only through
+``torch.load(weights_only=True)``, whose restricted unpickler refuses to build
+arbitrary Python objects. A file that holds a whole pickled ``nn.Module`` (the
+format of the original task_vectors / NegMerge releases) is therefore refused
+instead of executed; convert it once in an environment you trust.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import pickle
+import re
+import secrets
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+__all__ = [
+    "atomic_write",
+    "save_state_dict",
+    "load_state_dict",
+    "read_metadata",
+    "save_json",
+    "load_json",
+    "save_text",
+    "is_safetensors",
+]
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike
+LEGACY_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+# Wrappers written by common training scripts: {"state_dict": {...}, "epoch": 3, ...}.
+_NESTING_KEYS = ("state_dict", "model", "model_state_dict", "module")
+_CONVERT_HINT = (
+    "Convert it once in an environment you trust: load it there and save only the weights with "
+    "`torch.save(model.state_dict(), 'weights.pt')` or "
+    "`negkit.io.save_state_dict(model.state_dict(), 'weights.safetensors')`."
+)
+
+
+@contextlib.contextmanager
+def atomic_write(path: PathLike) -> Iterator[Path]:
+    """Write a file atomically: yield a temporary path, then move it into place.
+
+    The temporary file lives in the destination folder (so the final rename never
+    crosses file systems) and ends with the destination's file name, so writers
+    that infer the format from the extension (``savefig``) keep working.
+
+    Example::
+
+        with atomic_write("runs/fig.png") as tmp:
+            fig.savefig(tmp)
+
+    Args:
+        path: Final destination. Parent folders are created.
+
+    Yields:
+        The temporary path to write to.
+
+    Raises:
+        FileNotFoundError: The block finished without creating the temporary file.
+    """
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".tmp-{secrets.token_hex(6)}-{dest.name}")
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(
+                f"atomic_write({dest}): nothing was written to the temporary path {tmp}; "
+                "write the content to the path the context manager yields"
+            )
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    _fsync_dir(dest.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; not supported on every platform, so best effort.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str] | None:
+    if metadata is None:
+        return None
+    bad = {k: type(v).__name__ for k, v in metadata.items() if not (isinstance(k, str) and isinstance(v, str))}
+    if bad:
+        raise TypeError(
+            f"safetensors metadata must map str to str; offending entries (key: value type) {bad}. "
+            "Encode other values with json.dumps first."
+        )
+    return dict(metadata)
+
+
+def save_state_dict(
+    state: Mapping[str, torch.Tensor], path: PathLike, metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Save a state dict as safetensors, atomically.
+
+    Tensors are detached, moved to CPU and made contiguous. Tensors that share
+    storage with another entry (tied weights) or are views of a larger buffer
+    are cloned, since safetensors stores every entry separately.
+
+    Args:
+        state: Mapping of names to tensors.
+        path: Destination ``.safetensors`` file.
+        metadata: Optional ``str -> str`` metadata stored in the file header.
+
+    Returns:
+        The destination path.
+
+    Raises:
+        TypeError: A value is not a tensor or the metadata is not ``str -> str``.
+    """
+    meta = _check_metadata(metadata)
+    seen: set[int] = set()
+    out: dict[str, torch.Tensor] = {}
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"save_state_dict: entry {name!r} is a {type(value).__name__}, not a tensor")
+        t = value.detach().to("cpu")
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        whole = storage.nbytes() == t.numel() * t.element_size()
+        if ptr in seen or not whole or not t.is_contiguous():
+            t = t.contiguous().clone()
+        elif t.numel() > 0:
+            seen.add(ptr)
+        out[name] = t
+    with atomic_write(path) as tmp:
+        save_file(out, str(tmp), metadata=meta)
+    return Path(path)
+
+
+def is_safetensors(path: PathLike) -> bool:
+    """True when ``path`` starts with a plausible safetensors header.
+
+    The format is an 8-byte little-endian header length followed by a JSON object.
+    """
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return head[8:9] == b"{" and 2 <= n <= os.path.getsize(path) - 8
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save zip archives start with "PK\x03\x04"; legacy pickles with the PROTO opcode 0x80.
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
+def load_state_dict(path: PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Load a checkpoint's tensors without executing anything stored in it.
+
+    Args:
+        path: A ``.safetensors`` file, or a legacy ``.pt``/``.pth``/``.bin`` file
+            holding a (possibly nested) dict of tensors.
+        device: Where to put the tensors.
+
+    Returns:
+        A flat ``{name: tensor}`` dict. ``{"state_dict": ...}``/``{"model": ...}``
+        wrappers and a ``module.`` prefix on every key (DataParallel) are removed.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: The file is not a checkpoint, holds pickled code (e.g. a whole
+            ``nn.Module``) or holds non-tensor entries; the message says how to convert it.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint {p} does not exist")
+    if p.suffix == ".safetensors" or is_safetensors(p):
+        try:
+            return load_file(str(p), device=str(device))
+        except (SafetensorError, ValueError, OSError) as e:
+            raise ValueError(f"{p} is not a readable safetensors checkpoint ({e})") from e
+    if not _looks_like_torch_file(p):
+        raise ValueError(
+            f"{p} is not a checkpoint: neither safetensors nor a torch.save file. "
+            "Pass a .safetensors file or a torch.save()d state dict."
+        )
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
+        raise ValueError(
+            f"refusing to load {p}: it is not a plain dict of tensors and loading it would run "
+            f"pickled code (torch.load weights_only=True said: {_reason(e)}). {_CONVERT_HINT}"
+        ) from e
+    except Exception as e:  # corrupt archives raise assorted errors
+        raise ValueError(f"{p} is not a readable checkpoint ({type(e).__name__}: {e})") from e
+    state = _unwrap(obj, p)
+    return {k: v.to(device) for k, v in state.items()}
+
+
+def _reason(e: Exception) -> str:
+    # torch's message is long; the line naming the refused global is the useful part.
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in str(e).splitlines()]
+    useful = [ln for ln in lines if "Unsupported" in ln or "GLOBAL" in ln]
+    return (useful or [ln for ln in lines if ln] or [type(e).__name__])[0].split(". Please use")[0]
+
+
+def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    while isinstance(obj, Mapping):
+        nested = [k for k in _NESTING_KEYS if isinstance(obj.get(k), Mapping)]
+        if not nested:
+            break
+        obj = obj[nested[0]]
+    if not isinstance(obj, Mapping) or not obj:
+        raise ValueError(
+            f"{path} holds a {type(obj).__name__}, not a dict of tensors. {_CONVERT_HINT}"
+        )
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(
+            f"{path}: entries {bad[:5]} are not tensors; expected a state dict "
+            f"(optionally wrapped as {{'state_dict': ...}} or {{'model': ...}}). {_CONVERT_HINT}"
+        )
+    state = {str(k): v for k, v in obj.items()}
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def read_metadata(path: PathLike) -> dict[str, str]:
+    """Header metadata of a safetensors file (``{}`` when it has none).
+
+    Legacy torch files carry no metadata; ``{}`` is returned for them without
+    loading their content.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: The file is not a checkpoint.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint {p} does not exist")
+    if p.suffix == ".safetensors" or is_safetensors(p):
+        try:
+            with safe_open(str(p), framework="pt") as f:
+                return dict(f.metadata() or {})
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"{p} is not a readable safetensors checkpoint ({e})") from e
+    if _looks_like_torch_file(p):
+        return {}
+    raise ValueError(f"{p} is not a checkpoint: neither safetensors nor a torch.save file")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().tolist()
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise TypeError(f"save_json: cannot encode {type(obj).__name__} ({obj!r:.80}) as JSON")
+
+
+def save_json(obj: Any, path: PathLike, *, indent: int = 2) -> Path:
+    """Write ``obj`` as JSON, atomically. Paths, tensors and numpy values are converted."""
+    text = json.dumps(obj, indent=indent, default=_json_default, allow_nan=True)
+    return save_text(text + "\n", path)
+
+
+def load_json(path: PathLike) -> Any:
+    """Read a JSON file."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def save_text(text: str, path: PathLike) -> Path:
+    """Write a UTF-8 text file atomically (CSV, Markdown, logs...)."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
