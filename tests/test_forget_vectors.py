@@ -1,0 +1,264 @@
+"""Forget vectors: loss terms, δ placement, frozen weights, arithmetic and bad inputs."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Subset
+
+from negkit import forget_vectors as fvs
+from negkit.config import from_dict
+from negkit.data import TensorImageDataset
+from negkit.forget_vectors import ForgetVector, ForgetVectorConfig
+
+FAST = ForgetVectorConfig(epochs=5, steps_per_epoch=8, forget_batch_size=8, retain_batch_size=24, lr=0.05)
+
+
+# ----------------------------------------------------------------------------- fixtures
+class RecordingNormalize(nn.Module):
+    """(x - mean) / std that remembers its last input, standing in for a model's first layer."""
+
+    def __init__(self, mean: float, std: float):
+        super().__init__()
+        self.mean, self.std, self.seen = mean, std, None
+
+    def forward(self, x):
+        self.seen = x.detach().clone()
+        return (x - self.mean) / self.std
+
+
+def _toy_data(shape=(1, 4, 4), n_per_class=40, num_classes=3, seed=0):
+    """Each class lights up its own block of pixels; noise elsewhere."""
+    g = torch.Generator().manual_seed(seed)
+    c, h, w = shape
+    xs, ys = [], []
+    for k in range(num_classes):
+        x = 0.2 * torch.rand(n_per_class, c, h, w, generator=g)
+        x.view(n_per_class, -1)[:, k * 3:(k + 1) * 3] += 0.7
+        xs.append(x.clamp(0, 1))
+        ys += [k] * n_per_class
+    return TensorImageDataset(torch.cat(xs), ys)
+
+
+def _train_toy_model(data, shape, num_classes=3, bn=True, seed=0):
+    torch.manual_seed(seed)
+    c, h, w = shape
+    layers = [RecordingNormalize(0.3, 0.25), nn.Conv2d(c, 4, 3, padding=1)]
+    layers += [nn.BatchNorm2d(4)] if bn else []
+    layers += [nn.ReLU(), nn.Flatten(), nn.Linear(4 * h * w, num_classes)]
+    model = nn.Sequential(*layers)
+    x, y = data.tensors
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(60):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model
+
+
+def _accuracy(model, data, transform=None):
+    x, y = data.tensors
+    model.eval()
+    with torch.no_grad():
+        x = transform(x) if transform is not None else x
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+def _split(data, cls):
+    y = data.targets
+    return (Subset(data, torch.nonzero(y == cls).flatten().tolist()),
+            Subset(data, torch.nonzero(y != cls).flatten().tolist()))
+
+
+def _objective(model, forget, retain, delta, cfg):
+    xf, yf = _xy(forget)
+    xr, yr = _xy(retain)
+    model.eval()
+    with torch.no_grad():
+        t = fvs.forget_vector_loss(model(xf + delta), yf, model(xr + delta), yr, delta, cfg)
+    return float(t["loss"])
+
+
+def _xy(subset):
+    x, y = subset.dataset.tensors
+    idx = torch.as_tensor(subset.indices)
+    return x[idx], y[idx]
+
+
+@pytest.fixture(scope="module")
+def toy():
+    shape = (1, 4, 4)
+    data = _toy_data(shape)
+    model = _train_toy_model(data, shape)
+    assert _accuracy(model, data) > 0.95  # the toy task must be learned for the tests to mean anything
+    return model, data
+
+
+# ----------------------------------------------------------------------------- loss terms
+def test_margin_loss_by_hand():
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 5.0], [1.0, 1.5, 0.0]])
+    y = torch.tensor([0, 1, 0])
+    # z_y - max_{k!=y} z_k = 2, -3, -0.5 ; clamped below at -tau = -1
+    assert torch.allclose(fvs.margin_loss(logits, y, tau=1.0), torch.tensor([2.0, -1.0, -0.5]))
+    assert torch.allclose(fvs.margin_loss(logits, y, tau=0.0), torch.tensor([2.0, 0.0, 0.0]))
+
+
+def test_objective_terms_by_hand():
+    cfg = ForgetVectorConfig(alpha=2.0, beta=3.0, lam=0.5, tau=1.0)
+    lf = torch.tensor([[3.0, 1.0, 0.0]])           # margin 2
+    lr_ = torch.zeros(2, 3)                          # CE = log 3 each
+    delta = torch.full((1, 2, 2), 0.5)               # ||δ||₂ = 1
+    t = fvs.forget_vector_loss(lf, torch.tensor([0]), lr_, torch.tensor([1, 2]), delta, cfg)
+    b = 3
+    assert math.isclose(float(t["retain"]), 2 * math.log(3) / b, rel_tol=1e-6)
+    assert math.isclose(float(t["forget"]), 2.0 / b, rel_tol=1e-6)
+    assert math.isclose(float(t["norm"]), 1.0 / b, rel_tol=1e-6)
+    assert math.isclose(float(t["loss"]), (2 * 2 * math.log(3) + 3 * 2.0 + 0.5 * 1.0) / b, rel_tol=1e-6)
+
+
+# ----------------------------------------------------------------------------- δ shape and placement
+def test_delta_is_added_to_raw_pixels_before_normalisation(toy):
+    model, data = toy
+    fv = ForgetVector(torch.linspace(-0.1, 0.1, 16).reshape(1, 4, 4))
+    x = data.tensors[0][:5]
+    model.eval()
+    with torch.no_grad():
+        model(fv(x))
+    norm = model[0]
+    assert torch.equal(norm.seen, x + fv.delta)  # the Normalize layer received x + δ, raw pixels
+    with pytest.raises(ValueError, match="does not match"):
+        fv(torch.zeros(2, 1, 5, 5))
+    with pytest.raises(ValueError, match="shape of one image"):
+        ForgetVector(torch.zeros(2, 1, 4, 4))
+
+
+def test_learning_leaves_weights_bitwise_untouched_and_forgets(toy):
+    model, data = toy
+    model.train()  # BatchNorm in train mode would move its running stats if we let it
+    flags = [p.requires_grad for p in model.parameters()]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    forget, retain = _split(data, 0)
+    fv = fvs.learn_forget_vector(model, forget, retain, FAST, device="cpu")
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert model.training and [p.requires_grad for p in model.parameters()] == flags
+    assert fv.shape == (1, 4, 4) and fv.norm() > 0
+    assert len(fv.history) == FAST.epochs
+    f_data = _toy_data((1, 4, 4), seed=1)  # fresh samples from the same distribution
+    y = f_data.targets
+    x = f_data.tensors[0]
+    model.eval()
+    with torch.no_grad():
+        pred = model(fv(x)).argmax(1)
+        pred0 = model(x).argmax(1)
+    # the forget class is no longer recognised; the others still are
+    assert float((pred0[y == 0] == 0).float().mean()) > 0.9
+    assert float((pred[y == 0] == 0).float().mean()) < 0.5
+    assert float((pred[y != 0] == y[y != 0]).float().mean()) > 0.8
+
+
+@pytest.mark.parametrize("bound,eps", [("linf", 0.05), ("l2", 0.3)])
+def test_bounds_and_clip(toy, bound, eps):
+    model, data = toy
+    forget, retain = _split(data, 1)
+    cfg = from_dict(ForgetVectorConfig, FAST, bound=bound, eps=eps, clip=True)
+    fv = fvs.learn_forget_vector(model, forget, retain, cfg, device="cpu")
+    p = float("inf") if bound == "linf" else 2
+    assert fv.norm(p) <= eps + 1e-5
+    assert fv.norm(p) > 0.5 * eps  # the constraint is active: learning pushed δ to the boundary region
+    out = fv(data.tensors[0])
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_other_input_size_and_channels():
+    shape = (3, 6, 5)
+    data = _toy_data(shape, n_per_class=20)
+    model = _train_toy_model(data, shape, bn=False)
+    forget, retain = _split(data, 2)
+    fv = fvs.learn_forget_vector(model, forget, retain, FAST, device="cpu")
+    assert fv.shape == shape
+    assert model(fv(data.tensors[0])).shape == (60, 3)
+    with pytest.raises(ValueError, match="does not match"):
+        fv(torch.zeros(1, 3, 5, 6))
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="unknown bound"):
+        ForgetVectorConfig(bound="l1")
+    with pytest.raises(ValueError, match="eps > 0"):
+        ForgetVectorConfig(bound="linf")
+    with pytest.raises(ValueError, match="unknown ForgetVectorConfig key"):
+        from_dict(ForgetVectorConfig, {"lamda": 1.0})
+
+
+def test_empty_forget_set_is_refused(toy):
+    model, data = toy
+    with pytest.raises(ValueError, match="forget set is empty"):
+        fvs.learn_forget_vector(model, Subset(data, []), data, FAST)
+
+
+# ----------------------------------------------------------------------------- class-wise and arithmetic
+@pytest.fixture(scope="module")
+def classwise(toy):
+    model, data = toy
+    return fvs.learn_classwise(model, data, [0, 1, 2], FAST, device="cpu")
+
+
+def test_learn_classwise(toy, classwise):
+    model, data = toy
+    assert sorted(classwise) == [0, 1, 2]
+    assert classwise[1].meta["task"] == "class_1"
+    assert not torch.equal(classwise[0].delta, classwise[1].delta)
+    with pytest.raises(ValueError, match="class 7 has no samples"):
+        fvs.learn_classwise(model, data, [7], FAST)
+
+
+def test_combine_by_hand_and_bad_weights(classwise):
+    d = {k: v.delta for k, v in classwise.items()}
+    fv = fvs.combine(classwise, [2.0, 0.0, -1.0])
+    assert torch.allclose(fv.delta, 2 * d[0] - d[2])
+    assert torch.allclose(fvs.combine(classwise, {0: 2.0, 2: -1.0}).delta, fv.delta)
+    assert torch.allclose((2 * classwise[0] + -classwise[2]).delta, fv.delta)
+    with pytest.raises(ValueError, match="2 weights for 3 forget vectors"):
+        fvs.combine(classwise, [1.0, 1.0])
+    with pytest.raises(ValueError, match=r"class\(es\) \[5\]"):
+        fvs.combine(classwise, {5: 1.0})
+    with pytest.raises(ValueError, match="different shapes"):
+        fvs.combine({0: classwise[0], 1: ForgetVector(torch.zeros(3, 4, 4))}, [1.0, 1.0])
+
+
+def test_learn_arithmetic_for_a_union_of_classes(toy, classwise):
+    model, data = toy
+    y = data.targets
+    forget = Subset(data, torch.nonzero(y != 2).flatten().tolist())   # forget classes 0 and 1
+    retain = Subset(data, torch.nonzero(y == 2).flatten().tolist())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = from_dict(ForgetVectorConfig, FAST, lr=0.005)  # w multiplies whole vectors: smaller steps
+    fv = fvs.learn_arithmetic(model, classwise, forget, retain, cfg, device="cpu")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    w = [float(x) for x in fv.meta["weights"].split(",")]
+    assert len(w) == 3 and any(x != 0 for x in w)
+    assert torch.allclose(fv.delta, fvs.combine(classwise, w).delta, atol=1e-5)
+    # the learned weights lower the paper's objective on the whole task, compared with w = 0 (δ = 0)
+    assert _objective(model, forget, retain, fv.delta, cfg) < _objective(model, forget, retain, 0 * fv.delta, cfg)
+    with pytest.raises(ValueError, match="2 weights for 3"):
+        fvs.learn_arithmetic(model, classwise, forget, retain, FAST, init=[0.0, 1.0])
+    wrong = {0: ForgetVector(torch.zeros(1, 5, 5))}
+    with pytest.raises(ValueError, match="input resolution"):
+        fvs.learn_arithmetic(model, wrong, forget, retain, FAST)
+
+
+def test_save_load_round_trip(tmp_path, classwise):
+    fv = ForgetVector(classwise[0].delta, clip=True, meta={"task": "class_0"})
+    path = tmp_path / "fv.safetensors"
+    fv.save(path)
+    back = ForgetVector.load(path)
+    assert torch.equal(back.delta, fv.delta) and back.clip and back.meta["task"] == "class_0"
+    from negkit import io
+
+    io.save_state_dict({"weight": torch.zeros(2)}, tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="not a forget vector file"):
+        ForgetVector.load(tmp_path / "other.safetensors")
