@@ -1,0 +1,121 @@
+"""Unlearning metrics of the machine-unlearning benchmark (SalUn, Fan et al. 2024; NegMerge Sec. 5).
+
+* UA  — unlearning accuracy, 100 − accuracy on the forget set D_f;
+* RA  — accuracy on the retain set D_r;
+* TA  — accuracy on the test set (without the forgotten classes for class-wise forgetting);
+* MIA — MIA-efficacy: the percentage of D_f that a confidence-based membership-inference
+  attack (an RBF SVC trained on retain = member vs test = non-member confidences) calls
+  *non-member*. Higher means the forget set looks less like training data.
+* Avg. Gap — mean |metric − metric of Retrain| over UA, RA, TA, MIA (lower is better).
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from sklearn.svm import SVC
+from torch import nn
+from torch.utils.data import Dataset
+
+from negkit.evaluate import InputTransform, predict, true_class_confidence
+
+__all__ = ["accuracy", "mia_efficacy", "avg_gap", "unlearning_metrics"]
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy in %.
+
+    Raises:
+        ValueError: Empty input or mismatched lengths.
+    """
+    if logits.shape[0] != labels.shape[0] or labels.numel() == 0:
+        raise ValueError(f"need as many labels as logits rows (and at least one); got "
+                         f"{tuple(logits.shape)} and {tuple(labels.shape)}")
+    return 100.0 * int((logits.argmax(1) == labels).sum()) / labels.numel()
+
+
+def _as_column(x: torch.Tensor | np.ndarray | Sequence[float], what: str) -> np.ndarray:
+    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    arr = arr.astype(np.float64).reshape(-1, 1)
+    if arr.shape[0] == 0:
+        raise ValueError(f"mia_efficacy: {what} confidences are empty")
+    return arr
+
+
+def mia_efficacy(retain_conf: torch.Tensor | np.ndarray, test_conf: torch.Tensor | np.ndarray,
+                 forget_conf: torch.Tensor | np.ndarray, *, seed: int = 0) -> float:
+    """MIA-efficacy (%) of SalUn's confidence-based SVC attack.
+
+    The attacker is ``SVC(C=3, kernel="rbf", gamma="auto")`` fitted on the
+    true-class confidences of the first ``len(test_conf)`` retain samples (members,
+    label 1) and of the test samples (non-members, label 0). The efficacy is the
+    percentage of forget samples it predicts to be non-members.
+
+    Args:
+        retain_conf: True-class confidences on D_r, shape (N_r,), ``N_r >= N_test``.
+        test_conf: True-class confidences on the test set, shape (N_test,).
+        forget_conf: True-class confidences on D_f, shape (N_f,).
+        seed: ``random_state`` of the SVC.
+
+    Raises:
+        ValueError: An empty input, or fewer retain than test samples.
+    """
+    retain, test, forget = (_as_column(retain_conf, "retain"), _as_column(test_conf, "test"),
+                            _as_column(forget_conf, "forget"))
+    if retain.shape[0] < test.shape[0]:
+        raise ValueError(
+            f"mia_efficacy needs at least as many retain samples as test samples to balance the attack's "
+            f"training set; got {retain.shape[0]} retain and {test.shape[0]} test. Pass a smaller test set."
+        )
+    x = np.concatenate([retain[: test.shape[0]], test])
+    y = np.concatenate([np.ones(test.shape[0]), np.zeros(test.shape[0])])
+    clf = SVC(C=3, kernel="rbf", gamma="auto", random_state=seed).fit(x, y)
+    return 100.0 * float((clf.predict(forget) == 0).mean())
+
+
+def avg_gap(metrics: Mapping[str, float], retrain: Mapping[str, float],
+            keys: Sequence[str] = ("UA", "RA", "TA", "MIA")) -> float:
+    """Mean absolute difference to Retrain over ``keys``.
+
+    Raises:
+        KeyError: A key is missing from either mapping.
+    """
+    for name, m in (("metrics", metrics), ("retrain", retrain)):
+        missing = [k for k in keys if k not in m]
+        if missing:
+            raise KeyError(f"avg_gap: {name} lacks {missing}; it has {sorted(m)}")
+    return float(np.mean([abs(float(metrics[k]) - float(retrain[k])) for k in keys]))
+
+
+def unlearning_metrics(model: nn.Module, forget: Dataset, retain: Dataset, test: Dataset, *,
+                       device: str | torch.device | None = None, input_transform: InputTransform | None = None,
+                       batch_size: int = 256, seed: int = 0) -> dict[str, float]:
+    """UA, RA, TA and MIA-efficacy of ``model`` (all in %).
+
+    Args:
+        model: The (unlearned) classifier.
+        forget: D_f.
+        retain: D_r.
+        test: Test set; for class-wise forgetting pass it without the forgotten classes
+            (:func:`negkit.data.splits.without_classes`).
+        device: Where to evaluate.
+        input_transform: Applied to raw image batches before the model (forget vectors).
+        batch_size: Evaluation batch size.
+        seed: Seed of the MIA attacker.
+
+    Returns:
+        ``{"UA": ..., "RA": ..., "TA": ..., "MIA": ...}``.
+    """
+    kw = dict(device=device, input_transform=input_transform, batch_size=batch_size)
+    out, conf = {}, {}
+    for name, data in (("forget", forget), ("retain", retain), ("test", test)):
+        logits, labels = predict(model, data, **kw)
+        out[name] = accuracy(logits, labels)
+        conf[name] = true_class_confidence(logits, labels)
+    return {
+        "UA": 100.0 - out["forget"],
+        "RA": out["retain"],
+        "TA": out["test"],
+        "MIA": mia_efficacy(conf["retain"], conf["test"], conf["forget"], seed=seed),
+    }

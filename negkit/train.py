@@ -1,0 +1,426 @@
+"""The one training loop of the kit.
+
+Pre-training, Retrain, the fine-tunes of a NegMerge pool, the classic unlearning
+baselines (FT, GA, RL, ℓ1-sparse, SalUn) and CLIP fine-tuning all call
+:func:`train`; they differ only through its hooks:
+
+* ``loss_fn(model, images, labels, progress_frac)`` replaces the default
+  cross-entropy with label smoothing (GA negates it, ℓ1-sparse adds a decaying
+  ℓ1 term, ...). It may return the loss or ``(loss, logits)``.
+* ``param_mask`` restricts updates to masked elements (SalUn's weight saliency):
+  unmasked elements are restored *exactly* after every optimiser step, so neither
+  momentum nor weight decay can move them.
+* ``trainable`` optimises only the named parameters (CLIP: image encoder, frozen head).
+
+With ``out_dir`` a run is restartable: each epoch ends with an atomic checkpoint
+(model, optimiser, schedule position, RNG states — safetensors + JSON, no
+pickle), an interrupted run resumes from its last epoch with bitwise the same
+result on CPU, and a finished run (``model.safetensors`` + ``done.json``) is
+loaded instead of retrained.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from negkit import io as nkio
+from negkit.config import from_dict, to_dict
+from negkit.evaluate import resolve_device
+
+__all__ = ["TrainConfig", "TrainResult", "train", "lr_factor"]
+
+logger = logging.getLogger(__name__)
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, float], Any]
+CHECKPOINT = "checkpoint.safetensors"
+# Fields that change how a run executes but not what it computes; a resumed run may differ in them.
+_RUNTIME_FIELDS = ("num_workers",)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training run.
+
+    Attributes:
+        epochs: Passes over the dataset.
+        batch_size: Images per forward pass.
+        lr: Peak learning rate.
+        optimizer: ``"sgd"`` (with ``momentum``) or ``"adamw"``.
+        momentum: SGD momentum.
+        weight_decay: Decoupled for AdamW, L2 for SGD; applied to every trained parameter.
+        label_smoothing: Of the default cross-entropy loss.
+        schedule: ``"cosine"`` (to 0 at the last step) or ``"constant"``, after warm-up.
+        warmup_steps: Optimiser steps of linear warm-up from ``lr / warmup_steps``.
+        grad_clip: Max global gradient norm, or None.
+        grad_accum: Batches whose gradients are accumulated per optimiser step.
+        amp: bfloat16 autocast (only on CUDA; ignored on CPU).
+        seed: Seeds the global torch RNG and the data order (epoch ``e`` uses ``seed, e``).
+        num_workers: DataLoader workers.
+        drop_last: Drop the last incomplete batch (a last batch of one image is always
+            dropped, BatchNorm cannot train on it).
+        fused: Fused optimiser kernels (CUDA only).
+        compile: ``torch.compile`` the forward pass.
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    grad_clip: float | None = None
+    grad_accum: int = 1
+    amp: bool = True
+    seed: int = 0
+    num_workers: int = 0
+    drop_last: bool = False
+    fused: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid optimizers are ['sgd', 'adamw']")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"unknown schedule {self.schedule!r}; valid schedules are ['cosine', 'constant']")
+        for name in ("epochs", "batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr < 0 or self.warmup_steps < 0 or not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"need lr >= 0, warmup_steps >= 0 and label_smoothing in [0, 1); got "
+                             f"{self.lr}, {self.warmup_steps}, {self.label_smoothing}")
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        model: The trained model (on the training device).
+        metrics: Final metrics: ``train_loss``, ``train_acc`` (default loss only), ``epochs``,
+            ``steps``, ``seconds`` and the last ``eval_fn`` values.
+        history: One dict per epoch (``epoch``, ``train_loss``, ``lr``, ... and ``eval_fn`` values).
+    """
+
+    model: nn.Module
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+def lr_factor(step: int, total_steps: int, schedule: str, warmup_steps: int = 0) -> float:
+    """Multiplier of the peak learning rate before optimiser step ``step`` (0-based)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    span = max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup_steps, span) / span))
+
+
+def _select_params(model: nn.Module, trainable: Iterable[str] | Callable[[str], bool] | None) -> dict[str, nn.Parameter]:
+    named = dict(model.named_parameters())
+    if trainable is None:
+        chosen = [n for n, p in named.items() if p.requires_grad]
+    elif callable(trainable):
+        chosen = [n for n, p in named.items() if p.requires_grad and trainable(n)]
+    else:
+        wanted = list(trainable)
+        unknown = [n for n in wanted if n not in named]
+        if unknown:
+            raise ValueError(f"trainable names {unknown[:5]} are not parameters of the model; "
+                             f"valid names start with {list(named)[:5]}")
+        chosen = [n for n in wanted if named[n].requires_grad]
+    if not chosen:
+        raise ValueError("no parameter to train: `trainable` selected none (or all are requires_grad=False)")
+    return {n: named[n] for n in chosen}
+
+
+def _check_mask(param_mask: Mapping[str, torch.Tensor], params: Mapping[str, nn.Parameter]) -> dict:
+    masks = {}
+    for name, m in param_mask.items():
+        if name not in params:
+            raise ValueError(f"param_mask names {name!r}, which is not a trained parameter of the model")
+        if m.dtype != torch.bool or m.shape != params[name].shape:
+            raise ValueError(f"param_mask[{name!r}] must be a bool tensor of shape {tuple(params[name].shape)}, "
+                             f"got {m.dtype} {tuple(m.shape)}")
+        masks[name] = m.to(params[name].device)
+    return masks
+
+
+def _default_loss(cfg: TrainConfig) -> LossFn:
+    def loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, progress_frac: float):
+        logits = model(images)
+        return F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing), logits
+
+    return loss
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    np_state = np.random.get_state()
+    tensors = {"rng.torch": torch.get_rng_state(),
+               "rng.numpy_keys": torch.from_numpy(np_state[1].astype(np.int64))}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    py = random.getstate()
+    scalars = {"numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+               "python": [py[0], list(py[1]), py[2]]}
+    return tensors, scalars
+
+
+def _set_rng_state(tensors: Mapping[str, torch.Tensor], scalars: Mapping[str, Any]) -> None:
+    torch.set_rng_state(tensors["rng.torch"].to(torch.uint8))
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("rng.cuda.")),
+                                       key=lambda k: int(k.split(".")[-1]))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.to(torch.uint8) for s in cuda])
+    name, pos, has_gauss, gauss = scalars["numpy"]
+    np.random.set_state((name, tensors["rng.numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, state, gauss_next = scalars["python"]
+    random.setstate((version, tuple(state), gauss_next))
+
+
+def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """One safetensors file: model, optimiser tensors, RNG tensors; scalars as JSON in its metadata."""
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    osd = opt.state_dict()
+    opt_scalars: dict[str, dict[str, Any]] = {}
+    for pid, pstate in osd["state"].items():
+        for k, v in pstate.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"optim.{pid}.{k}"] = v.detach().cpu().clone().contiguous()
+            else:
+                opt_scalars.setdefault(str(pid), {})[k] = v
+    rng_tensors, rng_scalars = _rng_state()
+    tensors.update(rng_tensors)
+    meta = {**state, "optim_scalars": opt_scalars, "param_groups": osd["param_groups"], "rng": rng_scalars}
+    with nkio.atomic_write(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"negkit_checkpoint": json.dumps(meta)})
+
+
+def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["negkit_checkpoint"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict[int, dict[str, Any]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, pid, name = k.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    for pid, scalars in meta["optim_scalars"].items():
+        state.setdefault(int(pid), {}).update(scalars)
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    _set_rng_state({k: v for k, v in tensors.items() if k.startswith("rng.")}, meta["rng"])
+    return meta
+
+
+def _same_config(saved: Mapping[str, Any], cfg: TrainConfig, where: Path) -> None:
+    now = to_dict(cfg)
+    diff = sorted(k for k in set(saved) | set(now) if k not in _RUNTIME_FIELDS and saved.get(k) != now.get(k))
+    if diff:
+        raise ValueError(
+            f"{where} holds a run with a different TrainConfig (differs in {diff}: saved "
+            f"{ {k: saved.get(k) for k in diff} }, now { {k: now.get(k) for k in diff} }); "
+            "use another out_dir or delete that folder to retrain"
+        )
+
+
+def _load_finished(out: Path, model: nn.Module, cfg: TrainConfig, device: torch.device) -> TrainResult:
+    _same_config(nkio.load_json(out / "config.json"), cfg, out)
+    model.load_state_dict(nkio.load_state_dict(out / "model.safetensors"))
+    model.to(device)
+    metrics = nkio.load_json(out / "metrics.json")
+    history = nkio.load_json(out / "history.json") if (out / "history.json").exists() else []
+    logger.info("train: %s is finished; loaded its weights instead of retraining", out)
+    return TrainResult(model=model, metrics=metrics, history=history)
+
+
+def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig | Mapping[str, Any], *,
+          device: str | torch.device | None = None, out_dir: str | os.PathLike | None = None,
+          loss_fn: LossFn | None = None, param_mask: Mapping[str, torch.Tensor] | None = None,
+          trainable: Iterable[str] | Callable[[str], bool] | None = None, progress: bool = True,
+          eval_fn: Callable[[nn.Module], Mapping[str, float] | None] | None = None) -> TrainResult:
+    """Train ``model`` on ``dataset`` in place.
+
+    Args:
+        model: Classifier taking raw [0, 1] pixels; moved to ``device``.
+        dataset: Items ``(image, label)``.
+        cfg: A :class:`TrainConfig` or a dict of its fields (unknown keys fail).
+        device: None means cuda when available, else cpu.
+        out_dir: Folder making the run restartable (see module docstring); None trains in memory.
+        loss_fn: ``(model, images, labels, progress_frac) -> loss`` or ``(loss, logits)``;
+            ``progress_frac`` in [0, 1) is the fraction of training batches done.
+            Default: cross-entropy with ``cfg.label_smoothing``.
+        param_mask: Parameter name -> bool tensor of its shape; only True elements are
+            updated. Parameters absent from the mask train freely.
+        trainable: Names (or a predicate on names) of the parameters to optimise; the
+            rest stay fixed. Default: every parameter with ``requires_grad``.
+        progress: Show a tqdm bar.
+        eval_fn: Called with the model (in eval mode) after each epoch; the dict it
+            returns is added to that epoch's history entry.
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        ValueError: Bad config, mask or ``trainable``; ``out_dir`` holding a different config.
+        FloatingPointError: The loss became NaN or infinite.
+    """
+    cfg = from_dict(TrainConfig, cfg)
+    device = resolve_device(device)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None and (out / "model.safetensors").exists() and (out / "done.json").exists():
+        return _load_finished(out, model, cfg, device)
+
+    torch.manual_seed(cfg.seed)
+    model.to(device)
+    params = _select_params(model, trainable)
+    masks = _check_mask(param_mask or {}, params)
+    use_cuda = device.type == "cuda"
+    fused = {"fused": True} if (cfg.fused and use_cuda) else {}
+    plist = list(params.values())
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(plist, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused)
+    else:
+        opt = torch.optim.AdamW(plist, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+
+    gen = torch.Generator()
+    drop_last = cfg.drop_last or len(dataset) % cfg.batch_size == 1
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=drop_last,
+                        num_workers=cfg.num_workers, pin_memory=use_cuda)
+    n_batches = len(loader)
+    if n_batches == 0:
+        raise ValueError(f"dataset of {len(dataset)} items gives no batch of size {cfg.batch_size}")
+    steps_per_epoch = math.ceil(n_batches / cfg.grad_accum)
+    total_steps = cfg.epochs * steps_per_epoch
+    loss_fn = loss_fn or _default_loss(cfg)
+    forward_model = torch.compile(model) if cfg.compile else model
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (cfg.amp and use_cuda) else nullcontext
+
+    start_epoch, step, history, seconds = 0, 0, [], 0.0
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        if (out / CHECKPOINT).exists():
+            meta = _load_checkpoint(out / CHECKPOINT, model, opt)
+            _same_config(meta["config"], cfg, out)
+            start_epoch, step, history, seconds = meta["epoch"], meta["step"], meta["history"], meta["seconds"]
+            logger.info("train: resuming %s after epoch %d", out, start_epoch)
+    kept = {n: params[n].detach().clone() for n in masks}  # exact values of the masked-out elements
+
+    # Remember requires_grad so that freezing for `trainable` is undone afterwards.
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in params)
+    bar = tqdm(total=cfg.epochs * n_batches, initial=start_epoch * n_batches, desc="train",
+               disable=not progress, leave=False)
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            gen.manual_seed(cfg.seed * 1_000_003 + epoch)  # data order depends on (seed, epoch) only
+            model.train()
+            tot_loss, tot_correct, tot_n, have_acc = 0.0, 0, 0, True
+            opt.zero_grad(set_to_none=True)
+            for bi, (images, labels) in enumerate(loader):
+                images = images.to(device, non_blocking=True)
+                labels = torch.as_tensor(labels).to(device, non_blocking=True)
+                frac = (epoch * n_batches + bi) / (cfg.epochs * n_batches)
+                with autocast():
+                    res = loss_fn(forward_model, images, labels, frac)
+                loss, logits = res if isinstance(res, tuple) else (res, None)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"loss is {loss.item()} at epoch {epoch + 1}, batch {bi + 1}; lower the learning "
+                        f"rate (lr={cfg.lr}) or set grad_clip")
+                (loss / cfg.grad_accum).backward()
+                nb = images.shape[0]
+                tot_loss += loss.item() * nb
+                tot_n += nb
+                if logits is None:
+                    have_acc = False
+                else:
+                    tot_correct += int((logits.argmax(1) == labels).sum())
+                if (bi + 1) % cfg.grad_accum == 0 or bi + 1 == n_batches:
+                    _optimizer_step(opt, plist, params, masks, kept, cfg, step, total_steps)
+                    step += 1
+                bar.update(1)
+            entry: dict[str, Any] = {"epoch": epoch + 1, "train_loss": tot_loss / tot_n,
+                                     "lr": opt.param_groups[0]["lr"]}
+            if have_acc:
+                entry["train_acc"] = 100.0 * tot_correct / tot_n
+            if eval_fn is not None:
+                model.eval()
+                entry.update(eval_fn(model) or {})
+                model.train()
+            seconds += time.perf_counter() - t0
+            entry["seconds"] = seconds
+            history.append(entry)
+            bar.set_postfix(loss=f"{entry['train_loss']:.3f}")
+            if out is not None:
+                _save_checkpoint(out / CHECKPOINT, model, opt, {
+                    "epoch": epoch + 1, "step": step, "history": history, "seconds": seconds,
+                    "config": to_dict(cfg)})
+    finally:
+        bar.close()
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags[n])
+
+    metrics = {k: v for k, v in history[-1].items() if k != "epoch"}
+    metrics.update(epochs=cfg.epochs, steps=step)
+    if out is not None:
+        _finish(out, model, cfg, metrics, history)
+    return TrainResult(model=model, metrics=metrics, history=history)
+
+
+def _optimizer_step(opt: torch.optim.Optimizer, plist: list[nn.Parameter], params: Mapping[str, nn.Parameter],
+                    masks: Mapping[str, torch.Tensor], kept: Mapping[str, torch.Tensor], cfg: TrainConfig,
+                    step: int, total_steps: int) -> None:
+    """Masked, clipped, scheduled optimiser step, then exact restoration of masked-out elements."""
+    for name, m in masks.items():
+        g = params[name].grad
+        if g is not None:
+            g.mul_(m)  # SalUn: gradients only flow to salient weights
+    if cfg.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(plist, cfg.grad_clip)
+    lr = cfg.lr * lr_factor(step, total_steps, cfg.schedule, cfg.warmup_steps)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        for name, m in masks.items():
+            p = params[name]
+            p.copy_(torch.where(m, p, kept[name]))  # momentum / weight decay must not move them
+
+
+def _finish(out: Path, model: nn.Module, cfg: TrainConfig, metrics: dict[str, Any],
+            history: list[dict[str, Any]]) -> None:
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    nkio.save_state_dict(sd, out / "model.safetensors",
+                         metadata={"format": "negkit.train", "config": json.dumps(to_dict(cfg))})
+    nkio.save_json(to_dict(cfg), out / "config.json")
+    nkio.save_json(metrics, out / "metrics.json")
+    nkio.save_json(history, out / "history.json")
+    nkio.save_json({"done": True, "epochs": cfg.epochs, "steps": metrics["steps"]}, out / "done.json")
+    (out / CHECKPOINT).unlink(missing_ok=True)
