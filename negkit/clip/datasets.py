@@ -1,0 +1,296 @@
+"""The CLIP task-negation datasets, registered into :mod:`negkit.data`.
+
+``cars, dtd, eurosat, gtsrb, mnist, resisc45, sun397, svhn, imagenet`` each load
+from one of three sources (``source=``):
+
+* ``"torchvision"``: the torchvision dataset class under ``root`` (never with
+  ``download=True``; RESISC45 has no torchvision class);
+* ``"imagefolder"``: ``root/train/<class>/*`` and ``root/test/<class>/*``
+  (ImageNet: ``root/train`` and ``root/val``), or the same under ``root/<name>/``;
+* ``"hf"``: a Hugging Face dataset id (``pip install datasets``), read from the
+  local Hugging Face cache unless ``download=True``.
+
+Splits follow the task-vector papers: ``{dataset}Val`` is 10 % of the training
+images capped at 5,000 (seeded, seed 0), the rest trains; for ImageNet this gives
+the 5,000 held-out training images of ImageNetVal; ``test`` is the dataset's test
+split (ImageNet: its official validation set). Datasets without an official test
+split in torchvision (EuroSAT, SUN397) get a seeded held-out test part, recorded
+in ``bundle.meta``. Images are open_clip's preprocessing *without* Normalize, so
+pixels stay in [0, 1]; ``bundle.mean/std`` are CLIP's, applied inside the model.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import open_clip
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Subset
+from torchvision import datasets as tvd
+from torchvision import transforms as T
+
+from negkit import io as nkio
+from negkit.data import DatasetBundle, register_dataset
+from negkit.clip import prompts
+from negkit.clip.model import strip_normalize
+
+__all__ = [
+    "CLIP_DATASETS", "SOURCES", "HF_IDS", "clip_transform", "randaugment_transform",
+    "holdout_split", "write_digits_imagefolder", "HFImageDataset",
+]
+
+log = logging.getLogger(__name__)
+
+CLIP_DATASETS = ("cars", "dtd", "eurosat", "gtsrb", "mnist", "resisc45", "sun397", "svhn", "imagenet")
+SOURCES = ("torchvision", "imagefolder", "hf")
+#: Default Hugging Face ids (override with ``hf_id=``); (id, config or None, test split name).
+HF_IDS: dict[str, tuple[str, str | None, str]] = {
+    "cars": ("tanganke/stanford_cars", None, "test"),
+    "dtd": ("tanganke/dtd", None, "test"),
+    "eurosat": ("tanganke/eurosat", None, "test"),
+    "gtsrb": ("tanganke/gtsrb", None, "test"),
+    "mnist": ("ylecun/mnist", None, "test"),
+    "resisc45": ("tanganke/resisc45", None, "test"),
+    "sun397": ("tanganke/sun397", None, "test"),
+    "svhn": ("ufldl-stanford/svhn", "cropped_digits", "test"),
+    "imagenet": ("ILSVRC/imagenet-1k", None, "validation"),
+}
+_WHERE = {
+    "cars": "Stanford Cars (torchvision StanfordCars layout: root/stanford_cars/...)",
+    "dtd": "DTD (https://www.robots.ox.ac.uk/~vgg/data/dtd/; torchvision layout root/dtd/dtd/...)",
+    "eurosat": "EuroSAT RGB (torchvision layout root/eurosat/2750/<class>/...)",
+    "gtsrb": "GTSRB (torchvision layout root/gtsrb/GTSRB/...)",
+    "mnist": "MNIST (torchvision layout root/MNIST/raw/...)",
+    "resisc45": "NWPU-RESISC45 as an ImageFolder (root/train/<class>, root/test/<class>)",
+    "sun397": "SUN397 (torchvision layout root/SUN397/...)",
+    "svhn": "SVHN cropped digits (torchvision layout root/train_32x32.mat, root/test_32x32.mat)",
+    "imagenet": "ILSVRC-2012 (torchvision ImageNet layout: root/ILSVRC2012_devkit_t12.tar.gz + train/val tars)",
+}
+_TO_TENSOR = (T.ToTensor, open_clip.transform.MaybeToTensor)
+# Test fraction for torchvision datasets that ship no test split.
+_TEST_FRACTION = {"eurosat": 0.1, "sun397": 0.5}
+
+
+def clip_transform(image_size: int = 224) -> T.Compose:
+    """open_clip's evaluation preprocessing at ``image_size`` without Normalize (PIL -> [0, 1] tensor)."""
+    return strip_normalize(open_clip.image_transform(image_size, is_train=False))
+
+
+def randaugment_transform(preprocess: T.Compose, magnitude: int, num_ops: int, mstd: float = 0.5) -> T.Compose:
+    """``preprocess`` with timm's RandAugment ``rand-m{m}-n{n}-mstd{mstd}`` before the tensor conversion.
+
+    This is the augmentation that makes the 30 members of NegMerge's pool differ.
+    """
+    steps = list(preprocess.transforms)
+    size = next((getattr(t, "size") for t in steps if isinstance(t, T.CenterCrop)), (224, 224))
+    hparams = {"translate_const": int(min(size) * 0.45), "img_mean": (124, 116, 104)}
+    from timm.data.auto_augment import rand_augment_transform  # timm is slow to import; only here
+
+    ra = rand_augment_transform(f"rand-m{int(magnitude)}-n{int(num_ops)}-mstd{mstd}", hparams)
+    # RandAugment works on PIL images: insert before the first step that makes a tensor.
+    at = next((i for i, t in enumerate(steps) if isinstance(t, _TO_TENSOR)), len(steps))
+    return T.Compose(steps[:at] + [ra] + steps[at:])
+
+
+def holdout_split(n: int, fraction: float, cap: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (rest, held-out) index arrays: ``min(round(fraction·n), cap)`` images held out."""
+    k = int(round(fraction * n))
+    k = min(k, cap) if cap is not None else k
+    if not 0 < k < n:
+        raise ValueError(f"cannot hold out {k} of {n} images (fraction={fraction}, cap={cap})")
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+class HFImageDataset(Dataset):
+    """A Hugging Face image-classification split as ``(transform(image), label)`` items."""
+
+    def __init__(self, hf_split: Any, transform: Callable, image_key: str = "image", label_key: str = "label") -> None:
+        self.data, self.transform = hf_split, transform
+        self.image_key, self.label_key = image_key, label_key
+        self.targets = np.asarray(hf_split[label_key], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        row = self.data[int(i)]
+        return self.transform(row[self.image_key].convert("RGB")), int(row[self.label_key])
+
+
+def _clean(name: str) -> str:
+    return name.replace("_", " ").replace("/", " ").strip()
+
+
+def _classnames(name: str, found: Sequence[str]) -> tuple[str, ...]:
+    """CLIP-paper names where the kit has them for this many classes, else the data's own names."""
+    known = prompts.CLASSNAMES.get(name)
+    if name == "imagenet" and len(found) == len(open_clip.IMAGENET_CLASSNAMES):
+        return tuple(open_clip.IMAGENET_CLASSNAMES)
+    if known is not None and len(known) == len(found):
+        return tuple(known)
+    return tuple(_clean(str(c)) for c in found)
+
+
+def _missing(name: str, source: str, root: Any, detail: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"{name} not found at root={root} (source={source!r}): {detail}. Nothing is downloaded: fetch "
+        f"{_WHERE[name]} and put it under that root, or pass source='imagefolder' "
+        f"(root/train/<class>/*, root/test/<class>/*) or source='hf' (pip install datasets)."
+    )
+
+
+def _load_torchvision(name: str, root: Path, train: bool, transform: Callable) -> tuple[Dataset, Sequence[str]]:
+    split = "train" if train else "test"
+    if name == "cars":
+        ds = tvd.StanfordCars(root, split=split, transform=transform, download=False)
+        return ds, ds.classes
+    if name == "dtd":
+        ds = tvd.DTD(root, split=split, transform=transform, download=False)
+        return ds, ds.classes
+    if name == "gtsrb":
+        ds = tvd.GTSRB(root, split=split, transform=transform, download=False)
+        return ds, [str(i) for i in range(43)]
+    if name == "mnist":
+        ds = tvd.MNIST(root, train=train, transform=transform, download=False)
+        return ds, [str(i) for i in range(10)]
+    if name == "svhn":
+        ds = tvd.SVHN(root, split=split, transform=transform, download=False)
+        return ds, [str(i) for i in range(10)]
+    if name == "imagenet":
+        ds = tvd.ImageNet(root, split="train" if train else "val", transform=transform)
+        return ds, [c[0] for c in ds.classes]
+    if name in ("eurosat", "sun397"):  # one pool of images; the test part is held out below
+        cls = tvd.EuroSAT if name == "eurosat" else tvd.SUN397
+        ds = cls(root, transform=transform, download=False)
+        return ds, ds.classes
+    raise ValueError(
+        f"{name} has no torchvision dataset class; use source='imagefolder' (root/train/<class>, "
+        f"root/test/<class>) or source='hf' (default id {HF_IDS[name][0]!r})"
+    )
+
+
+def _load(name: str, source: str, root: Any, train: bool, transform: Callable, hf_id: str | None,
+          download: bool) -> tuple[Dataset, Sequence[str]]:
+    if source == "torchvision":
+        if root is None:
+            raise _missing(name, source, root, "no root given")
+        try:
+            return _load_torchvision(name, Path(root), train, transform)
+        except (RuntimeError, FileNotFoundError, OSError) as err:
+            raise _missing(name, source, root, str(err)) from err
+    if source == "imagefolder":
+        if root is None:
+            raise _missing(name, source, root, "no root given")
+        base = Path(root) if (Path(root) / "train").is_dir() else Path(root) / name
+        folder = base / ("train" if train else ("val" if name == "imagenet" else "test"))
+        if not folder.is_dir():
+            raise _missing(name, source, root, f"folder {folder} does not exist")
+        ds = tvd.ImageFolder(str(folder), transform=transform)
+        return ds, ds.classes
+    if source == "hf":
+        try:
+            import datasets as hfd
+        except ImportError as err:
+            raise ImportError(f"source='hf' for {name} needs the Hugging Face datasets package: pip install datasets") from err
+        hid, config, test_split = HF_IDS[name]
+        hid = hf_id or hid
+        mode = None if download else hfd.DownloadMode.REUSE_DATASET_IF_EXISTS
+        try:
+            split = hfd.load_dataset(hid, config, split="train" if train else test_split, cache_dir=root,
+                                     download_mode=mode, **({} if download else {"verification_mode": "no_checks"}))
+        except Exception as err:  # the datasets package raises many types for a missing cache
+            raise _missing(name, source, root, f"could not load {hid!r} ({err}); pass download=True to fetch it") from err
+        names = split.features["label"].names
+        return HFImageDataset(split, transform), names
+    raise ValueError(f"unknown source {source!r} for {name}; valid sources are {list(SOURCES)}")
+
+
+def _build(name: str, root: str | os.PathLike | None = None, *, source: str = "torchvision",
+           transform: Callable | None = None, train_transform: Callable | None = None, image_size: int = 224,
+           val_fraction: float = 0.1, val_cap: int = 5000, seed: int = 0, hf_id: str | None = None,
+           download: bool = False) -> DatasetBundle:
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r} for {name}; valid sources are {list(SOURCES)}")
+    transform = transform or clip_transform(image_size)
+    train_transform = train_transform or transform
+    # Two views of the training images: augmented for training, plain for {dataset}Val.
+    train_all, found = _load(name, source, root, True, train_transform, hf_id, download)
+    plain_all, _ = _load(name, source, root, True, transform, hf_id, download)
+    meta: dict[str, Any] = {"source": source, "root": None if root is None else str(root), "seed": seed,
+                            "val": f"{val_fraction:.0%} of train capped at {val_cap}, seed {seed}"}
+    if source == "torchvision" and name in _TEST_FRACTION:
+        pool_idx, test_idx = holdout_split(len(train_all), _TEST_FRACTION[name], None, seed)
+        test = Subset(plain_all, test_idx.tolist())
+        meta["test"] = f"seeded {_TEST_FRACTION[name]:.0%} of all images (torchvision has no test split)"
+    else:
+        pool_idx = np.arange(len(train_all))
+        test, _ = _load(name, source, root, False, transform, hf_id, download)
+        meta["test"] = "official validation set" if name == "imagenet" else "official test split"
+    rest, val = holdout_split(len(pool_idx), val_fraction, val_cap, seed)
+    train_idx, val_idx = pool_idx[rest], pool_idx[val]
+    if name == "imagenet":
+        meta["variant"] = "ILSVRC-2012; test = official 50k val, ImageNetVal = 5,000 held-out train images"
+    meta["sizes"] = {"train": len(train_idx), "val": len(val_idx), "test": len(test)}
+    return DatasetBundle(
+        name=name, train=Subset(train_all, train_idx.tolist()), val=Subset(plain_all, val_idx.tolist()), test=test,
+        classnames=_classnames(name, found),
+        mean=tuple(open_clip.OPENAI_DATASET_MEAN), std=tuple(open_clip.OPENAI_DATASET_STD), meta=meta,
+    )
+
+
+def _register(name: str) -> None:
+    def builder(root: str | os.PathLike | None = None, **kw: Any) -> DatasetBundle:
+        return _build(name, root, **kw)
+
+    builder.__name__ = name
+    builder.__doc__ = (
+        f"{name} for CLIP task negation (see :mod:`negkit.clip.datasets`).\n\n"
+        "Args:\n    root: Data folder.\n    **kw: source ('torchvision'|'imagefolder'|'hf'), transform, "
+        "train_transform, image_size, val_fraction, val_cap, seed, hf_id, download."
+    )
+    register_dataset(name)(builder)
+
+
+for _name in CLIP_DATASETS:
+    _register(_name)
+
+
+def write_digits_imagefolder(root: str | os.PathLike, *, name: str = "mnist", size: int = 32,
+                             per_class: int | None = None, test_fraction: float = 0.3, invert: bool = False,
+                             test_split: str = "test", seed: int = 0) -> Path:
+    """Write scikit-learn's digits as an RGB ImageFolder ``root/name/{train,test}/<digit>/*.png``.
+
+    Offline stand-in for the real datasets in tests and smoke runs. Class folders
+    are ``"0"``..``"9"`` (the MNIST/SVHN class names). ``invert`` draws dark digits
+    on a coloured background so that two written datasets differ.
+
+    Returns:
+        The dataset folder ``root/name``.
+    """
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    rng = np.random.default_rng(seed)
+    out = Path(root) / name
+    counts: dict[tuple[str, int], int] = {}
+    for label in range(10):
+        idx = np.flatnonzero(raw.target == label)
+        idx = rng.permutation(idx)[: per_class or len(idx)]
+        n_test = max(1, int(round(test_fraction * len(idx))))
+        for j, i in enumerate(idx):
+            split = test_split if j < n_test else "train"
+            grey = (raw.images[i] / 16.0 * 255).astype(np.uint8)
+            rgb = np.stack([grey, grey // 2, 255 - grey] if invert else [grey] * 3, axis=-1)
+            img = Image.fromarray(rgb, "RGB").resize((size, size), Image.BILINEAR)
+            folder = out / split / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            with nkio.atomic_write(folder / f"{i:04d}.png") as tmp:
+                img.save(tmp, format="PNG")
+            counts[(split, label)] = counts.get((split, label), 0) + 1
+    log.info("wrote %d digit images to %s", sum(counts.values()), out)
+    return out

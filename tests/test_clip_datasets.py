@@ -1,0 +1,86 @@
+"""CLIP dataset registry entries: ImageFolder path end to end, split rules, clear missing-data errors."""
+from __future__ import annotations
+
+import builtins
+
+import numpy as np
+import pytest
+import torch
+
+import negkit.data
+from negkit.clip import datasets as cd
+
+
+@pytest.fixture(scope="module")
+def digits_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clipdata")
+    cd.write_digits_imagefolder(root, name="mnist", size=20, per_class=20)
+    return root
+
+
+def test_all_nine_registered():
+    assert set(cd.CLIP_DATASETS) <= set(negkit.data.list_datasets())
+    assert len(cd.CLIP_DATASETS) == 9
+
+
+def test_imagefolder_bundle(digits_root):
+    b = negkit.data.get("mnist", root=digits_root, source="imagefolder", image_size=32)
+    assert b.classnames == tuple(str(i) for i in range(10))
+    # 20 per class, 6 test per class -> 140 train images, 10 % held out as mnistVal
+    assert b.meta["sizes"] == {"train": 126, "val": 14, "test": 60}
+    x, y = b.train[0]
+    assert x.shape == (3, 32, 32) and 0 <= float(x.min()) and float(x.max()) <= 1 and isinstance(y, int)
+    assert b.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
+    # train and val are disjoint parts of the same training images
+    assert not set(b.train.indices) & set(b.val.indices)
+    assert set(b.train.indices) | set(b.val.indices) == set(range(140))
+    # the split is seeded: same seed same val, another seed another val
+    again = negkit.data.get("mnist", root=digits_root / "mnist", source="imagefolder", image_size=32)
+    assert again.val.indices == b.val.indices
+    other = negkit.data.get("mnist", root=digits_root, source="imagefolder", image_size=32, seed=1)
+    assert other.val.indices != b.val.indices
+
+
+def test_holdout_split_cap():
+    rest, val = cd.holdout_split(1_281_167, 0.1, 5000, seed=0)
+    assert len(val) == 5000 and len(rest) == 1_276_167 and not np.intersect1d(rest, val).size
+    with pytest.raises(ValueError, match="cannot hold out"):
+        cd.holdout_split(5, 0.01, 5000, seed=0)
+
+
+def test_randaugment_changes_training_images_only(digits_root):
+    train_tf = cd.randaugment_transform(cd.clip_transform(32), magnitude=9, num_ops=3)
+    names = [type(t).__name__ for t in train_tf.transforms]
+    assert names.index("RandAugment") < names.index("MaybeToTensor")
+    torch.manual_seed(0)
+    b = negkit.data.get("mnist", root=digits_root, source="imagefolder", image_size=32, train_transform=train_tf)
+    plain = b.train.dataset.__class__(b.train.dataset.root, transform=cd.clip_transform(32))
+    i, v = b.train.indices[0], b.val.indices[0]
+    assert any(not torch.equal(b.train[0][0], plain[i][0]) for _ in range(5))
+    assert torch.equal(b.val[0][0], plain[v][0])  # {dataset}Val is never augmented
+
+
+def test_missing_data_errors_say_what_to_fetch(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"cars not found at root=.*source='torchvision'.*Stanford Cars"):
+        negkit.data.get("cars", root=tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"folder .*dtd.*train does not exist"):
+        negkit.data.get("dtd", root=tmp_path, source="imagefolder")
+    with pytest.raises(FileNotFoundError, match="no root given"):
+        negkit.data.get("svhn")
+    with pytest.raises(ValueError, match="resisc45 has no torchvision dataset class.*imagefolder"):
+        negkit.data.get("resisc45", root=tmp_path)
+    with pytest.raises(ValueError, match="unknown source 'web'.*torchvision"):
+        negkit.data.get("mnist", root=tmp_path, source="web")
+
+
+def test_hf_source_without_package_says_how_to_install(tmp_path, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_datasets(name, *args, **kwargs):
+        if name == "datasets":
+            raise ImportError("No module named 'datasets'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_datasets)
+    with pytest.raises(ImportError, match="pip install datasets"):
+        negkit.data.get("eurosat", root=tmp_path, source="hf")
