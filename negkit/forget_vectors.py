@@ -29,12 +29,14 @@ and ``negkit.metrics.unlearning_metrics`` evaluate the frozen model with δ appl
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -42,15 +44,17 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from negkit import io
-from negkit.config import from_dict, replace
+from negkit.config import from_dict, replace, to_dict
 from negkit.data import labels_of
+from negkit.evaluate import predict
+from negkit.metrics import unlearning_metrics
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "ForgetVectorConfig", "ForgetVector", "margin_loss", "forget_vector_loss",
     "learn_forget_vector", "learn_classwise", "combine", "learn_arithmetic",
-    "frozen", "project",
+    "frozen", "project", "per_class_accuracy", "classwise_report", "run_benchmark",
 ]
 
 BOUNDS = ("none", "linf", "l2")
@@ -375,7 +379,7 @@ def learn_forget_vector(model: nn.Module, forget: Dataset, retain: Dataset,
 
 def learn_classwise(model: nn.Module, data: Any, classes: Sequence[int],
                     cfg: ForgetVectorConfig | Mapping[str, Any] | None = None, *,
-                    device: str | torch.device | None = None,
+                    cache_dir: str | Path | None = None, device: str | torch.device | None = None,
                     progress: bool = False) -> dict[int, ForgetVector]:
     """One forget vector per class: δ_c forgets class c and keeps every other class.
 
@@ -384,6 +388,8 @@ def learn_classwise(model: nn.Module, data: Any, classes: Sequence[int],
         data: A ``DatasetBundle`` (its ``train`` split is used) or a Dataset of (image, label).
         classes: Classes to learn a vector for.
         cfg: Learning configuration (the seed is offset by the class for each vector).
+        cache_dir: If given, each δ_c is saved there as ``class_<c>.safetensors`` and
+            reused by later calls with the same ``cfg``.
         device: None for cuda if available, else cpu.
         progress: Show a tqdm bar over classes.
 
@@ -391,7 +397,8 @@ def learn_classwise(model: nn.Module, data: Any, classes: Sequence[int],
         ``{class: ForgetVector}``.
 
     Raises:
-        ValueError: A class has no samples in ``data`` (unknown class).
+        ValueError: A class has no samples in ``data`` (unknown class), or a cached
+            vector was learned with another config.
     """
     cfg = from_dict(ForgetVectorConfig, cfg)
     dataset = getattr(data, "train", data)
@@ -405,8 +412,10 @@ def learn_classwise(model: nn.Module, data: Any, classes: Sequence[int],
         mask = labels == c
         forget = Subset(dataset, torch.nonzero(mask).flatten().tolist())
         retain = Subset(dataset, torch.nonzero(~mask).flatten().tolist())
-        out[c] = learn_forget_vector(model, forget, retain, replace(cfg, seed=cfg.seed + c),
-                                     device=device, meta={"task": f"class_{c}", "classes": str(c)})
+        path = Path(cache_dir) / f"class_{c}.safetensors" if cache_dir is not None else None
+        out[c] = _cached(path, cfg, lambda: learn_forget_vector(
+            model, forget, retain, replace(cfg, seed=cfg.seed + c), device=device,
+            meta={"task": f"class_{c}", "classes": str(c)}))
     return out
 
 
@@ -512,3 +521,108 @@ def learn_arithmetic(model: nn.Module, vectors: Mapping[int, ForgetVector], forg
     fv.meta.update({str(k): str(v) for k, v in (meta or {}).items()})
     fv.history = history
     return fv
+
+
+# ----------------------------------------------------------------------------- evaluation
+def per_class_accuracy(model: nn.Module, data: Dataset, *, input_transform: Any = None,
+                       num_classes: int | None = None, device: str | torch.device | None = None,
+                       batch_size: int = 512) -> pd.Series:
+    """Accuracy (%) of ``model`` on each class of ``data`` (NaN for a class without samples).
+
+    Args:
+        model: Classifier taking raw pixels.
+        data: Dataset of (image, label).
+        input_transform: E.g. a :class:`ForgetVector`; None for the plain model.
+        num_classes: Number of classes (default: the number of logits).
+        device: None for cuda if available, else cpu.
+        batch_size: Evaluation batch size.
+
+    Returns:
+        A Series indexed by class.
+    """
+    logits, labels = predict(model, data, device=device, batch_size=batch_size, input_transform=input_transform)
+    correct = logits.argmax(1) == labels
+    k = num_classes or logits.shape[1]
+    return pd.Series({c: 100.0 * float(correct[labels == c].float().mean()) if (labels == c).any() else math.nan
+                      for c in range(k)}, name="acc")
+
+
+def classwise_report(model: nn.Module, vectors: Mapping[int, ForgetVector], test: Dataset, *,
+                     device: str | torch.device | None = None, batch_size: int = 512) -> pd.DataFrame:
+    """How well each class-wise δ_c forgets class c on ``test`` and spares the others.
+
+    Returns:
+        One row per class c: ``acc_c_original`` / ``acc_c`` (accuracy on class c without / with δ_c),
+        ``UA`` = 100 − ``acc_c``, ``TA_others_original`` / ``TA_others`` (accuracy on the other
+        classes without / with δ_c), ``TA_drop`` = original − with δ, and ``l2`` = ‖δ_c‖₂.
+    """
+    kw = dict(device=device, batch_size=batch_size)
+    logits0, labels = predict(model, test, **kw)
+    ok0 = logits0.argmax(1) == labels
+    rows = []
+    for c, fv in vectors.items():
+        ok = predict(model, test, input_transform=fv, **kw)[0].argmax(1) == labels
+        mine = labels == c
+        rows.append({"class": int(c), "acc_c_original": 100.0 * float(ok0[mine].float().mean()),
+                     "acc_c": 100.0 * float(ok[mine].float().mean()),
+                     "TA_others_original": 100.0 * float(ok0[~mine].float().mean()),
+                     "TA_others": 100.0 * float(ok[~mine].float().mean()), "l2": fv.norm()})
+    df = pd.DataFrame(rows)
+    df["UA"] = 100.0 - df["acc_c"]
+    df["TA_drop"] = df["TA_others_original"] - df["TA_others"]
+    return df
+
+
+# ----------------------------------------------------------------------------- benchmark glue
+def _cached(path: Path | None, cfg: ForgetVectorConfig, learn) -> ForgetVector:
+    """Load the vector at ``path`` if it was learned with ``cfg``; else learn and save it."""
+    key = json.dumps(to_dict(cfg), sort_keys=True)
+    if path is not None and path.exists():
+        fv = ForgetVector.load(path)
+        if fv.meta.get("config") == key:
+            log.info("reusing %s", path)
+            return fv
+        raise ValueError(f"{path} was learned with another ForgetVectorConfig ({fv.meta.get('config')}); "
+                         "delete it or use another run_dir / cache_dir")
+    fv = learn()
+    fv.meta["config"] = key
+    if path is not None:
+        fv.save(path)
+    return fv
+
+
+def run_benchmark(setup: Any, cfg: ForgetVectorConfig | Mapping[str, Any] | None = None, *,
+                  vectors: Mapping[int, ForgetVector] | None = None, device: str | torch.device | None = None,
+                  progress: bool = False) -> tuple[ForgetVector, dict[str, float]]:
+    """Forget a ``negkit.benchmark.Setup``'s forget set with δ and record the result.
+
+    Learns δ on the Setup's forget / retain sets with its original model frozen (or,
+    with ``vectors``, the weights of δ(w) = Σ w_c δ_c), evaluates UA, RA, TA, MIA with
+    δ applied and appends them, with Avg. Gap to Retrain, to ``setup.log`` as method
+    ``"forget_vector"`` (or ``"forget_vector_arithmetic"``) — next to the weight-based
+    methods of the same run. δ is saved under ``<scenario>/forget_vectors/`` and reused
+    on rerun; records already present are not written twice.
+
+    Returns:
+        ``(forget_vector, metrics)``.
+    """
+    cfg = from_dict(ForgetVectorConfig, cfg)
+    method = "forget_vector" if vectors is None else "forget_vector_arithmetic"
+    device = device if device is not None else setup.device
+    meta = {"task": setup.scenario}
+    if vectors is None:
+        learn = lambda: learn_forget_vector(setup.original, setup.forget, setup.retain, cfg,  # noqa: E731
+                                            device=device, progress=progress, meta=meta)
+    else:
+        learn = lambda: learn_arithmetic(setup.original, vectors, setup.forget, setup.retain, cfg,  # noqa: E731
+                                         device=device, progress=progress, meta=meta)
+    fv = _cached(Path(setup.scenario_dir) / "forget_vectors" / f"{method}.safetensors", cfg, learn)
+    metrics = {k: float(v) for k, v in unlearning_metrics(
+        setup.original, setup.forget, setup.retain, setup.test, device=device, input_transform=fv,
+        seed=setup.cfg.seed).items()}
+    if not setup.log.has(scenario=setup.scenario, method=method, metric="avg_gap"):
+        from negkit.benchmark import record_method  # benchmark imports the whole pipeline; load it lazily
+
+        note = f"||δ||₂={fv.norm():.3g}" + (f"; w={fv.meta['weights']}" if vectors is not None else "")
+        record_method(setup.log, setup, method, metrics, note=note)
+    return fv, metrics

@@ -262,3 +262,22 @@ def test_save_load_round_trip(tmp_path, classwise):
     io.save_state_dict({"weight": torch.zeros(2)}, tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match="not a forget vector file"):
         ForgetVector.load(tmp_path / "other.safetensors")
+
+
+# ----------------------------------------------------------------------------- evaluation
+def test_per_class_accuracy_and_classwise_report(toy, classwise):
+    model, data = toy
+    x, y = data.tensors
+    fv = classwise[0]
+    model.eval()
+    with torch.no_grad():
+        pred = model(fv(x)).argmax(1)
+    acc = fvs.per_class_accuracy(model, data, input_transform=fv, device="cpu")
+    for c in range(3):
+        assert acc[c] == pytest.approx(100 * float((pred[y == c] == c).float().mean()))
+    report = fvs.classwise_report(model, classwise, data, device="cpu").set_index("class")
+    assert list(report.index) == [0, 1, 2]
+    assert report.loc[0, "acc_c"] == pytest.approx(acc[0])
+    assert report.loc[0, "TA_others"] == pytest.approx(100 * float((pred[y != 0] == y[y != 0]).float().mean()))
+    assert (report.UA == 100 - report.acc_c).all()
+    assert (report.acc_c_original > 90).all()
