@@ -1,0 +1,171 @@
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.collections import QuadMesh  # noqa: E402
+
+from negkit import plotting  # noqa: E402
+from negkit.analysis import consensus_by_layer_vs_k, consensus_vs_k, pairwise_agreement  # noqa: E402
+from negkit.results import COLUMNS, Record  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _records(rows):
+    base = dict(setting="clip", model="ViT-B-32/openai", dataset="cars", scenario="task", pool_config="",
+                coef=math.nan, split="test", metric="acc", value=0.0, seed=0)
+    df = pd.DataFrame([Record(**{**base, **r}).__dict__ for r in rows])
+    assert list(df.columns) == list(COLUMNS)
+    return df
+
+
+def _pool(k=4):
+    g = torch.Generator().manual_seed(0)
+    return [{"visual.conv1.weight": torch.randn(4, 3, generator=g),
+             "visual.transformer.resblocks.0.mlp.c_fc.weight": torch.randn(6, 2, generator=g),
+             "visual.transformer.resblocks.1.mlp.c_fc.weight": torch.randn(6, 2, generator=g)} for _ in range(k)]
+
+
+def test_save_figure_writes_png_and_pdf_atomically(tmp_path):
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    paths = plotting.save_figure(ax, tmp_path / "figs" / "curve.v2")
+    assert [p.name for p in paths] == ["curve.v2.png", "curve.v2.pdf"]
+    assert paths[0].read_bytes()[:4] == b"\x89PNG" and paths[1].read_bytes()[:4] == b"%PDF"
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["curve.v2.pdf", "curve.v2.png"]
+    assert plotting.save_figure(fig, tmp_path / "x.png", formats=("png",)) == [tmp_path / "x.png"]
+    with pytest.raises(TypeError, match="Figure or Axes"):
+        plotting.save_figure("not a figure", tmp_path / "y")
+
+
+def test_consensus_heatmap_from_analysis_table():
+    table = consensus_by_layer_vs_k(_pool(), ks=[2, 3, 4], draws=2)
+    ax = plotting.consensus_heatmap(table)
+    mesh = [c for c in ax.collections if isinstance(c, QuadMesh)]
+    assert len(mesh) == 1 and mesh[0].get_array().size == 9
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["conv1", "resblocks.0", "resblocks.1"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["2", "3", "4"]
+    assert len(ax.texts) == 9  # annotated cells
+    # the long table of consensus_vs_k(by_group=True) draws the same cells
+    long = consensus_vs_k(_pool(), ks=[2, 3, 4], draws=2, by_group=True)
+    ax2 = plotting.consensus_heatmap(long)
+    mesh2 = [c for c in ax2.collections if isinstance(c, QuadMesh)][0]
+    np.testing.assert_allclose(mesh2.get_array(), mesh[0].get_array())
+
+
+def test_agreement_heatmap_wide_and_long():
+    wide = pairwise_agreement(_pool(3), names=["a", "b", "c"])
+    for data in (wide, pairwise_agreement(_pool(3), names=["a", "b", "c"], form="long")):
+        ax = plotting.agreement_heatmap(data)
+        mesh = [c for c in ax.collections if isinstance(c, QuadMesh)][0]
+        np.testing.assert_allclose(np.asarray(mesh.get_array()).reshape(3, 3), wide.to_numpy())
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
+
+
+def test_consensus_curve_lines_and_bands():
+    df = consensus_vs_k(_pool(), draws=3, by_group=True)
+    ax = plotting.consensus_curve(df)
+    assert len(ax.lines) == 1 and len(ax.collections) == 1
+    np.testing.assert_array_equal(ax.lines[0].get_xdata(), [1, 2, 3, 4])
+    expected = df[df.group == "all"].groupby("k")["frac_consistent"].mean().to_numpy()
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), expected)
+    ax = plotting.consensus_curve(df, groups=["resblocks.0", "resblocks.1"], spread="minmax")
+    assert len(ax.lines) == 2 and ax.get_legend() is not None
+    with pytest.raises(ValueError, match="no rows for group"):
+        plotting.consensus_curve(df, groups=["nope"])
+
+
+def _sweep():
+    rows = []
+    for seed in (0, 1):
+        for lam in (0.0, 0.5, 1.0):
+            rows.append(dict(method="negmerge", coef=lam, split="forget", value=80 - 60 * lam + seed, seed=seed))
+            rows.append(dict(method="negmerge", coef=lam, split="control", value=60 - 10 * lam, seed=seed))
+    rows.append(dict(method="zeroshot", split="control", value=60.0))
+    return _records(rows)
+
+
+def test_coef_curve_draws_curves_threshold_and_choice():
+    ax = plotting.coef_curve(_sweep(), "negmerge", chosen=0.5)
+    # forget, control, admissibility (reference read from the zeroshot row), chosen λ
+    assert len(ax.lines) == 4
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [80.5, 50.5, 20.5])  # mean over seeds
+    assert ax.lines[2].get_ydata()[0] == pytest.approx(0.95 * 60)
+    assert ax.lines[3].get_xdata()[0] == 0.5
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[0] == "forget (forget)" and "chosen λ = 0.5" in labels
+    ax = plotting.coef_curve(_sweep(), "negmerge", control_reference=50, threshold=0.9)
+    assert len(ax.lines) == 3 and ax.lines[2].get_ydata()[0] == pytest.approx(45)
+    with pytest.raises(ValueError, match="swept methods: \\['negmerge'\\]"):
+        plotting.coef_curve(_sweep(), "ties")
+
+
+def _results():
+    rows = []
+    for seed in (0, 1):
+        for m, base in (("negmerge", 10), ("ties", 20), ("retrain", 5)):
+            for metric in ("UA", "RA", "TA", "MIA", "avg_gap"):
+                rows.append(dict(method=m, metric=metric, value=base + seed, seed=seed, coef=0.3))
+        for i, cfg in enumerate(("lr1e-5_rs10", "lr1e-5_rs2", "lr3e-5_rs2")):
+            rows.append(dict(method="task_arithmetic", pool_config=cfg, metric="avg_gap", value=i, seed=seed))
+    return _records(rows)
+
+
+def test_sensitivity_points_and_reference_lines():
+    ax = plotting.sensitivity(_results(), reference_methods=("negmerge", "mean", "ties"))
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["lr1e-5_rs2", "lr1e-5_rs10", "lr3e-5_rs2"]
+    ref_lines = [ln for ln in ax.lines if len(ln.get_ydata()) == 2 and ln.get_ydata()[0] == ln.get_ydata()[1]]
+    assert sorted(ln.get_ydata()[0] for ln in ref_lines) == [10.5, 20.5]  # mean absent: skipped
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["NegMerge", "TIES", "Task Arithmetic (single fine-tune)"]
+    bad = pd.concat([_results(), _records([dict(method="negmerge", metric="avg_gap", coef=0.9, value=1)])])
+    with pytest.raises(ValueError, match="2 coefficients"):
+        plotting.sensitivity(bad)
+
+
+def test_results_bars_and_table():
+    df = _results()
+    ax = plotting.results_bars(df[df.pool_config == ""])
+    bars = [b for c in ax.containers for b in c]  # ax.patches also holds seaborn's legend proxies
+    assert len(ax.containers) == 5 and len(bars) == 3 * 5  # one container per metric, a bar per method
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["Retrain", "TIES", "NegMerge"]
+    heights = sorted(b.get_height() for b in bars)
+    assert heights == [5.5] * 5 + [10.5] * 5 + [20.5] * 5  # mean over the two seeds
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["UA", "RA", "TA", "MIA", "avg_gap"]
+    table = plotting.results_table(df)
+    assert list(table.index) == ["retrain", "task_arithmetic", "ties", "negmerge"]
+    assert list(table.columns) == ["UA", "RA", "TA", "MIA", "avg_gap"]
+    assert table.loc["negmerge", "UA"] == 10.5 and math.isnan(table.loc["task_arithmetic", "UA"])
+    assert table.loc["task_arithmetic", "avg_gap"] == 1.0
+    shown = plotting.results_table(df, metrics=("UA",), methods=["negmerge"], show_std=True)
+    assert shown.loc["negmerge", "UA"] == "10.50 ± 0.71"
+
+
+def test_image_grid_scales_and_layout():
+    deltas = torch.zeros(5, 1, 4, 4)
+    deltas[0, 0, 0, 0] = 2.0
+    deltas[1, 0, 1, 1] = -0.5
+    axes = plotting.image_grid(deltas, titles=[f"class {i}" for i in range(5)], ncols=3)
+    assert len(axes) == 6 and not axes[5].get_visible()
+    assert [a.get_title() for a in axes[:5]] == [f"class {i}" for i in range(5)]
+    assert axes[1].images[0].get_clim() == (-2.0, 2.0)  # symmetric, shared
+    axes = plotting.image_grid(deltas[:2], shared_scale=False, colorbar=False)
+    assert axes[1].images[0].get_clim() == (-0.5, 0.5)
+    rgb = [torch.linspace(-1, 3, 48).reshape(3, 4, 4)]
+    arr = plotting.image_grid(rgb)[0].images[0].get_array()
+    assert arr.shape == (4, 4, 3) and arr.min() == 0.0 and arr.max() == 1.0
+    with pytest.raises(ValueError, match="C in \\(1, 3\\)"):
+        plotting.image_grid(torch.zeros(2, 2, 4, 4))
