@@ -1,0 +1,190 @@
+"""Dataset registry, digits, CIFAR loading (fake on-disk data) and forget splits."""
+from __future__ import annotations
+
+import hashlib
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import ConcatDataset, Dataset
+
+import negkit.data as data
+from negkit.data import DatasetBundle, TensorImageDataset, labels_of
+from negkit.data.splits import ForgetSplit, class_mask, make_forget_split, subset, without_classes
+
+
+@pytest.fixture(scope="module")
+def digits() -> DatasetBundle:
+    return data.get("digits")
+
+
+# --- registry -------------------------------------------------------------------------------
+
+def test_registry_lists_builtins_and_rejects_unknown_names():
+    assert {"digits", "cifar10", "cifar100"} <= set(data.list_datasets())
+    with pytest.raises(ValueError, match="registered datasets are .*digits"):
+        data.get("mnistt")
+
+
+def test_register_dataset_adds_a_builder_and_refuses_a_second_one_under_the_same_name():
+    @data.register_dataset("_test_tiny")
+    def tiny(root=None, n=4):
+        ds = TensorImageDataset(torch.rand(n, 1, 2, 2), [0, 1] * (n // 2))
+        return DatasetBundle("_test_tiny", ds, ds, ds, ("a", "b"), (0.5,), (0.5,))
+
+    try:
+        bundle = data.get("_test_tiny", n=6)
+        assert bundle.num_classes == 2 and bundle.input_shape == (1, 2, 2) and len(bundle.train) == 6
+        with pytest.raises(ValueError, match="already registered"):
+            data.register_dataset("_test_tiny")(lambda root=None: None)
+    finally:
+        data._REGISTRY.pop("_test_tiny")
+
+
+# --- digits ---------------------------------------------------------------------------------
+
+def test_digits_splits_are_disjoint_stratified_and_in_unit_range(digits):
+    sizes = [len(digits.train), len(digits.val), len(digits.test)]
+    assert sizes == [1077, 180, 540] and sum(sizes) == 1797
+    assert digits.classnames == tuple(str(i) for i in range(10)) and digits.input_shape == (1, 8, 8)
+    img, label = digits.train[0]
+    assert img.dtype == torch.float32 and isinstance(label, int)
+    every = torch.cat([digits.train.tensors[0], digits.val.tensors[0], digits.test.tensors[0]])
+    assert every.min() >= 0 and every.max() <= 1 and every.max() > 0.99
+    # No image of one split appears in another (digits has a few exact duplicates, so compare counts).
+    assert torch.unique(every.flatten(1), dim=0).shape[0] >= 1797 - 5
+    for split in (digits.train, digits.val, digits.test):  # stratified: every class present, ~10 % each
+        counts = np.bincount(labels_of(split), minlength=10) / len(split)
+        assert counts.min() > 0.08 and counts.max() < 0.12
+
+
+def test_digits_is_deterministic_per_seed_and_differs_across_seeds(digits):
+    again = data.get("digits")
+    assert torch.equal(again.train.tensors[0], digits.train.tensors[0])
+    other = data.get("digits", seed=1)
+    assert not torch.equal(other.train.tensors[0], digits.train.tensors[0])
+
+
+def test_digits_resizes_repeats_channels_and_computes_train_statistics(digits):
+    big = data.get("digits", size=16, channels=3)
+    assert big.input_shape == (3, 16, 16) and len(big.mean) == 3 and big.mean[0] == big.mean[2]
+    x = digits.train.tensors[0]
+    assert digits.mean[0] == pytest.approx(x.mean().item(), rel=1e-5)
+    assert digits.std[0] == pytest.approx(x.std().item(), rel=1e-5)
+    with pytest.raises(ValueError, match="channels"):
+        data.get("digits", channels=2)
+
+
+# --- labels_of / TensorImageDataset ------------------------------------------------------------
+
+class _NoLabels(Dataset):
+    def __len__(self):
+        return 3
+
+    def __getitem__(self, i):
+        return torch.zeros(1, 2, 2), [2, 0, 1][i]
+
+
+def test_labels_of_follows_targets_subsets_concat_and_falls_back_to_iterating(digits):
+    lab = labels_of(digits.train)
+    assert lab.dtype == np.int64 and np.array_equal(lab, digits.train.targets.numpy())
+    assert np.array_equal(labels_of(subset(digits.train, [5, 1])), lab[[5, 1]])
+    assert np.array_equal(labels_of(ConcatDataset([subset(digits.train, [3]), _NoLabels()])),
+                          [lab[3], 2, 0, 1])
+
+
+def test_tensor_image_dataset_converts_uint8_and_validates_shapes():
+    ds = TensorImageDataset(torch.full((2, 3, 4, 4), 255, dtype=torch.uint8), [1, 0])
+    img, label = ds[0]
+    assert img.dtype == torch.float32 and img.max() == 1.0 and label == 1
+    with pytest.raises(ValueError, match="one label each"):
+        TensorImageDataset(torch.rand(2, 3, 4, 4), [1])
+
+
+# --- CIFAR ----------------------------------------------------------------------------------
+
+def test_cifar_without_data_says_what_to_download_and_where(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"cifar-10-python\.tar\.gz.*cifar-10-batches-py/data_batch_1"):
+        data.get("cifar10", root=tmp_path)
+    with pytest.raises(FileNotFoundError, match="cifar-100-python"):
+        data.get("cifar100")
+
+
+def test_cifar10_loads_torchvision_on_disk_format(tmp_path, monkeypatch):
+    from torchvision.datasets import CIFAR10
+
+    folder = tmp_path / CIFAR10.base_folder
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    files = {name: {"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8), "labels": list(range(10)) * 2}
+             for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]}
+    files["batches.meta"] = {"label_names": [f"c{i}" for i in range(10)]}
+    md5 = {}
+    for name, obj in files.items():
+        (folder / name).write_bytes(pickle.dumps(obj))
+        md5[name] = hashlib.md5((folder / name).read_bytes()).hexdigest()
+    # torchvision verifies the official checksums; point it at the fake files' checksums instead.
+    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", md5[f"data_batch_{i}"]] for i in range(1, 6)])
+    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5["test_batch"]]])
+    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5["batches.meta"]})
+
+    b = data.get("cifar10", root=tmp_path, val_size=10, seed=0)
+    assert (len(b.train), len(b.val), len(b.test)) == (90, 10, 20)
+    assert b.classnames[3] == "c3" and b.input_shape == (3, 32, 32) and b.num_classes == 10
+    img, label = b.test[1]
+    raw = files["test_batch"]["data"][1].reshape(3, 32, 32)
+    assert label == 1 and torch.equal(img, torch.from_numpy(raw).float() / 255)
+    assert len(set(b.meta["sizes"].values())) == 3
+    aug = data.get("cifar10", root=tmp_path, val_size=10, augment=True)
+    assert aug.train[0][0].shape == (3, 32, 32) and aug.val.transform is None
+
+
+# --- forget splits --------------------------------------------------------------------------
+
+def test_random_split_is_seeded_disjoint_and_covers_the_training_set():
+    labels = np.arange(200) % 10
+    s = make_forget_split(labels, "random", fraction=0.1, seed=3)
+    assert s.name == "random_10" and len(s.forget_idx) == 20
+    assert np.intersect1d(s.forget_idx, s.retain_idx).size == 0
+    assert np.array_equal(np.union1d(s.forget_idx, s.retain_idx), np.arange(200))
+    assert np.array_equal(make_forget_split(labels, fraction=0.1, seed=3).forget_idx, s.forget_idx)
+    assert not np.array_equal(make_forget_split(labels, fraction=0.1, seed=4).forget_idx, s.forget_idx)
+    assert make_forget_split(labels, fraction=0.025).name == "random_2.5"
+    d = s.to_dict()
+    assert d["name"] == "random_10" and d["forget_idx"] == s.forget_idx.tolist()
+
+
+def test_class_split_forgets_exactly_the_given_classes():
+    labels = np.array([0, 1, 2, 7, 1, 7, 3])
+    s = make_forget_split(labels, "class", classes=(7, 1))
+    assert s.name == "class_1-7" and s.classes == (1, 7)
+    assert s.forget_idx.tolist() == [1, 3, 4, 5] and s.retain_idx.tolist() == [0, 2, 6]
+    assert s.fraction == pytest.approx(4 / 7)
+    assert class_mask(labels, [3]).tolist() == [False] * 6 + [True]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(scenario="random", fraction=0.0), "fraction"),
+    (dict(scenario="random", fraction=1.5), "fraction"),
+    (dict(scenario="random", fraction=0.01), "empty forget"),
+    (dict(scenario="class", classes=(11,)), "unknown class"),
+    (dict(scenario="class", classes=(11,), num_classes=12), "empty"),
+    (dict(scenario="class", classes=tuple(range(10))), "every class"),
+    (dict(scenario="class"), "needs classes"),
+    (dict(scenario="random", classes=(1,)), "scenario='class'"),
+    (dict(scenario="sharded"), "unknown scenario"),
+])
+def test_split_errors_name_the_problem(kwargs, match):
+    labels = np.arange(20) % 10
+    with pytest.raises(ValueError, match=match):
+        make_forget_split(labels, **kwargs)
+
+
+def test_without_classes_drops_forgotten_classes_from_a_test_set(digits):
+    kept = without_classes(digits.test, [3])
+    lab = labels_of(kept)
+    assert 3 not in lab and len(kept) == len(digits.test) - int((labels_of(digits.test) == 3).sum())
+    assert isinstance(make_forget_split(labels_of(digits.train), "class", classes=[3]), ForgetSplit)
+    with pytest.raises(IndexError):
+        subset(digits.test, [len(digits.test)])
