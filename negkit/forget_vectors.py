@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,7 @@ from tqdm.auto import tqdm
 from negkit import io
 from negkit.config import from_dict, replace, to_dict
 from negkit.data import labels_of
+from negkit.data.splits import class_mask, subset
 from negkit.evaluate import predict
 from negkit.metrics import unlearning_metrics
 
@@ -53,7 +55,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ForgetVectorConfig", "ForgetVector", "margin_loss", "forget_vector_loss",
-    "learn_forget_vector", "learn_classwise", "combine", "learn_arithmetic",
+    "learn_forget_vector", "learn_classwise", "split_within_classes", "combine", "learn_arithmetic",
     "frozen", "project", "per_class_accuracy", "classwise_report", "run_benchmark",
 ]
 
@@ -417,6 +419,30 @@ def learn_classwise(model: nn.Module, data: Any, classes: Sequence[int],
             model, forget, retain, replace(cfg, seed=cfg.seed + c), device=device,
             meta={"task": f"class_{c}", "classes": str(c)}))
     return out
+
+
+def split_within_classes(dataset: Dataset, classes: Sequence[int], fraction: float,
+                         seed: int = 0) -> tuple[Subset, Subset]:
+    """Forget a random ``fraction`` of the images of ``classes``; retain all other images.
+
+    The arithmetic task "forget random data within a subset of classes" (paper, Sec. 5).
+
+    Returns:
+        ``(forget, retain)`` subsets of ``dataset``.
+
+    Raises:
+        ValueError: ``fraction`` outside (0, 1], or no image of ``classes``.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    labels = labels_of(dataset)
+    pool = np.flatnonzero(class_mask(labels, classes))
+    if len(pool) == 0:
+        raise ValueError(f"no image of class(es) {list(classes)}; classes present are {sorted(set(labels.tolist()))}")
+    picked = np.random.default_rng(seed).permutation(pool)[:max(1, round(fraction * len(pool)))]
+    is_forget = np.zeros(len(labels), dtype=bool)
+    is_forget[picked] = True
+    return subset(dataset, np.flatnonzero(is_forget)), subset(dataset, np.flatnonzero(~is_forget))
 
 
 # ----------------------------------------------------------------------------- arithmetic

@@ -281,3 +281,15 @@ def test_per_class_accuracy_and_classwise_report(toy, classwise):
     assert report.loc[0, "TA_others"] == pytest.approx(100 * float((pred[y != 0] == y[y != 0]).float().mean()))
     assert (report.UA == 100 - report.acc_c).all()
     assert (report.acc_c_original > 90).all()
+
+
+def test_split_within_classes(toy):
+    _, data = toy
+    forget, retain = fvs.split_within_classes(data, [0, 2], 0.25, seed=3)
+    y = data.targets
+    fy = y[torch.as_tensor(forget.indices)]
+    assert len(forget) == 20 and set(fy.tolist()) <= {0, 2}          # 25 % of the 80 images of classes 0, 2
+    assert sorted(forget.indices + retain.indices) == list(range(len(data)))
+    assert fvs.split_within_classes(data, [0, 2], 0.25, seed=3)[0].indices == forget.indices
+    with pytest.raises(ValueError, match="no image of class"):
+        fvs.split_within_classes(data, [9], 0.5)
