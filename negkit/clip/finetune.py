@@ -1,0 +1,202 @@
+"""Fine-tuning CLIP's image encoder on one task, and NegMerge's pool of fine-tunes.
+
+Settings of the task-vector papers (Ilharco et al. 2023; Kim et al. 2025):
+AdamW, lr 1e-5, weight decay 0.1, batch 128, 500 warm-up steps then cosine,
+gradient clipping at 1.0, the zero-shot head frozen, bf16 autocast on GPU. The
+pool of NegMerge is 30 fine-tunes per dataset that differ only in RandAugment
+(magnitude 1–10 × number of ops 1–3, magnitude std 0.5). :class:`PoolConfig` is
+one member; :func:`paper_pool` builds the paper's list, and any list of
+``PoolConfig`` (other lr, weight decay, label smoothing, epochs) is a pool too.
+
+Training itself is :func:`negkit.train.train` (the kit's one loop) with only the
+``visual.*`` parameters trainable. Each member's folder keeps the loop's
+checkpoints (resume) and, when done, ``visual.safetensors``: the image encoder
+alone, the tensors task vectors are made of.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torchvision import transforms as T
+
+import negkit.data
+from negkit import io as nkio
+from negkit.clip.datasets import randaugment_transform
+from negkit.clip.heads import get_head
+from negkit.clip.model import ClipBackbone, ImageClassifier
+from negkit.config import from_dict, to_dict
+from negkit.train import TrainConfig, train
+
+__all__ = ["PoolConfig", "EPOCHS", "EPOCHS_RANDAUG", "paper_pool", "finetune", "finetune_pool", "VISUAL_FILE"]
+
+log = logging.getLogger(__name__)
+
+VISUAL_FILE = "visual.safetensors"
+#: Epochs per dataset without augmentation (task_vectors / NegMerge code).
+EPOCHS = {"cars": 35, "dtd": 76, "eurosat": 12, "gtsrb": 11, "mnist": 5, "resisc45": 15, "sun397": 14, "svhn": 4}
+#: Epochs per dataset with RandAugment (NegMerge's pool).
+EPOCHS_RANDAUG = {"cars": 70, "dtd": 100, "eurosat": 40, "gtsrb": 40, "mnist": 30, "resisc45": 40, "sun397": 40,
+                  "svhn": 30}
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolConfig:
+    """One fine-tune of the pool.
+
+    Attributes:
+        name: Identifier of the member (folder name, ``pool_config`` of result rows).
+        epochs: Passes over the training split.
+        lr: Peak AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        label_smoothing: Of the cross-entropy loss.
+        batch_size: Images per optimiser step (``batch_size / grad_accum`` per forward pass).
+        grad_accum: Gradient accumulation when the batch does not fit in memory.
+        warmup_steps: Linear warm-up steps before the cosine schedule.
+        grad_clip: Max global gradient norm (None: no clipping).
+        rand_m: RandAugment magnitude (None: no augmentation).
+        rand_n: RandAugment number of ops.
+        rand_mstd: RandAugment magnitude std.
+        seed: Seed of initialisation order and data order.
+        amp: bf16 autocast on CUDA.
+        fused: Fused AdamW on CUDA.
+        compile: ``torch.compile`` the forward pass.
+    """
+
+    name: str = "finetune"
+    epochs: int = 10
+    lr: float = 1e-5
+    weight_decay: float = 0.1
+    label_smoothing: float = 0.0
+    batch_size: int = 128
+    grad_accum: int = 1
+    warmup_steps: int = 500
+    grad_clip: float | None = 1.0
+    rand_m: int | None = None
+    rand_n: int | None = None
+    rand_mstd: float = 0.5
+    seed: int = 0
+    amp: bool = True
+    fused: bool = True
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.rand_m is None) != (self.rand_n is None):
+            raise ValueError(f"PoolConfig {self.name!r}: set both rand_m and rand_n, or neither (no RandAugment)")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"PoolConfig {self.name!r}: batch_size {self.batch_size} is not a multiple of "
+                             f"grad_accum {self.grad_accum}")
+        if not self.name or "/" in self.name:
+            raise ValueError(f"PoolConfig name {self.name!r} must be a non-empty folder name")
+
+    def train_config(self) -> TrainConfig:
+        """The :class:`~negkit.train.TrainConfig` of this member."""
+        return TrainConfig(
+            epochs=self.epochs, batch_size=self.batch_size // self.grad_accum, grad_accum=self.grad_accum,
+            lr=self.lr, optimizer="adamw", weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
+            schedule="cosine", warmup_steps=self.warmup_steps, grad_clip=self.grad_clip, amp=self.amp,
+            seed=self.seed, fused=self.fused, compile=self.compile,
+        )
+
+    def train_transform(self, preprocess: T.Compose) -> T.Compose:
+        """``preprocess`` plus this member's RandAugment (unchanged without augmentation)."""
+        if self.rand_m is None:
+            return preprocess
+        return randaugment_transform(preprocess, self.rand_m, self.rand_n, self.rand_mstd)
+
+
+def paper_pool(dataset: str, *, augment: bool = True, **overrides: Any) -> list[PoolConfig]:
+    """NegMerge's pool for ``dataset``: RandAugment m ∈ 1..10 × n ∈ 1..3 (30 members).
+
+    Args:
+        dataset: One of :data:`EPOCHS`.
+        augment: False gives the single no-augmentation fine-tune of task_vectors.
+        **overrides: PoolConfig fields applied to every member (e.g. ``epochs=1``, ``lr=3e-5``).
+
+    Raises:
+        ValueError: Unknown dataset or PoolConfig field.
+    """
+    if dataset not in EPOCHS:
+        raise ValueError(f"no paper epochs for dataset {dataset!r}; valid datasets are {sorted(EPOCHS)} "
+                         "(build PoolConfig(...) members yourself for others)")
+    if not augment:
+        return [from_dict(PoolConfig, {"name": f"{dataset}_noaug", "epochs": EPOCHS[dataset], **overrides})]
+    return [from_dict(PoolConfig, {"name": f"{dataset}_m{m}_n{n}", "epochs": EPOCHS_RANDAUG[dataset],
+                                   "rand_m": m, "rand_n": n, **overrides})
+            for m in range(1, 11) for n in range(1, 4)]
+
+
+def finetune(
+    backbone: ClipBackbone,
+    dataset: str,
+    cfg: PoolConfig | Mapping[str, Any],
+    *,
+    out_dir: str | os.PathLike,
+    data_root: str | os.PathLike | None = None,
+    data_kw: Mapping[str, Any] | None = None,
+    head_cache: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> Path:
+    """Fine-tune the image encoder on ``dataset`` under its frozen zero-shot head.
+
+    Args:
+        backbone: Pretrained CLIP (left unchanged; its image encoder is copied).
+        dataset: Registry name (``negkit.data.get(dataset, root=data_root, **data_kw)``).
+        cfg: The member's :class:`PoolConfig` (or a dict of its fields).
+        out_dir: The member's folder (checkpoints, ``visual.safetensors``, ``pool_config.json``).
+        data_root: Data folder.
+        data_kw: More dataset options (``source``, ``hf_id``...).
+        head_cache: Folder of cached zero-shot heads.
+        device: None: cuda if available.
+        progress: tqdm bar.
+
+    Returns:
+        Path of the fine-tuned image encoder (``out_dir/visual.safetensors``); an
+        existing one is returned without training.
+    """
+    cfg = from_dict(PoolConfig, cfg)
+    out = Path(out_dir)
+    final = out / VISUAL_FILE
+    if final.exists():
+        log.info("finetune: %s exists, skipping", final)
+        return final
+    bundle = negkit.data.get(dataset, root=data_root, transform=backbone.preprocess,
+                             train_transform=cfg.train_transform(backbone.preprocess), **dict(data_kw or {}))
+    head = get_head(backbone, dataset, cache_dir=head_cache, classnames=bundle.classnames, device=device)
+    model = ImageClassifier.from_backbone(backbone, head)
+    train(model, bundle.train, cfg.train_config(), device=device, out_dir=out / "train",
+          trainable=lambda name: name.startswith("visual."), progress=progress)
+    meta = {"model": backbone.name, "dataset": dataset, "pool_config": cfg.name}
+    nkio.save_state_dict(model.visual.state_dict(), final, metadata=meta)
+    nkio.save_json({**to_dict(cfg), **meta}, out / "pool_config.json")
+    # The loop's full-classifier copy duplicates visual.safetensors (+ the fixed head): 30 members of
+    # ViT-B/32 would store ~10 GB twice. Finished members are recognised by visual.safetensors.
+    (out / "train" / "model.safetensors").unlink(missing_ok=True)
+    return final
+
+
+def finetune_pool(
+    backbone: ClipBackbone,
+    dataset: str,
+    pool: Sequence[PoolConfig | Mapping[str, Any]],
+    *,
+    out_dir: str | os.PathLike,
+    progress: bool = True,
+    **kwargs: Any,
+) -> dict[str, Path]:
+    """Fine-tune every member of ``pool`` into ``out_dir/<member name>/`` (finished members are skipped).
+
+    Returns:
+        Member name -> path of its ``visual.safetensors``.
+    """
+    cfgs = [from_dict(PoolConfig, c) for c in pool]
+    names = [c.name for c in cfgs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"pool member names must be unique, got {names}")
+    return {c.name: finetune(backbone, dataset, c, out_dir=Path(out_dir) / c.name, progress=progress, **kwargs)
+            for c in cfgs}
