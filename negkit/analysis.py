@@ -350,6 +350,11 @@ def consensus_vs_k(
     group_of = _group_fn(groups)
     with _Pool(tvs, names, strict) as pool:
         subsets = _subsets(len(pool), list(ks) if ks is not None else range(1, len(pool) + 1), draws, seed)
+        # Sign patterns as bit masks (bit i = vector i): a subset S is consistent on an element
+        # iff all its bits are set in the positive mask (or all in the negative one), which costs
+        # two integer ops per subset instead of |S| comparisons. int64 holds up to 63 vectors.
+        bits = torch.tensor([1 << i for i in range(len(pool))], dtype=torch.int64)[:, None] if len(pool) < 64 else None
+        masks = [torch.tensor(sum(1 << i for i in sub)) for _, _, sub in subsets] if bits is not None else []
         index = [list(sub) for _, _, sub in subsets]
         counts: dict[str, np.ndarray] = {}
         sizes: dict[str, int] = {}
@@ -359,8 +364,13 @@ def consensus_vs_k(
             sizes[g] = sizes.get(g, 0) + math.prod(pool.shapes[key])
             for block in pool.chunks(key, chunk_size):
                 pos, neg = block > 0, block < 0  # (K, m)
-                for j, idx in enumerate(index):
-                    c[j] += int((pos[idx].all(dim=0) | neg[idx].all(dim=0)).sum())
+                if bits is not None:
+                    pos, neg = (pos * bits).sum(0), (neg * bits).sum(0)  # (m,) int64 bit masks
+                    for j, mask in enumerate(masks):
+                        c[j] += int(((pos & mask) == mask).logical_or_((neg & mask) == mask).sum())
+                else:
+                    for j, idx in enumerate(index):
+                        c[j] += int((pos[idx].all(dim=0) | neg[idx].all(dim=0)).sum())
         names_ = pool.names
     if by_group:
         counts = {ALL: sum(counts.values()), **counts}

@@ -137,6 +137,17 @@ def test_consensus_vs_k_draws_are_distinct_and_seeded():
         consensus_vs_k(pool, ks=[6])
 
 
+@pytest.mark.parametrize("k_total", [5, 70])  # bit-mask path (< 64 vectors) and plain fallback
+def test_consensus_vs_k_matches_direct_count(k_total):
+    g = torch.Generator().manual_seed(k_total)
+    pool = [{"w": torch.randint(-1, 3, (300,), generator=g).float() + 0.0} for _ in range(k_total)]
+    df = consensus_vs_k(pool, ks=[1, 2, 3, k_total], draws=3, seed=1)
+    x = torch.stack([tv["w"] for tv in pool])
+    for members, frac in zip(df["members"], df["frac_consistent"]):
+        idx = [int(n[2:]) for n in members.split("+")]
+        assert frac == ((x[idx] > 0).all(0) | (x[idx] < 0).all(0)).sum().item() / 300
+
+
 def test_consensus_by_layer_vs_k_table():
     pool = _random_pool(k=4)
     table = consensus_by_layer_vs_k(pool, ks=[2, 4], draws=3, seed=0)
