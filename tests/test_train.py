@@ -1,0 +1,181 @@
+"""The training loop: learning, determinism, resume, masks, trainable subsets, hooks."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors import safe_open
+from torch import nn
+
+import negkit.data as data
+import negkit.models as models
+from negkit.config import from_dict
+from negkit.data import TensorImageDataset
+from negkit.evaluate import evaluate
+from negkit.train import CHECKPOINT, TrainConfig, lr_factor, train
+
+FAST = dict(epochs=3, batch_size=16, lr=0.05, amp=False)
+
+
+def _toy(n: int = 64, seed: int = 0) -> TensorImageDataset:
+    """Two classes told apart by mean brightness (1x4x4 images)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    images = (torch.rand(n, 1, 4, 4, generator=g) * 0.5 + 0.5 * labels.view(-1, 1, 1, 1)).clamp(0, 1)
+    return TensorImageDataset(images, labels)
+
+
+def _net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return models.get("small_resnet", 2, in_channels=1, widths=(4, 8))
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_on_digits_learns():
+    b = data.get("digits")
+    torch.manual_seed(0)
+    model = models.get("small_resnet", b.num_classes, in_channels=1, mean=b.mean, std=b.std, widths=(8, 16))
+    before = evaluate(model, b.test)["acc"]
+    res = train(model, b.train, dict(epochs=4, batch_size=64, lr=0.05), progress=False,
+                eval_fn=lambda m: {"val_acc": evaluate(m, b.val)["acc"]})
+    assert before < 30 and evaluate(model, b.test)["acc"] > 85
+    assert [h["epoch"] for h in res.history] == [1, 2, 3, 4] and "val_acc" in res.history[-1]
+    assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
+    assert res.metrics["steps"] == 4 * math.ceil(len(b.train) / 64) and res.metrics["train_acc"] > 80
+
+
+def test_training_is_deterministic_per_seed():
+    runs = [train(_net(), _toy(), FAST, progress=False).model for _ in range(2)]
+    assert _same(_weights(runs[0]), _weights(runs[1]))
+    other = train(_net(), _toy(), {**FAST, "seed": 1}, progress=False).model
+    assert not _same(_weights(runs[0]), _weights(other))
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_interrupted_run_resumes_to_bitwise_identical_weights(tmp_path, optimizer):
+    cfg = {**FAST, "optimizer": optimizer, "lr": 0.01, "warmup_steps": 2}
+
+    def noisy_ce(model, images, labels, frac):  # uses the global RNG, which resume must restore
+        return nn.functional.cross_entropy(model(images + 0.05 * torch.randn_like(images)), labels)
+
+    reference = train(_net(), _toy(), cfg, loss_fn=noisy_ce, progress=False).model
+
+    calls = []
+
+    def crash_in_epoch_2(model):
+        calls.append(1)
+        if len(calls) == 2:  # epoch 1 is checkpointed; epoch 2 dies before its checkpoint
+            raise _Interrupt
+        return {"n_eval": float(len(calls))}
+
+    with pytest.raises(_Interrupt):
+        train(_net(), _toy(), cfg, out_dir=tmp_path, progress=False, eval_fn=crash_in_epoch_2, loss_fn=noisy_ce)
+    ckpt = tmp_path / CHECKPOINT
+    with safe_open(str(ckpt), framework="pt") as f:  # a safetensors file, scalars as JSON metadata
+        assert json.loads(f.metadata()["negkit_checkpoint"])["epoch"] == 1
+        assert any(k.startswith("optim.") for k in f.keys())
+    assert not (tmp_path / "done.json").exists()
+
+    torch.manual_seed(123)  # perturb the global RNG: resume must restore it from the checkpoint
+    resumed = train(_net(seed=7), _toy(), cfg, out_dir=tmp_path, progress=False, loss_fn=noisy_ce)
+    assert _same(_weights(resumed.model), _weights(reference))
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3] and resumed.history[0]["n_eval"] == 1.0
+    for name in ("model.safetensors", "config.json", "metrics.json", "done.json"):
+        assert (tmp_path / name).exists()
+    assert not ckpt.exists()
+
+    # A finished run is loaded, not retrained: the loss function would fail if it were called.
+    def never(*args):
+        raise AssertionError("a finished run must not train again")
+
+    again = train(_net(seed=9), _toy(), cfg, out_dir=tmp_path, progress=False, loss_fn=never)
+    assert _same(_weights(again.model), _weights(reference)) and again.metrics == resumed.metrics
+    with pytest.raises(ValueError, match="different TrainConfig.*lr"):
+        train(_net(), _toy(), {**cfg, "lr": 0.5}, out_dir=tmp_path, progress=False)
+
+
+def test_param_mask_keeps_unmasked_elements_bitwise():
+    model = _net()
+    before = _weights(model)
+    w = "layers.0.conv1.weight"
+    mask = torch.zeros_like(model.get_parameter(w), dtype=torch.bool)
+    mask[0] = True
+    train(model, _toy(), {**FAST, "weight_decay": 0.1, "momentum": 0.9}, param_mask={w: mask},
+          progress=False)
+    after = model.get_parameter(w).detach()
+    assert torch.equal(after[~mask], before[w][~mask])
+    assert not torch.equal(after[mask], before[w][mask])
+    assert not torch.equal(model.fc.weight.detach(), before["fc.weight"])  # absent from the mask: trains
+    with pytest.raises(ValueError, match="bool tensor of shape"):
+        train(_net(), _toy(), FAST, param_mask={w: mask.float()}, progress=False)
+    with pytest.raises(ValueError, match="not a trained parameter"):
+        train(_net(), _toy(), FAST, param_mask={"nope": mask}, progress=False)
+
+
+def test_trainable_freezes_everything_else_and_restores_requires_grad():
+    model = _net()
+    before = _weights(model)
+    train(model, _toy(), FAST, trainable=lambda n: n.startswith("fc."), progress=False)
+    after = _weights(model)
+    changed = {k for k in before if k in dict(model.named_parameters()) and not torch.equal(before[k], after[k])}
+    assert changed == {"fc.weight", "fc.bias"}
+    assert all(p.requires_grad for p in model.parameters())
+    with pytest.raises(ValueError, match="not parameters of the model"):
+        train(_net(), _toy(), FAST, trainable=["fc.weight", "head.w"], progress=False)
+
+
+def test_custom_loss_receives_training_progress_and_can_ascend():
+    fracs = []
+
+    def negated_ce(model, images, labels, progress_frac):
+        fracs.append(progress_frac)
+        return -nn.functional.cross_entropy(model(images), labels)
+
+    model = _net()
+    res = train(model, _toy(), {**FAST, "lr": 0.01}, loss_fn=negated_ce, progress=False)
+    assert fracs[0] == 0.0 and all(0 <= f < 1 for f in fracs) and fracs == sorted(fracs)
+    assert len(fracs) == 3 * 4 and "train_acc" not in res.metrics  # no logits returned
+    assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]  # ascent on CE
+
+
+def test_grad_accumulation_matches_a_larger_batch_without_batchnorm():
+    def linear():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+
+    cfg = {**FAST, "schedule": "constant", "momentum": 0.0, "weight_decay": 0.0}
+    big = train(linear(), _toy(), {**cfg, "batch_size": 32}, progress=False).model
+    acc = train(linear(), _toy(), {**cfg, "batch_size": 16, "grad_accum": 2}, progress=False)
+    assert acc.metrics["steps"] == 3 * 2
+    for a, b in zip(big.parameters(), acc.model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_non_finite_loss_stops_with_advice():
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        train(_net(), _toy(), FAST, loss_fn=lambda m, x, y, f: m(x).sum() * float("nan"), progress=False)
+
+
+def test_config_validation_and_schedule():
+    with pytest.raises(ValueError, match="unknown TrainConfig key.*'epoch'"):
+        from_dict(TrainConfig, {"epoch": 3})
+    with pytest.raises(ValueError, match="valid optimizers"):
+        TrainConfig(optimizer="adam")
+    with pytest.raises(ValueError, match="grad_accum"):
+        TrainConfig(grad_accum=0)
+    assert lr_factor(0, 10, "cosine", warmup_steps=2) == 0.5 and lr_factor(1, 10, "cosine", 2) == 1.0
+    assert lr_factor(2, 10, "cosine", 2) == 1.0 and lr_factor(6, 10, "cosine", 2) == pytest.approx(0.5)
+    assert lr_factor(10, 10, "cosine") == pytest.approx(0.0) and lr_factor(7, 10, "constant") == 1.0
