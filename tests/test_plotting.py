@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import matplotlib
 
@@ -49,6 +50,17 @@ def test_save_figure_writes_png_and_pdf_atomically(tmp_path):
     assert plotting.save_figure(fig, tmp_path / "x.png", formats=("png",)) == [tmp_path / "x.png"]
     with pytest.raises(TypeError, match="Figure or Axes"):
         plotting.save_figure("not a figure", tmp_path / "y")
+
+
+@pytest.mark.parametrize("with_io", [True, False])
+def test_save_figure_leaves_no_temp_files_on_failure(tmp_path, monkeypatch, with_io):
+    if not with_io:  # the fallback used while negkit.io is unavailable
+        monkeypatch.setitem(sys.modules, "negkit.io", None)
+    fig, _ = plt.subplots()
+    assert [p.name for p in plotting.save_figure(fig, tmp_path / "a")] == ["a.png", "a.pdf"]
+    with pytest.raises(ValueError):
+        plotting.save_figure(fig, tmp_path / "b", formats=("png", "nosuchformat"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pdf", "a.png", "b.png"]
 
 
 def test_consensus_heatmap_from_analysis_table():
