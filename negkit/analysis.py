@@ -46,8 +46,9 @@ ALL = "all"
 DEFAULT_PATTERNS: tuple[str, ...] = (
     r"(?:^|\.)((?:res)?blocks\.\d+)(?:\.|$)",  # CLIP / timm ViT blocks: resblocks.3, blocks.3
     r"(?:^|\.)(layer\d+\.\d+)(?:\.|$)",        # torchvision/timm/CLIP ResNet: layer2.1
+    r"(?:^|\.)((?:layers|stages)\.\d+)(?:\.|$)",  # negkit small_resnet layers.2, timm stages.1
 )
-_PREFIXES = ("module.", "model.", "visual.")
+_PREFIXES = ("module.", "model.", "backbone.", "visual.")
 TensorSource = Union[Mapping[str, torch.Tensor], str, os.PathLike]
 Grouping = Union[None, Callable[[str], str], Mapping[str, str]]
 
@@ -58,11 +59,12 @@ def layer_group(key: str, patterns: Sequence[str] = DEFAULT_PATTERNS) -> str:
     """Map a parameter name to its layer group.
 
     ``visual.transformer.resblocks.3.attn.in_proj_weight`` → ``resblocks.3``;
-    ``layer2.1.conv1.weight`` → ``layer2.1``; anything else → its first component
-    after stripping ``module.``/``model.``/``visual.`` (``visual.conv1.weight`` →
-    ``conv1``, ``fc.bias`` → ``fc``). CLIP's text tower (keys starting with
-    ``transformer.`` and no ``visual.``) is prefixed with ``text.`` so its blocks
-    do not merge with the image tower's.
+    ``layer2.1.conv1.weight`` → ``layer2.1``; ``layers.2.conv1.weight`` → ``layers.2``;
+    anything else → its first component after stripping ``module.``/``model.``/
+    ``backbone.``/``visual.`` (``visual.conv1.weight`` → ``conv1``,
+    ``backbone.fc.bias`` → ``fc``). The kit's CLIP task vectors cover the image
+    encoder only (keys like ``transformer.resblocks.3...``); if you analyse both
+    CLIP towers, pass a grouping that tells them apart.
 
     Args:
         key: State-dict key.
@@ -76,8 +78,7 @@ def layer_group(key: str, patterns: Sequence[str] = DEFAULT_PATTERNS) -> str:
     for pat in patterns:
         m = re.search(pat, key)
         if m:
-            group = m.group(1) if m.groups() else m.group(0)
-            return f"text.{group}" if key.startswith("transformer.") else group
+            return m.group(1) if m.groups() else m.group(0)
     stripped = key
     while stripped.startswith(_PREFIXES) and "." in stripped:
         stripped = stripped.split(".", 1)[1]

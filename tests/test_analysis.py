@@ -59,7 +59,11 @@ def _random_pool(k=4, seed=0):
     ("blocks.11.mlp.fc1.weight", "blocks.11"),
     ("layer2.1.conv1.weight", "layer2.1"),
     ("visual.layer4.0.downsample.0.weight", "layer4.0"),
-    ("transformer.resblocks.5.ln_1.bias", "text.resblocks.5"),
+    ("transformer.resblocks.5.ln_1.bias", "resblocks.5"),  # ClipBackbone.visual_state_dict() keys
+    ("layers.2.shortcut.1.weight", "layers.2"),  # negkit small_resnet
+    ("backbone.layer1.0.bn1.bias", "layer1.0"),
+    ("backbone.fc.weight", "fc"),
+    ("normalize.mean", "normalize"),
     ("visual.conv1.weight", "conv1"),
     ("fc.bias", "fc"),
     ("module.model.bn1.running_mean", "bn1"),
