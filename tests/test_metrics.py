@@ -1,0 +1,94 @@
+"""Unlearning metrics on hand-made inputs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from negkit.data import TensorImageDataset
+from negkit.metrics import accuracy, avg_gap, mia_efficacy, unlearning_metrics
+
+
+def test_accuracy_in_percent():
+    logits = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    assert accuracy(logits, torch.tensor([0, 1, 1, 1])) == 75.0
+    with pytest.raises(ValueError):
+        accuracy(logits[:0], torch.tensor([], dtype=torch.long))
+
+
+def test_mia_on_separable_confidences():
+    rng = np.random.default_rng(0)
+    members = rng.uniform(0.95, 1.0, 200)  # retain: confident
+    non_members = rng.uniform(0.1, 0.4, 100)  # test: unsure
+    # A forget set that still looks like training data is caught (efficacy 0);
+    # one that looks like unseen data is called non-member (efficacy 100).
+    assert mia_efficacy(members, non_members, rng.uniform(0.96, 1.0, 50)) == 0.0
+    assert mia_efficacy(members, non_members, rng.uniform(0.15, 0.35, 50)) == 100.0
+    mixed = np.concatenate([rng.uniform(0.96, 1.0, 30), rng.uniform(0.15, 0.35, 10)])
+    assert mia_efficacy(torch.tensor(members), torch.tensor(non_members), torch.tensor(mixed)) == 25.0
+
+
+def test_mia_uses_only_as_many_retain_samples_as_test_samples():
+    # The retain samples beyond len(test) look like non-members; they must not enter the attack.
+    retain = np.concatenate([np.full(20, 0.99), np.full(50, 0.2)])
+    test = np.linspace(0.1, 0.3, 20)
+    assert mia_efficacy(retain, test, np.full(5, 0.99)) == 0.0
+
+
+def test_mia_rejects_empty_inputs_and_too_few_retain_samples():
+    with pytest.raises(ValueError, match="forget confidences are empty"):
+        mia_efficacy([0.9, 0.8], [0.1], [])
+    with pytest.raises(ValueError, match="at least as many retain"):
+        mia_efficacy([0.9], [0.1, 0.2], [0.5])
+
+
+def test_avg_gap_is_mean_absolute_difference():
+    m = {"UA": 10.0, "RA": 90.0, "TA": 80.0, "MIA": 20.0}
+    r = {"UA": 14.0, "RA": 92.0, "TA": 80.0, "MIA": 10.0, "extra": 1.0}
+    assert avg_gap(m, r) == pytest.approx((4 + 2 + 0 + 10) / 4)
+    assert avg_gap(m, r, keys=("UA",)) == 4.0
+    with pytest.raises(KeyError, match="MIA"):
+        avg_gap({"UA": 1.0, "RA": 1.0, "TA": 1.0}, r)
+
+
+class _Lookup(nn.Module):
+    """Puts logit 5·s on the class stored in an image's first pixel (s = second pixel), 0 elsewhere."""
+
+    def forward(self, x):
+        cls = x[:, 0, 0, 0].round().long()
+        logits = torch.zeros(x.shape[0], 3)
+        logits[torch.arange(x.shape[0]), cls] = 5.0 * x[:, 0, 0, 1]
+        return logits
+
+
+def _ds(predicted, true, strength):
+    images = torch.zeros(len(true), 1, 1, 2)
+    images[:, 0, 0, 0] = torch.tensor(predicted, dtype=torch.float)
+    images[:, 0, 0, 1] = torch.tensor(strength, dtype=torch.float)
+    return TensorImageDataset(images, true)
+
+
+def _conf(predicted, true, strength):
+    """Hand-computed softmax probability of the true class under _Lookup."""
+    e = np.exp(5.0 * np.asarray(strength, dtype=float))
+    return np.where(np.asarray(predicted) == np.asarray(true), e / (e + 2), 1 / (e + 2))
+
+
+def test_unlearning_metrics_combines_the_four_numbers():
+    sets = {
+        "forget": ([0, 1, 1, 2, 0, 0], [0, 0, 0, 0, 0, 0], [0.1, 0.1, 0.2, 0.3, 0.2, 0.1]),  # 3/6 correct
+        "retain": ([1] * 8, [1] * 8, [2.0] * 4 + [1.5] * 4),  # all correct, confident
+        "test": ([2, 2, 2, 0], [2, 2, 0, 0], [0.2, 0.3, 0.1, 0.2]),  # 3/4 correct, unsure
+    }
+    ds = {k: _ds(*v) for k, v in sets.items()}
+    res = unlearning_metrics(_Lookup(), ds["forget"], ds["retain"], ds["test"], device="cpu")
+    assert res["UA"] == 50.0 and res["RA"] == 100.0 and res["TA"] == 75.0
+    expected = mia_efficacy(*(_conf(*sets[k]) for k in ("retain", "test", "forget")))
+    assert res["MIA"] == expected
+    assert mia_efficacy(*(_conf(*sets[k]) for k in ("retain", "test", "retain"))) < expected
+    # input_transform reaches every prediction: shifting the stored class to 1 makes TA 0 and RA 100.
+    to_class_1 = lambda x: torch.cat([torch.ones_like(x[..., :1]), x[..., 1:]], -1)
+    shifted = unlearning_metrics(_Lookup(), ds["forget"], ds["retain"], ds["test"], device="cpu",
+                                 input_transform=to_class_1)
+    assert shifted["TA"] == 0.0 and shifted["UA"] == 100.0 and shifted["RA"] == 100.0
