@@ -60,16 +60,16 @@ def _load(name: str, tv_cls: type, root: str | os.PathLike | None) -> tuple:
     url, tarball = _SOURCES[name]
     expected = _expected_files(tv_cls)
     how = (
-        f"Download {url}, then extract it into the root folder "
-        f"(`tar xzf {tarball} -C <root>`) so that <root>/{expected[0]} exists "
-        f"(expected files: {', '.join(expected)}). Or run once, yourself: "
-        f"torchvision.datasets.{tv_cls.__name__}('<root>', download=True)."
+        f"Download {url} and extract it into the root folder (`tar xzf {tarball} -C <root>`), which "
+        f"creates <root>/{tv_cls.base_folder}/ holding {', '.join(p.split('/')[1] for p in expected)}; "
+        f"or run torchvision.datasets.{tv_cls.__name__}('<root>', download=True) once yourself."
     )
     if root is None:
         raise FileNotFoundError(f"{name} needs root=<folder holding {tv_cls.base_folder}/>. {how}")
     missing = [f for f in expected if not (Path(root) / f).is_file()]
     if missing:
-        raise FileNotFoundError(f"{name} not found under {root}: missing {missing}. {how}")
+        what = f"no {tv_cls.base_folder}/" if len(missing) == len(expected) else f"missing {missing}"
+        raise FileNotFoundError(f"{name} not found under {Path(root).resolve()}: {what}. {how}")
     try:
         train = tv_cls(str(root), train=True, download=False)
         test = tv_cls(str(root), train=False, download=False)
