@@ -276,7 +276,8 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig | Mapping[str, An
         param_mask: Parameter name -> bool tensor of its shape; only True elements are
             updated. Parameters absent from the mask train freely.
         trainable: Names (or a predicate on names) of the parameters to optimise; the
-            rest stay fixed. Default: every parameter with ``requires_grad``.
+            rest stay fixed (BatchNorm running statistics still update in train mode).
+            Default: every parameter with ``requires_grad``.
         progress: Show a tqdm bar.
         eval_fn: Called with the model (in eval mode) after each epoch; the dict it
             returns is added to that epoch's history entry.
@@ -323,8 +324,9 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig | Mapping[str, An
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         if (out / CHECKPOINT).exists():
+            saved = json.loads(nkio.read_metadata(out / CHECKPOINT)["negkit_checkpoint"])["config"]
+            _same_config(saved, cfg, out)  # before touching the model
             meta = _load_checkpoint(out / CHECKPOINT, model, opt)
-            _same_config(meta["config"], cfg, out)
             start_epoch, step, history, seconds = meta["epoch"], meta["step"], meta["history"], meta["seconds"]
             logger.info("train: resuming %s after epoch %d", out, start_epoch)
     kept = {n: params[n].detach().clone() for n in masks}  # exact values of the masked-out elements

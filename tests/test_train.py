@@ -89,6 +89,11 @@ def test_interrupted_run_resumes_to_bitwise_identical_weights(tmp_path, optimize
         assert any(k.startswith("optim.") for k in f.keys())
     assert not (tmp_path / "done.json").exists()
 
+    untouched = _net(seed=5)
+    with pytest.raises(ValueError, match="different TrainConfig.*epochs"):
+        train(untouched, _toy(), {**cfg, "epochs": 4}, out_dir=tmp_path, progress=False)
+    assert _same(_weights(untouched), _weights(_net(seed=5)))
+
     torch.manual_seed(123)  # perturb the global RNG: resume must restore it from the checkpoint
     resumed = train(_net(seed=7), _toy(), cfg, out_dir=tmp_path, progress=False, loss_fn=noisy_ce)
     assert _same(_weights(resumed.model), _weights(reference))
