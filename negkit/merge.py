@@ -215,8 +215,6 @@ class _FileSource(_Source, contextlib.ExitStack):
                  strict: bool, include_bn_stats: bool) -> None:
         _Source.__init__(self)
         contextlib.ExitStack.__init__(self)
-        if isinstance(paths, (str, os.PathLike)):
-            raise TypeError("merge_files takes a sequence of paths; wrap a single path in a list")
         paths = [Path(p) for p in paths]
         self.names = [p.name for p in paths]
         self.handles = [self._open(p) for p in paths]
@@ -575,7 +573,10 @@ def merge_files(
         FileNotFoundError: A path does not exist.
     """
     rule = get(method)
-    if len(paths) == 0:
+    if isinstance(paths, (str, os.PathLike)):
+        raise TypeError("merge_files takes a sequence of paths; wrap a single path in a list")
+    paths = list(paths)
+    if not paths:
         raise ValueError("no task vector files to merge (K = 0); pass at least one path")
     with _FileSource(paths, pretrained, strict, include_bn_stats) as source:
         if method in _FOLDS:

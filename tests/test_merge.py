@@ -1,0 +1,315 @@
+"""negkit.merge: hand-computed rules, invariants over the registry, streaming == in-memory, bad inputs."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from negkit import merge
+from negkit.taskvec import TaskVector
+
+T = torch.tensor
+
+
+def _equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+
+
+def _close(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
+
+
+def _pool(k: int = 3, seed: int = 0, dtype=torch.float32) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"conv.weight": (4, 3, 3, 3), "fc.weight": (5, 7), "fc.bias": (5,)}
+    pool = []
+    for _ in range(k):
+        tv = {n: torch.randn(s, generator=g).to(dtype) for n, s in shapes.items()}
+        tv["fc.bias"][:2] = 0  # exact zeros must stay zeros
+        pool.append(tv)
+    # a shared sign pattern so that NegMerge keeps a non-trivial part
+    for tv in pool[1:]:
+        tv["fc.weight"][0] = pool[0]["fc.weight"][0].abs() + 0.5
+    pool[0]["fc.weight"][0] = pool[0]["fc.weight"][0].abs() + 0.5
+    return pool
+
+
+def _write(tmp_path, pool, prefix="tv"):
+    paths = []
+    for i, tv in enumerate(pool):
+        p = tmp_path / f"{prefix}{i}.safetensors"
+        save_file({k: v.contiguous() for k, v in tv.items()}, str(p))
+        paths.append(p)
+    return paths
+
+
+# ------------------------------------------------------------- hand values
+A = {"w": T([1.0, -2.0, 3.0, 0.0, 5.0, 4.0])}
+B = {"w": T([2.0, 2.0, -3.0, 0.0, 1.0, 0.0])}
+C = {"w": T([3.0, -1.0, 6.0, 1.0, 3.0, 2.0])}
+
+
+def test_negmerge_hand_values():
+    # element 0: all +, mean 2; element 1: sign conflict; 3: zero in A and B; 5: zero in B
+    assert torch.equal(merge.negmerge([A, C])["w"], T([2.0, -1.5, 4.5, 0.0, 4.0, 3.0]))
+    assert torch.equal(merge.negmerge([A, B, C])["w"], T([2.0, 0.0, 0.0, 0.0, 3.0, 0.0]))
+    assert torch.equal(merge.negmerge([A])["w"], A["w"])  # K=1: Task Arithmetic, zeros stay zero
+
+
+def test_mean_and_sum_hand_values():
+    assert torch.equal(merge.sum([A, B, C])["w"], T([6.0, -1.0, 6.0, 1.0, 9.0, 6.0]))
+    assert torch.equal(merge.mean([A, B, C])["w"], T([2.0, -1 / 3, 2.0, 1 / 3, 3.0, 2.0]))
+    assert torch.equal(merge.mean([B])["w"], B["w"]) and torch.equal(merge.sum([B])["w"], B["w"])
+
+
+def test_magmax_hand_values_and_sign_ties():
+    # idx 1: |-2| (A) ties |2| (B) -> +2
+    assert torch.equal(merge.magmax([A, C])["w"], T([3.0, -2.0, 6.0, 1.0, 5.0, 4.0]))
+    assert torch.equal(merge.magmax([A, B, C])["w"], T([3.0, 2.0, 6.0, 1.0, 5.0, 4.0]))
+    plus, minus = {"w": T([2.0, -2.0, 0.0])}, {"w": T([-2.0, 2.0, 0.0])}
+    # equal |value| with opposite signs: the positive one wins, whatever the order
+    assert torch.equal(merge.magmax([plus, minus])["w"], T([2.0, 2.0, 0.0]))
+    assert torch.equal(merge.magmax([minus, plus])["w"], T([2.0, 2.0, 0.0]))
+    assert torch.equal(merge.magmax([minus])["w"], minus["w"])
+
+
+def test_ties_hand_values():
+    # N = 6 elements, density 0.5 -> keep the 3 largest |values| of each vector.
+    a = {"w": T([1.0, -2.0, 3.0, 0.0, 5.0, 4.0])}
+    b = {"w": T([2.0, 2.5, -3.5, 0.0, 1.0, 0.0])}
+    # A trimmed: [0, 0, 3, 0, 5, 4]; B trimmed: [2, 2.5, -3.5, 0, 0, 0]
+    # idx 2: 3 - 3.5 < 0 -> elected -, mean of {-3.5}
+    assert torch.equal(merge.ties([a, b], density=0.5)["w"], T([2.0, 2.5, -3.5, 0.0, 5.0, 4.0]))
+    # K=1: the trimmed vector
+    assert torch.equal(merge.ties([a], density=0.5)["w"], T([0.0, 0.0, 3.0, 0.0, 5.0, 4.0]))
+    # entries equal to the threshold are all kept: 4 entries of |value| 2 survive a top-3 trim
+    c = {"w": T([2.0, -2.0, 2.0, 0.0, 1.0, -2.0])}
+    assert torch.equal(merge.ties([c], density=0.5)["w"], c["w"] * T([1, 1, 1, 0, 0, 1]))
+    # density 1 keeps every non-zero entry
+    assert torch.equal(merge.ties([a], density=1.0)["w"], a["w"])
+
+
+def test_ties_zero_sum_uses_majority_sign_then_zero():
+    a = {"w": T([1.0, 1.0, 1.0])}
+    b = {"w": T([1.0, -1.0, 2.0])}
+    c = {"w": T([-2.0, 0.5, -3.0])}
+    # idx 0: 1 + 1 - 2 = 0 -> majority + (2 vs 1) -> mean(1, 1) = 1
+    # idx 1: 1 - 1 + 0.5 = 0.5 > 0 -> mean(1, 0.5) = 0.75
+    # idx 2: 1 + 2 - 3 = 0 -> majority + -> mean(1, 2) = 1.5
+    assert torch.equal(merge.ties([a, b, c], density=1.0)["w"], T([1.0, 0.75, 1.5]))
+    # equal counts and zero sum: no elected sign -> 0
+    assert torch.equal(merge.ties([{"w": T([1.0])}, {"w": T([-1.0])}], density=1.0)["w"], T([0.0]))
+
+
+def test_ties_threshold_is_global_over_all_tensors():
+    # Global top-2 of |values| are both in "big"; a per-tensor threshold would keep "small" too.
+    tv = {"big": T([10.0, -9.0, 0.1]), "small": T([0.2, 0.3, -0.1])}
+    out = merge.ties([tv], density=2 / 6)
+    assert torch.equal(out["big"], T([10.0, -9.0, 0.0]))
+    assert torch.equal(out["small"], torch.zeros(3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_kth_largest_abs_is_exact(dtype):
+    pool = _pool(2, seed=3, dtype=dtype)
+    pool[1]["fc.weight"][1:3] = 0.75  # duplicates around the threshold
+    source = merge._MemorySource(pool, True, None)
+    for k, tv in enumerate(pool):
+        flat = torch.cat([t.flatten().abs().double() for t in tv.values()])
+        for rank in (1, 7, 50, flat.numel()):
+            key = merge.kth_largest_abs(source, [rank] * len(pool))[k]
+            want = torch.topk(flat, rank).values[-1]
+            width = 64 if dtype == torch.float64 else 32
+            got = torch.tensor([key], dtype=torch.int64 if width == 64 else torch.int32)
+            got = got.view(torch.float64 if width == 64 else torch.float32).double()
+            assert float(got) == float(want), (rank, float(got), float(want))
+
+
+# ------------------------------------------------------------- invariants
+METHODS = merge.list_methods()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_keeps_keys_shapes_dtypes(method):
+    pool = _pool(3)
+    for tv in pool:
+        tv["half"] = torch.ones(3, 2, dtype=torch.float16)
+        tv["double"] = torch.ones(4, dtype=torch.float64)
+    out = merge.get(method)(pool)
+    assert list(out) == list(pool[0])
+    for k, t in out.items():
+        assert t.shape == pool[0][k].shape and t.dtype == pool[0][k].dtype
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_permutation_invariant(method):
+    pool = _pool(3, seed=1)
+    ref = merge.get(method)(pool)
+    for perm in itertools.permutations(range(3)):
+        assert _close(merge.get(method)([pool[i] for i in perm]), ref)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_zeros_in_zeros_out(method):
+    zeros = [{k: torch.zeros_like(v) for k, v in tv.items()} for tv in _pool(3)]
+    out = merge.get(method)(zeros)
+    assert all(torch.count_nonzero(t) == 0 for t in out.values())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_single_vector_is_task_arithmetic(method):
+    tv = _pool(1, seed=5)[0]
+    out = merge.get(method)([tv])
+    if method == "ties":  # the trimmed vector: the top 20% |values| survive unchanged
+        for k in tv:
+            kept = out[k] != 0
+            assert torch.equal(out[k][kept], tv[k][kept])
+        n_kept = sum(int(torch.count_nonzero(t)) for t in out.values())
+        assert n_kept == int(0.2 * sum(t.numel() for t in tv.values()) + 0.5)
+    else:
+        assert _equal(out, tv)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_accepts_task_vectors_and_does_not_modify_inputs(method):
+    pool = _pool(2, seed=6)
+    copies = [{k: v.clone() for k, v in tv.items()} for tv in pool]
+    out = merge.get(method)([TaskVector(tv) for tv in pool])
+    assert _equal(out, merge.get(method)(pool))
+    assert all(_equal(a, b) for a, b in zip(pool, copies))
+
+
+# ------------------------------------------------------------- streaming
+@pytest.mark.parametrize("method", METHODS)
+def test_streaming_equals_in_memory(method, tmp_path):
+    pool = _pool(4, seed=7)
+    paths = _write(tmp_path, pool)
+    assert _equal(merge.merge_files(paths, method), merge.get(method)(pool))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_streaming_with_pretrained_equals_task_vectors(method, tmp_path):
+    g = torch.Generator().manual_seed(8)
+    pre = {"a.weight": torch.randn(6, 5, generator=g), "bn.running_mean": torch.randn(6, generator=g),
+           "bn.num_batches_tracked": torch.tensor(7), "b.bias": torch.randn(6, generator=g)}
+    fts = []
+    for _ in range(3):
+        ft = {k: (v + 0.1 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v + 1)
+              for k, v in pre.items()}
+        fts.append(ft)
+    tvs = [TaskVector.from_state_dicts(pre, ft) for ft in fts]
+    want = merge.get(method)(tvs)
+    ft_paths = _write(tmp_path, fts, prefix="ft")
+    pre_path = _write(tmp_path, [pre], prefix="pre")[0]
+    assert _equal(merge.merge_files(ft_paths, method, pretrained=pre_path), want)
+    assert _equal(merge.merge_files(ft_paths, method, pretrained=pre), want)
+    assert "bn.running_mean" not in want
+    with_bn = merge.merge_files(ft_paths, method, pretrained=pre_path, include_bn_stats=True)
+    assert "bn.running_mean" in with_bn and "bn.num_batches_tracked" not in with_bn
+
+
+def test_merge_files_out_path_writes_a_task_vector(tmp_path):
+    pool = _pool(3, seed=9)
+    paths = _write(tmp_path, pool)
+    out = merge.merge_files(paths, "ties", density=0.3, out_path=tmp_path / "out" / "m.safetensors")
+    tv = TaskVector.load(out)
+    assert _equal(dict(tv), merge.ties(pool, density=0.3))
+    assert tv.metadata["merge_method"] == "ties" and '"density": 0.3' in tv.metadata["merge_options"]
+    assert "tv0.safetensors" in tv.metadata["merged_files"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["m.safetensors"]
+
+
+def test_rule_without_fold_gets_lazy_mappings(tmp_path):
+    name = "_test_first_vector"
+    try:
+        merge.register(name)(lambda tvs, **kw: {k: tvs[0][k] * 2 for k in tvs[0]})
+        pool = _pool(2)
+        got = merge.merge_files(_write(tmp_path, pool), name)
+        assert _equal(got, {k: v * 2 for k, v in pool[0].items()})
+        with pytest.raises(ValueError, match="already registered"):
+            merge.register(name)(lambda tvs: {})
+    finally:
+        merge._RULES.pop(name, None)
+
+
+# ------------------------------------------------------------- bad inputs
+def test_unknown_method_lists_names(tmp_path):
+    with pytest.raises(ValueError, match="negmerge"):
+        merge.get("dare")
+    with pytest.raises(ValueError, match="unknown merge method 'dare'"):
+        merge.merge_files(_write(tmp_path, _pool(1)), "dare")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_empty_pool_is_an_error(method, tmp_path):
+    with pytest.raises(ValueError, match="K = 0"):
+        merge.get(method)([])
+    with pytest.raises(ValueError, match="K = 0"):
+        merge.merge_files([], method)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_key_mismatch_names_key_vector_and_fix(method, tmp_path):
+    pool = _pool(3)
+    del pool[2]["fc.bias"]
+    with pytest.raises(ValueError, match=r"'fc\.bias' missing in tv\[2\].*strict=False"):
+        merge.get(method)(pool)
+    paths = _write(tmp_path, pool)
+    with pytest.raises(ValueError, match=r"'fc\.bias' missing in tv\[2\] \(tv2\.safetensors\).*strict=False"):
+        merge.merge_files(paths, method)
+    with pytest.warns(UserWarning, match="skipping 1"):
+        out = merge.get(method)(pool, strict=False)
+    assert list(out) == ["conv.weight", "fc.weight"]
+    with pytest.warns(UserWarning):
+        assert _equal(merge.merge_files(paths, method, strict=False), out)
+    pool = _pool(3)
+    pool[2]["extra"] = torch.ones(1)
+    with pytest.raises(ValueError, match=r"'extra' is in tv\[2\] but missing in tv\[0\].*strict=False"):
+        merge.get(method)(pool)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_shape_and_dtype_mismatch(method):
+    pool = _pool(2)
+    pool[1]["fc.bias"] = torch.zeros(6)
+    with pytest.raises(ValueError, match=r"disagree on 'fc\.bias'.*tv\[1\]"):
+        merge.get(method)(pool, names=["a", "b"])
+    pool[1]["fc.bias"] = torch.zeros(5, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"'fc\.bias'.*float64 in tv\[1\] \(b\)"):
+        merge.get(method)(pool, names=["a", "b"])
+    with pytest.warns(UserWarning):
+        assert "fc.bias" not in merge.get(method)(pool, strict=False)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_values_are_refused(method, bad, tmp_path):
+    pool = _pool(3)
+    pool[1]["fc.weight"][2, 3] = bad
+    with pytest.raises(ValueError, match=r"'fc\.weight' in tv\[1\] contains NaN or Inf"):
+        merge.get(method)(pool)
+    with pytest.raises(ValueError, match=r"'fc\.weight' in tv\[1\] \(tv1\.safetensors\) contains NaN"):
+        merge.merge_files(_write(tmp_path, pool), method)
+
+
+def test_other_bad_inputs(tmp_path):
+    pool = _pool(2)
+    with pytest.raises(ValueError, match="floating-point"):
+        merge.mean([{"i": torch.ones(2, dtype=torch.int64)}])
+    with pytest.raises(TypeError, match="sequence"):
+        merge.negmerge(pool[0])
+    with pytest.raises(ValueError, match="density"):
+        merge.ties(pool, density=0.0)
+    with pytest.raises(TypeError):
+        merge.negmerge(pool, density=0.2)  # option of another rule
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        merge.merge_files([tmp_path / "nope.safetensors"])
+    legacy = tmp_path / "tv.pt"
+    torch.save(pool[0], legacy)
+    with pytest.raises(ValueError, match="not a safetensors file.*save_state_dict"):
+        merge.merge_files([legacy])
+    with pytest.raises(TypeError, match="sequence"):
+        merge.merge_files(tmp_path / "tv0.safetensors")
