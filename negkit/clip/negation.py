@@ -1,0 +1,245 @@
+"""Task negation on CLIP's image encoder: θ = θ_pre − λ·τ, λ chosen on validation data.
+
+Protocol of the task-vector papers (Ilharco et al. 2023, Sec. 3; NegMerge, Kim et
+al. 2025, Sec. 5.2): τ is a single fine-tune's task vector (Task Arithmetic) or
+the merge of a pool of them (NegMerge and other rules of :mod:`negkit.merge`).
+For λ ∈ {0, 0.05, …, 1} the negated encoder is evaluated on {dataset}Val (forget
+accuracy, to be minimised) and ImageNetVal (control accuracy); the chosen λ is
+the one with the lowest forget accuracy among those keeping the control accuracy
+≥ 95 % of the zero-shot model's (:func:`negkit.evaluate.select_coef`). Test
+accuracies on the forget task and on ImageNet at that λ are reported beside the
+zero-shot model's.
+
+Every number is a :class:`negkit.results.Record` (setting ``"clip"``, scenario
+``"task"``) appended to a :class:`~negkit.results.ResultsLog` as soon as it is
+measured; a rerun skips what the log already holds. Zero-shot accuracies are
+measured once and reused for every λ = 0 and for every forget dataset's control
+rows; heads come from the on-disk cache of :mod:`negkit.clip.heads`.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+import torch
+
+import negkit.merge
+from negkit import io as nkio
+from negkit.clip.heads import get_head
+from negkit.clip.model import ClipBackbone, ImageClassifier
+from negkit.data import DatasetBundle
+from negkit.evaluate import coef_grid, evaluate, resolve_device, select_coef
+from negkit.results import Record, ResultsLog
+from negkit.taskvec import TaskVector
+
+__all__ = ["visual_task_vectors", "run_task_negation", "paper_table", "SPLITS", "NO_COEF_NOTE"]
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("val_forget", "val_control", "test_forget", "test_control")
+NO_COEF_NOTE = "no admissible coefficient: control accuracy below the threshold at every λ"
+
+
+def visual_task_vectors(pretrained: Mapping[str, torch.Tensor], finetuned: Mapping[str, str | os.PathLike]
+                        ) -> dict[str, TaskVector]:
+    """τ_i = θ_ft,i − θ_pre over the image encoder, for every fine-tune.
+
+    Args:
+        pretrained: ``backbone.visual_state_dict()``.
+        finetuned: Member name -> its ``visual.safetensors``.
+    """
+    return {name: TaskVector.from_state_dicts(pretrained, nkio.load_state_dict(path))
+            for name, path in finetuned.items()}
+
+
+class _Negator:
+    """One copy of the image encoder, shared by a forget and a control classifier."""
+
+    def __init__(self, backbone: ClipBackbone, forget_head: torch.nn.Module, control_head: torch.nn.Module,
+                 device: torch.device) -> None:
+        visual = copy.deepcopy(backbone.model.visual)
+        self.forget = ImageClassifier(visual, forget_head, backbone.mean, backbone.std).to(device).eval()
+        self.control = ImageClassifier(visual, control_head, backbone.mean, backbone.std).to(device).eval()
+        self.visual = visual
+        self.pre = {k: v.to(device) for k, v in backbone.visual_state_dict().items()}
+
+    @torch.no_grad()
+    def set(self, tau: TaskVector | None, coef: float) -> None:
+        """Load θ_pre − coef·τ into the shared encoder."""
+        sd = self.pre if tau is None else tau.apply_to(self.pre, coef=-coef)
+        self.visual.load_state_dict(sd)
+
+
+def run_task_negation(
+    backbone: ClipBackbone,
+    forget: DatasetBundle,
+    control: DatasetBundle,
+    finetuned: Mapping[str, str | os.PathLike],
+    results: ResultsLog,
+    *,
+    methods: Sequence[str] = ("negmerge",),
+    single: bool = True,
+    merge_options: Mapping[str, Mapping[str, Any]] | None = None,
+    coefs: Sequence[float] | None = None,
+    threshold: float = 0.95,
+    head_cache: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Negate the fine-tunes of ``forget`` (merged and one by one), pick λ, record everything.
+
+    Args:
+        backbone: The pretrained CLIP θ_pre.
+        forget: The task to forget (its ``val`` is {dataset}Val, its ``test`` the test split).
+        control: The control task (ImageNet: ``val`` = ImageNetVal, ``test`` = ImageNet val set).
+        finetuned: Pool member name -> ``visual.safetensors`` (see :mod:`negkit.clip.finetune`).
+        results: Log the records are appended to (and read from, to resume).
+        methods: Merge rules of :mod:`negkit.merge` applied to the pool.
+        single: Also negate every member alone (Task Arithmetic rows, ``pool_config`` = member).
+        merge_options: Per-method keyword options, e.g. ``{"ties": {"k": 0.2}}``.
+        coefs: λ grid (default 0..1 by 0.05).
+        threshold: Fraction of zero-shot control (val) accuracy a λ must keep.
+        head_cache: Folder of cached zero-shot heads.
+        device: None: cuda if available.
+        batch_size: Evaluation batch size.
+        seed: Recorded in every row.
+        progress: tqdm bars of the evaluation passes.
+
+    Returns:
+        One row per method / pool member: ``method, pool_config, coef`` and the test
+        accuracies ``test_forget, test_control`` beside the zero-shot ones.
+    """
+    device = resolve_device(device)
+    coefs = [float(c) for c in (coefs if coefs is not None else coef_grid(0.0, 1.0, 0.05))]
+    unknown = [m for m in methods if m not in negkit.merge.list_methods()]
+    if unknown:
+        raise ValueError(f"unknown merge method {unknown[0]!r}; valid methods are {negkit.merge.list_methods()}")
+    base = dict(setting="clip", model=backbone.name, dataset=forget.name, scenario="task", seed=seed)
+    sets = {"val_forget": forget.val, "val_control": control.val, "test_forget": forget.test,
+            "test_control": control.test}
+    existing = results.read()
+    existing = existing[(existing.setting == "clip") & (existing.model == backbone.name)
+                        & (existing.scenario == "task") & (existing.seed == seed)]
+
+    forget_head = get_head(backbone, forget.name, cache_dir=head_cache, classnames=forget.classnames, device=device)
+    control_head = get_head(backbone, control.name, cache_dir=head_cache, classnames=control.classnames,
+                            device=device)
+    neg = _Negator(backbone, forget_head, control_head, device)
+
+    def measure(split: str) -> float:
+        clf = neg.forget if split.endswith("forget") else neg.control
+        return evaluate(clf, sets[split], device=device, batch_size=batch_size, progress=progress)["acc"]
+
+    # Zero-shot accuracies: measured once; control ones are shared by every forget dataset.
+    zs: dict[str, float] = {}
+    neg.set(None, 0.0)
+    for split in SPLITS:
+        mine = existing[(existing.method == "zeroshot") & (existing.split == split)]
+        here = mine[mine.dataset == forget.name]
+        shared = mine if split.endswith("control") else here
+        if len(here):
+            zs[split] = float(here.value.iloc[0])
+            continue
+        zs[split] = float(shared.value.iloc[0]) if len(shared) else measure(split)
+        results.append(Record(**base, method="zeroshot", pool_config="", coef=0.0, split=split, metric="acc",
+                              value=zs[split]))
+
+    candidates = [(m, "") for m in methods] + ([("task_arithmetic", n) for n in finetuned] if single else [])
+    taus: dict[str, TaskVector] | None = None
+    summary = []
+    for method, member in candidates:
+        rows = existing[(existing.dataset == forget.name) & (existing.method == method)
+                        & (existing.pool_config == member)]
+        done = rows[rows.split == "test_forget"]
+        if len(done):
+            summary.append(_summary(method, member, rows, zs))
+            continue
+        if taus is None:
+            taus = visual_task_vectors(neg.pre, finetuned)
+        if method == "task_arithmetic":
+            tau = taus[member]
+        else:
+            opts = dict((merge_options or {}).get(method, {}))
+            tau = TaskVector(negkit.merge.get(method)(list(taus.values()), **opts))
+        tau = tau.to(device)
+        accs = {("val_forget", c): v for c, v in zip(rows[rows.split == "val_forget"].coef,
+                                                      rows[rows.split == "val_forget"].value)}
+        accs.update({("val_control", c): v for c, v in zip(rows[rows.split == "val_control"].coef,
+                                                           rows[rows.split == "val_control"].value)})
+        for c in coefs:
+            todo = [s for s in ("val_forget", "val_control") if (s, c) not in accs]
+            if todo and c != 0.0:
+                neg.set(tau, c)
+            for split in todo:
+                # θ_pre − 0·τ is the zero-shot model: reuse its accuracy instead of evaluating.
+                accs[(split, c)] = zs[split] if c == 0.0 else measure(split)
+                results.append(Record(**base, method=method, pool_config=member, coef=c, split=split,
+                                      metric="acc", value=accs[(split, c)]))
+        chosen = select_coef(coefs, [accs[("val_forget", c)] for c in coefs],
+                             [accs[("val_control", c)] for c in coefs], zs["val_control"], threshold)
+        new = []
+        if chosen is not None and chosen != 0.0:
+            neg.set(tau, chosen)
+        for split in ("test_forget", "test_control"):
+            if chosen is None:
+                value, note, coef = math.nan, NO_COEF_NOTE, math.nan
+            else:
+                value = zs[split] if chosen == 0.0 else measure(split)
+                note, coef = f"λ selected on val (control ≥ {threshold:g} × zero-shot)", chosen
+            new.append(Record(**base, method=method, pool_config=member, coef=coef, split=split, metric="acc",
+                              value=value, note=note))
+        results.append(new)
+        if chosen is None:
+            log.warning("%s %s%s: %s", forget.name, method, f" ({member})" if member else "", NO_COEF_NOTE)
+        summary.append({"method": method, "pool_config": member, "coef": new[0].coef,
+                        "test_forget": new[0].value, "test_control": new[1].value,
+                        "zeroshot_forget": zs["test_forget"], "zeroshot_control": zs["test_control"]})
+    return pd.DataFrame(summary)
+
+
+def _summary(method: str, member: str, rows: pd.DataFrame, zs: Mapping[str, float]) -> dict[str, Any]:
+    test = {r.split: r for r in rows[rows.split.isin(["test_forget", "test_control"])].itertuples()}
+    return {"method": method, "pool_config": member, "coef": float(test["test_forget"].coef),
+            "test_forget": float(test["test_forget"].value), "test_control": float(test["test_control"].value),
+            "zeroshot_forget": zs["test_forget"], "zeroshot_control": zs["test_control"]}
+
+
+def paper_table(df: pd.DataFrame, *, model: str | None = None, task_arithmetic: str = "mean") -> pd.DataFrame:
+    """The paper's table: forget (↓) and control test accuracy per method and dataset, plus the average.
+
+    Args:
+        df: Results (``negkit.results.read_results``) holding ``run_task_negation`` rows.
+        model: Keep only this model (default: all rows of setting ``"clip"``).
+        task_arithmetic: How single-member Task Arithmetic rows are summarised:
+            ``"mean"`` over members or ``"best"`` (lowest forget accuracy).
+
+    Returns:
+        Index = method; columns = MultiIndex (dataset or ``"avg"``, ``"forget"``/``"control"``).
+    """
+    if task_arithmetic not in ("mean", "best"):
+        raise ValueError(f"task_arithmetic must be 'mean' or 'best', got {task_arithmetic!r}")
+    d = df[(df.setting == "clip") & (df.scenario == "task") & df.split.isin(["test_forget", "test_control"])]
+    if model is not None:
+        d = d[d.model == model]
+    if d.empty:
+        raise ValueError("no CLIP task-negation test rows in these results; run run_task_negation first")
+    wide = d.pivot_table(index=["dataset", "method", "pool_config"], columns="split", values="value",
+                         aggfunc="first", dropna=False).reset_index()
+    ta = wide[wide.method == "task_arithmetic"]
+    if task_arithmetic == "best" and len(ta):
+        ta = ta.loc[ta.groupby("dataset").test_forget.idxmin()]
+    wide = pd.concat([wide[wide.method != "task_arithmetic"], ta])
+    table = wide.groupby(["method", "dataset"])[["test_forget", "test_control"]].mean().unstack("dataset")
+    table.columns = table.columns.swaplevel(0, 1)
+    table = table.rename(columns={"test_forget": "forget", "test_control": "control"}, level=1)
+    datasets = sorted({c[0] for c in table.columns})
+    for part in ("forget", "control"):
+        table[("avg", part)] = table[[(ds, part) for ds in datasets]].mean(axis=1)
+    order = [(ds, p) for ds in datasets + ["avg"] for p in ("forget", "control")]
+    return table[order]

@@ -1,0 +1,137 @@
+"""CLIP task negation end to end on a tiny random-init CLIP and digit ImageFolders."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import negkit.data
+import negkit.merge
+from negkit import io as nkio
+from negkit.clip import finetune as cf
+from negkit.clip import model as cm
+from negkit.clip import negation as cn
+from negkit.clip.datasets import write_digits_imagefolder
+from negkit.clip.heads import get_head
+from negkit.evaluate import evaluate, select_coef
+from negkit.results import ResultsLog
+from negkit.taskvec import TaskVector
+
+COEFS = [0.0, 0.5, 1.0]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("neg")
+    write_digits_imagefolder(tmp / "data", name="mnist", size=32, per_class=12)
+    write_digits_imagefolder(tmp / "data", name="imagenet", size=32, per_class=12, invert=True, test_split="val",
+                             seed=1)
+    torch.manual_seed(0)
+    backbone = cm.load_clip(cm.TINY_MODEL, None, device="cpu")
+    kw = dict(root=tmp / "data", source="imagefolder", image_size=32)
+    forget, control = negkit.data.get("mnist", **kw), negkit.data.get("imagenet", **kw)
+    pool = [cf.PoolConfig(name=f"m{i}", epochs=1, lr=2e-3, batch_size=16, warmup_steps=1, fused=False, seed=i)
+            for i in range(2)]
+    paths = cf.finetune_pool(backbone, "mnist", pool, out_dir=tmp / "ft", data_root=tmp / "data",
+                             data_kw={"source": "imagefolder"}, head_cache=tmp / "heads", device="cpu",
+                             progress=False)
+    return dict(tmp=tmp, backbone=backbone, forget=forget, control=control, paths=paths)
+
+
+def _run(world, log, **kw):
+    args = dict(methods=["negmerge", "mean"], coefs=COEFS, head_cache=world["tmp"] / "heads", device="cpu")
+    return cn.run_task_negation(world["backbone"], world["forget"], world["control"], world["paths"], log,
+                                **{**args, **kw})
+
+
+def test_visual_task_vectors_cover_the_image_encoder(world):
+    pre = world["backbone"].visual_state_dict()
+    taus = cn.visual_task_vectors(pre, world["paths"])
+    assert list(taus) == ["m0", "m1"]
+    ft = nkio.load_state_dict(world["paths"]["m0"])
+    assert set(taus["m0"]) == {k for k, v in pre.items() if v.is_floating_point()}
+    torch.testing.assert_close(taus["m0"]["conv1.weight"], ft["conv1.weight"] - pre["conv1.weight"])
+
+
+def test_negation_records_selection_and_resume(world, tmp_path):
+    log = ResultsLog(tmp_path / "results.jsonl")
+    summary = _run(world, log)
+    df = log.read()
+    assert set(df.method) == {"zeroshot", "negmerge", "mean", "task_arithmetic"}
+    assert (df.setting == "clip").all() and (df.scenario == "task").all() and (df.dataset == "mnist").all()
+    assert (df.model == world["backbone"].name).all() and (df.metric == "acc").all()
+    assert len(df) == 4 + 4 * (2 * len(COEFS) + 2)  # zero-shot + per candidate (3 λ × 2 val, 2 test)
+    assert set(zip(summary.method, summary.pool_config)) == {("negmerge", ""), ("mean", ""),
+                                                             ("task_arithmetic", "m0"), ("task_arithmetic", "m1")}
+    # one row per (method, member, λ, split): no duplicates
+    assert not df.duplicated(["method", "pool_config", "coef", "split"]).any()
+    zs = df[df.method == "zeroshot"].set_index("split").value
+    for (method, member), rows in df[df.method != "zeroshot"].groupby(["method", "pool_config"]):
+        vf = rows[rows.split == "val_forget"].set_index("coef").value
+        vc = rows[rows.split == "val_control"].set_index("coef").value
+        assert vf[0.0] == zs["val_forget"] and vc[0.0] == zs["val_control"]  # λ = 0 is the zero-shot model
+        expected = select_coef(COEFS, vf[COEFS].tolist(), vc[COEFS].tolist(), zs["val_control"], 0.95)
+        got = rows[rows.split == "test_forget"].coef.iloc[0]
+        assert (expected is None and math.isnan(got)) or got == expected
+
+    # the recorded test accuracy is that of θ_pre − λ τ, rebuilt independently here
+    row = df[(df.pool_config == "m1") & (df.split == "test_forget")].iloc[0]
+    assert not math.isnan(row.coef)  # λ = 0 always keeps 100 % of the zero-shot control accuracy
+    b = world["backbone"]
+    tau = TaskVector.from_state_dicts(b.visual_state_dict(), nkio.load_state_dict(world["paths"]["m1"]))
+    clf = cm.ImageClassifier.from_backbone(b, get_head(b, "mnist", cache_dir=world["tmp"] / "heads",
+                                                       classnames=world["forget"].classnames))
+    clf.visual.load_state_dict((-tau).apply_to(b.visual_state_dict(), row.coef))
+    assert evaluate(clf, world["forget"].test, device="cpu")["acc"] == pytest.approx(row.value)
+
+    # resume: a second run measures nothing new and reports the same
+    again = _run(world, log)
+    assert len(log.read()) == len(df)
+    pd_cols = ["method", "pool_config", "coef", "test_forget", "test_control"]
+    assert again[pd_cols].sort_values(pd_cols[:2]).reset_index(drop=True).equals(
+        summary[pd_cols].sort_values(pd_cols[:2]).reset_index(drop=True))
+
+
+def test_partial_sweep_is_completed_not_duplicated(world, tmp_path):
+    log = ResultsLog(tmp_path / "r.jsonl")
+    _run(world, log, methods=["mean"], single=False, coefs=[0.0, 0.5])
+    df = log.read()
+    # drop the test rows as if the run had stopped after the sweep, then widen the grid
+    partial = df[~df.split.str.startswith("test") | (df.method == "zeroshot")]
+    log2 = ResultsLog(tmp_path / "r2.jsonl")
+    from negkit.results import Record
+    log2.append([Record(**r) for r in partial.to_dict("records")])
+    _run(world, log2, methods=["mean"], single=False, coefs=COEFS)
+    df2 = log2.read()
+    assert not df2.duplicated(["method", "pool_config", "coef", "split"]).any()
+    assert sorted(df2[(df2.method == "mean") & (df2.split == "val_forget")].coef) == COEFS
+
+
+def test_no_admissible_coefficient_is_recorded_not_raised(world, tmp_path):
+    log = ResultsLog(tmp_path / "none.jsonl")
+    summary = _run(world, log, methods=["mean"], single=False, threshold=1e6)
+    assert math.isnan(summary.coef.iloc[0]) and math.isnan(summary.test_forget.iloc[0])
+    rows = log.read()
+    test = rows[(rows.method == "mean") & (rows.split == "test_forget")]
+    assert len(test) == 1 and test.note.iloc[0] == cn.NO_COEF_NOTE
+
+
+def test_unknown_merge_method_lists_valid(world, tmp_path):
+    with pytest.raises(ValueError, match="unknown merge method 'avg'.*negmerge"):
+        _run(world, ResultsLog(tmp_path / "x.jsonl"), methods=["avg"])
+
+
+def test_paper_table(world, tmp_path):
+    log = ResultsLog(tmp_path / "t.jsonl")
+    _run(world, log)
+    table = cn.paper_table(log.read())
+    assert list(table.columns) == [("mnist", "forget"), ("mnist", "control"), ("avg", "forget"), ("avg", "control")]
+    assert set(table.index) == {"zeroshot", "negmerge", "mean", "task_arithmetic"}
+    df = log.read()
+    zs = df[(df.method == "zeroshot") & (df.split == "test_control")].value.iloc[0]
+    assert table.loc["zeroshot", ("avg", "control")] == pytest.approx(zs)
+    ta = df[(df.method == "task_arithmetic") & (df.split == "test_forget")].value.mean()
+    assert table.loc["task_arithmetic", ("mnist", "forget")] == pytest.approx(ta, nan_ok=True)
+    with pytest.raises(ValueError, match="no CLIP task-negation"):
+        cn.paper_table(df[df.setting == "standard"])
