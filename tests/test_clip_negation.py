@@ -135,3 +135,18 @@ def test_paper_table(world, tmp_path):
     assert table.loc["task_arithmetic", ("mnist", "forget")] == pytest.approx(ta, nan_ok=True)
     with pytest.raises(ValueError, match="no CLIP task-negation"):
         cn.paper_table(df[df.setting == "standard"])
+
+
+def test_saved_task_vectors_and_streamed_merge_match_in_memory(world, tmp_path):
+    b = world["backbone"]
+    files = cn.save_task_vectors(b, world["paths"], tmp_path / "tv")
+    taus = cn.visual_task_vectors(b.visual_state_dict(), world["paths"])
+    for name, path in files.items():
+        loaded = TaskVector.load(path)
+        assert loaded.metadata["architecture"] == cm.TINY_MODEL
+        for k in taus[name]:
+            torch.testing.assert_close(loaded[k], taus[name][k], rtol=0, atol=0)
+    merged = negkit.merge.get("negmerge")(list(taus.values()))
+    streamed = negkit.merge.merge_files(list(files.values()), "negmerge")
+    for k in merged:
+        torch.testing.assert_close(streamed[k], merged[k], rtol=0, atol=0)

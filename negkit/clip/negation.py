@@ -22,6 +22,7 @@ import copy
 import logging
 import math
 import os
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
@@ -36,7 +37,7 @@ from negkit.evaluate import coef_grid, evaluate, resolve_device, select_coef
 from negkit.results import Record, ResultsLog
 from negkit.taskvec import TaskVector
 
-__all__ = ["visual_task_vectors", "run_task_negation", "paper_table", "SPLITS", "NO_COEF_NOTE"]
+__all__ = ["visual_task_vectors", "save_task_vectors", "run_task_negation", "paper_table", "SPLITS", "NO_COEF_NOTE"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,28 @@ def visual_task_vectors(pretrained: Mapping[str, torch.Tensor], finetuned: Mappi
     """
     return {name: TaskVector.from_state_dicts(pretrained, nkio.load_state_dict(path))
             for name, path in finetuned.items()}
+
+
+def save_task_vectors(backbone: ClipBackbone, finetuned: Mapping[str, str | os.PathLike],
+                      out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write τ_i = θ_ft,i − θ_pre of every fine-tune to ``out_dir/<name>.safetensors`` (one at a time).
+
+    The files feed the streaming analyses of :mod:`negkit.analysis` (sign consensus,
+    pairwise agreement); existing files are kept.
+
+    Returns:
+        Member name -> task-vector file.
+    """
+    pre = {k: v.cpu() for k, v in backbone.visual_state_dict().items()}
+    out = {}
+    for name, path in finetuned.items():
+        dest = Path(out_dir) / f"{name}.safetensors"
+        if not dest.exists():
+            tau = TaskVector.from_state_dicts(pre, nkio.load_state_dict(path))
+            tau.save(dest, architecture=backbone.model_name, pretrained=backbone.pretrained,
+                     metadata={"part": "visual", "finetuned_file": str(path)})
+        out[name] = dest
+    return out
 
 
 class _Negator:
@@ -151,7 +174,8 @@ def run_task_negation(
                               value=zs[split]))
 
     candidates = [(m, "") for m in methods] + ([("task_arithmetic", n) for n in finetuned] if single else [])
-    taus: dict[str, TaskVector] | None = None
+    pre_cpu = backbone.visual_state_dict()
+    pre_cpu = {k: v.cpu() for k, v in pre_cpu.items()}
     summary = []
     for method, member in candidates:
         rows = existing[(existing.dataset == forget.name) & (existing.method == method)
@@ -160,13 +184,12 @@ def run_task_negation(
         if len(done):
             summary.append(_summary(method, member, rows, zs))
             continue
-        if taus is None:
-            taus = visual_task_vectors(neg.pre, finetuned)
         if method == "task_arithmetic":
-            tau = taus[member]
+            tau = TaskVector.from_state_dicts(pre_cpu, nkio.load_state_dict(finetuned[member]))
         else:
+            # Streamed from the files tensor by tensor: memory stays flat in the pool size K.
             opts = dict((merge_options or {}).get(method, {}))
-            tau = TaskVector(negkit.merge.get(method)(list(taus.values()), **opts))
+            tau = TaskVector(negkit.merge.merge_files(list(finetuned.values()), method, pretrained=pre_cpu, **opts))
         tau = tau.to(device)
         accs = {("val_forget", c): v for c, v in zip(rows[rows.split == "val_forget"].coef,
                                                       rows[rows.split == "val_forget"].value)}
