@@ -18,6 +18,7 @@ about ``K × chunk_size`` elements. Both give identical DataFrames: rows follow 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import itertools
 import math
 import os
@@ -221,6 +222,16 @@ def _resolve_methods(methods: Sequence[str] | Mapping[str, Any]) -> dict[str, Ca
     return rules
 
 
+def _with_names(rule: Callable[..., dict], opts: Mapping[str, Any], names: list[str]) -> dict[str, Any]:
+    # Registered rules take ``names`` for their error messages; hand ours over when a rule accepts it.
+    try:
+        params = inspect.signature(rule).parameters
+    except (TypeError, ValueError):
+        return dict(opts)
+    takes = "names" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return {"names": names, **opts} if takes else dict(opts)
+
+
 def sign_consensus(
     tvs: Sequence[TensorSource],
     *,
@@ -260,7 +271,8 @@ def sign_consensus(
     rules = _resolve_methods(methods)
     options = dict(method_options or {})
     with _Pool(tvs, names, strict) as pool:
-        merged = {label: rule(pool.mappings(), **options.get(label, {})) for label, rule in rules.items()}
+        merged = {label: rule(pool.mappings(), **_with_names(rule, options.get(label, {}), pool.names))
+                  for label, rule in rules.items()}
         rows = []
         for key in tqdm(pool.keys, desc="sign consensus", disable=not progress):
             numel = math.prod(pool.shapes[key])

@@ -195,7 +195,7 @@ def test_key_and_shape_mismatch_errors(tmp_path):
 
 
 def test_frac_kept_uses_the_merge_registry(tmp_path):
-    merge = pytest.importorskip("negkit.merge")
+    from negkit import merge
     assert "negmerge" in merge.list_methods()
     pool = _random_pool(k=3, seed=2)
     df = sign_consensus(pool)  # default methods=("negmerge",)
