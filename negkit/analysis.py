@@ -125,6 +125,8 @@ class _Pool(contextlib.ExitStack):
 
     def __init__(self, tvs: Sequence[TensorSource], names: Sequence[str] | None, strict: bool) -> None:
         super().__init__()
+        if not isinstance(tvs, (str, os.PathLike, Mapping)):
+            tvs = list(tvs)
         if isinstance(tvs, (str, os.PathLike, Mapping)) or len(tvs) == 0:
             raise ValueError("pass a non-empty sequence of task vectors or safetensors paths (a list), "
                              f"got {type(tvs).__name__}")
@@ -153,8 +155,9 @@ class _Pool(contextlib.ExitStack):
         if len(set(names)) < len(names):
             names = [f"{n}#{i}" for i, n in enumerate(names)]
         self.names = names
-        self.keys = self._common_keys(strict)
-        self.shapes = {k: self._shape(0, k) for k in self.keys}
+        keys = self._common_keys(strict)
+        self.shapes = {k: self._shape(0, k) for k in keys}
+        self.keys = [k for k in keys if math.prod(self.shapes[k]) > 0]  # empty tensors carry no signs
         for i in range(1, len(self.sources)):
             for k in self.keys:
                 if self._shape(i, k) != self.shapes[k]:

@@ -179,6 +179,12 @@ def test_streaming_matches_in_memory(tmp_path):
     assert (mem["frac_kept_consensus"] == mem["frac_consistent"]).all()
 
 
+def test_empty_tensors_are_skipped_and_generators_accepted():
+    pool = ({**tv, "empty": torch.zeros(0, 3)} for tv in TVS)
+    df = sign_consensus(pool, methods=())
+    assert list(df["key"]) == ["a.weight", "b"]
+
+
 def test_key_and_shape_mismatch_errors(tmp_path):
     bad = [TVS[0], {"a.weight": TVS[1]["a.weight"]}]
     with pytest.raises(ValueError, match=r"'b' missing in tv\[1\].*strict=False"):
