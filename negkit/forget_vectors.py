@@ -8,7 +8,7 @@ the model's own normalisation layer, and the model's weights never change:
     f_θ(x + δ)   with θ frozen.
 
 δ is learned with the model frozen (eval mode, ``requires_grad`` off) by minimising,
-on batches that mix forget samples D_f and retain samples D_r (paper, Eq. 4):
+on batches that mix forget samples D_f and retain samples D_r:
 
     ℓ(δ) = α · Σ_{(x,y)∈D_r} CE(f(x+δ), y)
          + β · Σ_{(x,y)∈D_f} max(z_y(x+δ) − max_{k≠y} z_k(x+δ), −τ)
@@ -19,7 +19,7 @@ the true-class logit of forget samples below the runner-up by at least τ; the C
 keeps the retain samples correct; the norm keeps δ small. The optimiser is SGD with
 momentum and an exponential learning-rate decay per epoch.
 
-Forget-vector arithmetic (paper, Sec. 5): from class-wise vectors {δ_c}, a new task
+Forget-vector arithmetic (the paper's compositional unlearning): from class-wise vectors {δ_c}, a new task
 (forget a union of classes, or random data inside some classes) gets
 δ(w) = Σ_c w_c δ_c, where only the K weights w are learned with the same loss.
 
@@ -425,7 +425,7 @@ def split_within_classes(dataset: Dataset, classes: Sequence[int], fraction: flo
                          seed: int = 0) -> tuple[Subset, Subset]:
     """Forget a random ``fraction`` of the images of ``classes``; retain all other images.
 
-    The arithmetic task "forget random data within a subset of classes" (paper, Sec. 5).
+    The arithmetic task "forget random data within a subset of classes" of the paper.
 
     Returns:
         ``(forget, retain)`` subsets of ``dataset``.

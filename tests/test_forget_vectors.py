@@ -293,3 +293,37 @@ def test_split_within_classes(toy):
     assert fvs.split_within_classes(data, [0, 2], 0.25, seed=3)[0].indices == forget.indices
     with pytest.raises(ValueError, match="no image of class"):
         fvs.split_within_classes(data, [9], 0.5)
+
+
+# ----------------------------------------------------------------------------- benchmark records
+def test_run_benchmark_records_next_to_weight_based_methods(tmp_path, toy, classwise):
+    from negkit import benchmark
+    from negkit.results import read_results
+
+    model, data = toy
+    forget, retain = _split(data, 0)
+    retrain_metrics = {"UA": 100.0, "RA": 99.0, "TA": 98.0, "MIA": 90.0}
+    setup = benchmark.Setup(
+        cfg=benchmark.BenchmarkConfig(), run_dir=tmp_path, scenario="class_0", device="cpu", bundle=None,
+        split=None, forget=forget, retain=retain, test=retain, val=data, val_forget=forget, val_control=retain,
+        original=model, retrain=model, original_metrics={}, retrain_metrics=retrain_metrics, control_reference=0.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fv, metrics = fvs.run_benchmark(setup, FAST)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    df = read_results(tmp_path / "results.jsonl")
+    rows = df[df.method == "forget_vector"].set_index("metric").value
+    assert sorted(rows.index) == ["MIA", "RA", "TA", "UA", "avg_gap"]
+    assert rows["UA"] == pytest.approx(metrics["UA"]) and metrics["UA"] > 50  # class 0 is forgotten
+    assert rows["avg_gap"] == pytest.approx(sum(abs(metrics[k] - retrain_metrics[k]) for k in metrics) / 4)
+    assert (tmp_path / "class_0" / "forget_vectors" / "forget_vector.safetensors").exists()
+
+    again, _ = fvs.run_benchmark(setup, FAST)  # rerun: the cached δ is reused, no duplicate records
+    assert torch.equal(again.delta, fv.delta)
+    assert len(read_results(tmp_path / "results.jsonl")) == len(df)
+    with pytest.raises(ValueError, match="another ForgetVectorConfig"):
+        fvs.run_benchmark(setup, from_dict(ForgetVectorConfig, FAST, beta=1.0))
+
+    arith, _ = fvs.run_benchmark(setup, from_dict(ForgetVectorConfig, FAST, lr=0.005), vectors=classwise)
+    df = read_results(tmp_path / "results.jsonl")
+    assert set(df.method) == {"forget_vector", "forget_vector_arithmetic"}
+    assert len(arith.meta["weights"].split(",")) == 3
