@@ -294,7 +294,8 @@ def coef_curve(
 
 
 def _one_coef(rows: pd.DataFrame, what: str) -> None:
-    n = rows["coef"].nunique(dropna=False)
+    # Seeds may pick different λ; several λ within one seed mean a whole sweep was passed.
+    n = int(rows.groupby("seed")["coef"].nunique(dropna=False).max())
     if n > 1:
         raise ValueError(f"{what} has rows at {n} coefficients; keep only the chosen one "
                          "(e.g. filter df by coef or note) before plotting")

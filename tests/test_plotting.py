@@ -143,6 +143,9 @@ def test_sensitivity_points_and_reference_lines():
     assert sorted(ln.get_ydata()[0] for ln in ref_lines) == [10.5, 20.5]  # mean absent: skipped
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels == ["NegMerge", "TIES", "Task Arithmetic (single fine-tune)"]
+    other_seed = _records([dict(method="negmerge", metric="avg_gap", coef=0.9, value=1.5, seed=2)])
+    ax = plotting.sensitivity(pd.concat([_results(), other_seed]), reference_methods=("negmerge",))
+    assert [ln.get_ydata()[0] for ln in ax.lines if len(ln.get_ydata()) == 2] == [7.5]  # (10 + 11 + 1.5) / 3
     bad = pd.concat([_results(), _records([dict(method="negmerge", metric="avg_gap", coef=0.9, value=1)])])
     with pytest.raises(ValueError, match="2 coefficients"):
         plotting.sensitivity(bad)
