@@ -69,7 +69,8 @@ class TrainConfig:
         grad_clip: Max global gradient norm, or None.
         grad_accum: Batches whose gradients are accumulated per optimiser step.
         amp: bfloat16 autocast (only on CUDA; ignored on CPU).
-        seed: Seeds the global torch RNG and the data order (epoch ``e`` uses ``seed, e``).
+        seed: Seeds the global torch, numpy and python RNGs and the data order (epoch ``e``
+            uses ``(seed, e)``).
         num_workers: DataLoader workers.
         drop_last: Drop the last incomplete batch (a last batch of one image is always
             dropped, BatchNorm cannot train on it).
@@ -295,7 +296,10 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig | Mapping[str, An
     if out is not None and (out / "model.safetensors").exists() and (out / "done.json").exists():
         return _load_finished(out, model, cfg, device)
 
+    # Seed every global RNG a dataset transform may draw from (timm's RandAugment uses `random`).
     torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
     model.to(device)
     params = _select_params(model, trainable)
     masks = _check_mask(param_mask or {}, params)
