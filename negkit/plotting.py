@@ -310,6 +310,7 @@ def sensitivity(
     *,
     point_method: str = "task_arithmetic",
     order: Sequence[str] | None = None,
+    split: str | None = None,
 ) -> Axes:
     """Each single fine-tune's Task Arithmetic result against the merges (NegMerge, Fig. 1).
 
@@ -326,8 +327,13 @@ def sensitivity(
         ax: Axes to draw on.
         point_method: Method of the per-fine-tune points.
         order: Explicit order of the x values.
+        split: Keep only this split (needed when ``metric`` is measured on several, e.g. ``acc``).
     """
     rows = df[df["metric"] == metric]
+    if split is not None:
+        rows = rows[rows["split"] == split]
+    elif rows["split"].nunique() > 1:
+        raise ValueError(f"{metric!r} is measured on several splits {sorted(set(rows['split']))}; pass split=...")
     points = rows[(rows["method"] == point_method) & (rows[x] != "")]
     if points.empty:
         raise ValueError(f"no {point_method!r} rows with metric {metric!r} and a non-empty {x!r}")

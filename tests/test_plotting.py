@@ -146,6 +146,11 @@ def test_sensitivity_points_and_reference_lines():
     other_seed = _records([dict(method="negmerge", metric="avg_gap", coef=0.9, value=1.5, seed=2)])
     ax = plotting.sensitivity(pd.concat([_results(), other_seed]), reference_methods=("negmerge",))
     assert [ln.get_ydata()[0] for ln in ax.lines if len(ln.get_ydata()) == 2] == [7.5]  # (10 + 11 + 1.5) / 3
+    two_splits = pd.concat([_results(), _records([dict(method="negmerge", metric="avg_gap", split="val", value=1)])])
+    with pytest.raises(ValueError, match="several splits"):
+        plotting.sensitivity(two_splits)
+    ax = plotting.sensitivity(two_splits, split="test", reference_methods=("negmerge",))
+    assert [ln.get_ydata()[0] for ln in ax.lines if len(ln.get_ydata()) == 2] == [10.5]
     bad = pd.concat([_results(), _records([dict(method="negmerge", metric="avg_gap", coef=0.9, value=1)])])
     with pytest.raises(ValueError, match="2 coefficients"):
         plotting.sensitivity(bad)
