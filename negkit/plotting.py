@@ -13,6 +13,7 @@ import contextlib
 import os
 import re
 import uuid
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -359,6 +360,16 @@ def sensitivity(
     return ax
 
 
+def _metric_rows(df: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    rows = df[df["metric"].isin(metrics)]
+    splits = rows.groupby(["method", "metric"])["split"].nunique()
+    if (splits > 1).any():
+        (method, metric) = splits[splits > 1].index[0]
+        warnings.warn(f"{method} / {metric} is measured on several splits; their values are averaged. "
+                      "Filter df to one split per metric to avoid this.")
+    return rows
+
+
 def _method_order(methods: Sequence[str]) -> list[str]:
     rank = {m: i for i, m in enumerate(METHODS)}
     return sorted(dict.fromkeys(methods), key=lambda m: (rank.get(m, len(rank)), m))
@@ -382,7 +393,7 @@ def results_bars(
         ax: Axes to draw on.
         methods: Methods drawn (default: all present, in :data:`negkit.results.METHODS` order).
     """
-    rows = df[df["metric"].isin(metrics)]
+    rows = _metric_rows(df, metrics)
     if methods is None:
         methods = _method_order(rows["method"])
     rows = rows[rows["method"].isin(methods)]
@@ -417,7 +428,7 @@ def results_table(
         show_std: Return strings ``"mean ± std"`` instead of numbers.
         decimals: Rounding.
     """
-    rows = df[df["metric"].isin(metrics)]
+    rows = _metric_rows(df, metrics)
     methods = _method_order(rows["method"]) if methods is None else list(methods)
     cols = [m for m in metrics if m in set(rows["metric"])]
     grouped = rows.groupby(["method", "metric"])["value"]

@@ -170,6 +170,8 @@ def test_results_bars_and_table():
     assert list(table.columns) == ["UA", "RA", "TA", "MIA", "avg_gap"]
     assert table.loc["negmerge", "UA"] == 10.5 and math.isnan(table.loc["task_arithmetic", "UA"])
     assert table.loc["task_arithmetic", "avg_gap"] == 1.0
+    with pytest.warns(UserWarning, match="negmerge / UA is measured on several splits"):
+        plotting.results_table(pd.concat([df, _records([dict(method="negmerge", metric="UA", split="val")])]))
     shown = plotting.results_table(df, metrics=("UA",), methods=["negmerge"], show_std=True)
     assert shown.loc["negmerge", "UA"] == "10.50 ± 0.71"
 
