@@ -202,7 +202,8 @@ def test_live_chosen_lambda_follows_the_admissibility_rule():
 
 
 def test_live_merges_use_the_registry():
-    merge = pytest.importorskip("negkit.merge")
+    from negkit import merge
+
     model, pre, tvs, splits = tiny_setup()
     live = LiveNegation(model, pre, tvs, splits, methods=("negmerge", "mean"), coefs=[0.0, 1.0], device="cpu")
     want = merge.get("negmerge")(list(tvs.values()))
@@ -232,7 +233,6 @@ def pool3():
 
 
 def test_consensus_k_slider_updates_per_layer_rates():
-    pytest.importorskip("negkit.merge")
     view = ConsensusView(pool3(), methods=("negmerge", "magmax"), draws=2, seed=0)
     t = view.state.layer_table().set_index("group")
     assert t.loc["layer1", "frac_consistent"] == pytest.approx(2 / 4)
@@ -299,7 +299,6 @@ def test_forget_vector_view_per_class_accuracy():
 
 
 def test_explorer_tabs(results_dir):
-    pytest.importorskip("negkit.merge")
     tab = explorer(negation=results_dir, consensus=pool3())
     assert list(tab.views) == ["Negation", "Sign consensus"] and len(tab.children) == 2
     assert RunKey("digits", "class_3", "small_resnet", "standard").label in [lbl for lbl, _ in tab.views["Negation"].run.options]

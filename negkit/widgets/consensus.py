@@ -120,12 +120,16 @@ class ConsensusState:
         plotting.consensus_curve(self.consensus_curve(), ax=ax_k)
         ax_k.axvline(self.k, color="0.3", ls=":", lw=1.2)
         cols = {"frac_consistent": "sign consensus", **{f"frac_kept_{m}": f"{m} keeps" for m in self.selected}}
-        bars = t.set_index("group")[list(cols)].rename(columns=cols).iloc[::-1]
+        # Groups the pool never moves (e.g. the Normalize layer's constant buffers, τ = 0) have no bars.
+        still = t[t["mean_abs"] == 0]["group"].tolist()
+        bars = t[t["mean_abs"] > 0].set_index("group")[list(cols)[::-1]].rename(columns=cols).iloc[::-1]
         bars.plot.barh(ax=ax_l, width=0.8)
         ax_l.set_xlabel("fraction of elements")
         ax_l.set_ylabel("")
         ax_l.set_xlim(0, 1)
-        ax_l.set_title(f"per layer, K = {self.k}")
-        ax_l.legend(fontsize=7, loc="lower right")
+        ax_l.set_title(f"per layer, K = {self.k}" + (f" (τ = 0, not shown: {', '.join(still)})" if still else ""),
+                       fontsize=9)
+        handles, labels = ax_l.get_legend_handles_labels()
+        ax_l.legend(handles[::-1], labels[::-1], fontsize=7, loc="lower right")
         fig.tight_layout()
         return fig

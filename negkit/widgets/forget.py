@@ -52,8 +52,9 @@ class ForgetVectorState:
         self.classnames = list(classnames) if classnames is not None else [str(i) for i in range(n)]
         self.weights = {int(c): float(w) for c, w in (weights or {}).items()}
         self.selected: tuple[int, ...] = (min(self.vectors),)
-        self._clean = self._predict(None)
-        self._with: dict[tuple, torch.Tensor] = {}
+        self._data = torch.utils.data.TensorDataset(self.x, self.y)
+        self._clean = self._accuracy(None)
+        self._with: dict[tuple, pd.Series] = {}
 
     def classes(self) -> list[int]:
         """Classes that have a forget vector."""
@@ -75,24 +76,20 @@ class ForgetVectorState:
 
         return combine({c: self.vectors[c] for c in self.selected}, {c: self.weights.get(c, 1.0) for c in self.selected})
 
-    @torch.inference_mode()
-    def _predict(self, fv: Any | None) -> torch.Tensor:
-        x = self.x if fv is None else fv.apply(self.x)
-        return torch.cat([self.model(b).argmax(1) for b in x.split(512)])
+    def _accuracy(self, fv: Any | None) -> pd.Series:
+        from negkit.forget_vectors import per_class_accuracy
+
+        return per_class_accuracy(self.model, self._data, input_transform=fv, num_classes=len(self.classnames),
+                                  device=self.device)
 
     def per_class_accuracy(self) -> pd.DataFrame:
         """One row per class: accuracy (%) without and with δ(w), and whether it is being forgotten."""
         if self.selected not in self._with:
-            self._with[self.selected] = self._predict(self.combined())
-        pred = self._with[self.selected]
-        rows = []
-        for c in range(len(self.classnames)):
-            m = self.y == c
-            if not bool(m.any()):
-                continue
-            rows.append({"class": c, "name": self.classnames[c], "forgotten": c in self.selected,
-                         "acc_without": 100 * float((self._clean[m] == c).float().mean()),
-                         "acc_with": 100 * float((pred[m] == c).float().mean())})
+            self._with[self.selected] = self._accuracy(self.combined())
+        with_delta = self._with[self.selected]
+        rows = [{"class": c, "name": self.classnames[c], "forgotten": c in self.selected,
+                 "acc_without": float(self._clean[c]), "acc_with": float(with_delta[c])}
+                for c in range(len(self.classnames)) if bool((self.y == c).any())]
         return pd.DataFrame(rows)
 
     def numbers(self) -> list[tuple[str, Any]]:
@@ -115,8 +112,9 @@ class ForgetVectorState:
         if len(deltas) > 1:
             deltas.append(self.combined().delta)
             titles.append("δ(w) = Σ w_c δ_c")
-        fig = plt.figure(figsize=(max(6.0, 1.6 * len(deltas)), 5.2), layout="constrained")
-        top = fig.add_gridspec(2, len(deltas), height_ratios=[1, 1.4])
+        ncols = max(4, len(deltas))
+        fig = plt.figure(figsize=(max(6.0, 1.6 * ncols), 5.2), layout="constrained")
+        top = fig.add_gridspec(2, ncols, height_ratios=[1, 1.4])
         # One shared colour scale, so the panels compare in magnitude.
         plotting.image_grid(torch.stack([d.detach().cpu() for d in deltas]), titles=titles,
                             ax=[fig.add_subplot(top[0, i]) for i in range(len(deltas))])

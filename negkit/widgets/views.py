@@ -72,9 +72,10 @@ class NegationView(_View):
         self.state = NegationState(source, threshold=threshold)
         self._init_outputs()
         s = self.state
-        self.run = w.Dropdown(options=[(r.label, r) for r in s.runs], description="run")
-        self.method = w.Dropdown(options=s.methods(), description="method")
-        self.pool = w.Dropdown(description="pool member")
+        wide = dict(style={"description_width": "initial"}, layout=w.Layout(width="max-content", min_width="200px"))
+        self.run = w.Dropdown(options=[(r.label, r) for r in s.runs], description="run", **wide)
+        self.method = w.Dropdown(options=s.methods(), description="method", **wide)
+        self.pool = w.Dropdown(description="pool member", **wide)
         self.slider = w.FloatSlider(description="λ", min=0.0, max=1.0, step=0.05, readout_format=".2f",
                                     continuous_update=True, layout=w.Layout(width="420px"))
         self.slider.add_class("negkit-lambda")
@@ -149,7 +150,7 @@ class ConsensusView(_View):
         self.draw_index.observe(lambda ch: self._update(s.set_draw, ch["new"]), "value")
         self.rules.observe(lambda ch: self._update(s.set_methods, ch["new"]), "value")
         self.widget = w.VBox([w.HBox([self.k, self.draw_index, self.rules]), self.message,
-                              w.HBox([self.numbers, self.table]), self.plot])
+                              self.numbers, self.table, self.plot])
         self.widget.add_class(self.css)
         self.refresh()
 
@@ -165,8 +166,10 @@ class ConsensusView(_View):
         super().refresh()
         try:
             t = self.state.layer_table()
-            cols = ["group", "numel", "frac_consistent", *[f"frac_kept_{m}" for m in self.state.selected]]
-            self.table.value = t[cols].to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0)
+            cols = {"group": "layer group", "numel": "elements", "frac_consistent": "sign consensus",
+                    **{f"frac_kept_{m}": f"{m} keeps" for m in self.state.selected}}
+            self.table.value = t[list(cols)].rename(columns=cols).to_html(
+                index=False, float_format=lambda v: f"{v:.3f}", border=0)
         except Exception as err:  # noqa: BLE001 - shown in place
             self.message.value = message_html(f"{type(err).__name__}: {err}", kind="error")
 
