@@ -97,7 +97,8 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, **kwargs) -> dict[str
 def true_class_confidence(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Softmax probability of the true class, shape (N,) — the membership-inference feature."""
     if logits.ndim != 2 or logits.shape[0] != labels.shape[0]:
-        raise ValueError(f"logits must be (N, C) matching N labels; got {tuple(logits.shape)} and {tuple(labels.shape)}")
+        raise ValueError(f"logits must be (N, C) matching N labels; got {tuple(logits.shape)} "
+                         f"and {tuple(labels.shape)}")
     return logits.float().softmax(1).gather(1, labels.long().view(-1, 1)).squeeze(1)
 
 

@@ -135,7 +135,8 @@ def lr_factor(step: int, total_steps: int, schedule: str, warmup_steps: int = 0)
     return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup_steps, span) / span))
 
 
-def _select_params(model: nn.Module, trainable: Iterable[str] | Callable[[str], bool] | None) -> dict[str, nn.Parameter]:
+def _select_params(model: nn.Module,
+                   trainable: Iterable[str] | Callable[[str], bool] | None) -> dict[str, nn.Parameter]:
     named = dict(model.named_parameters())
     if trainable is None:
         chosen = [n for n, p in named.items() if p.requires_grad]
@@ -200,30 +201,24 @@ def _set_rng_state(tensors: Mapping[str, torch.Tensor], scalars: Mapping[str, An
 
 def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """One safetensors file: model, optimiser tensors, RNG tensors; scalars as JSON in its metadata."""
-    from safetensors.torch import save_file
-
-    tensors = {f"model.{k}": v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     osd = opt.state_dict()
     opt_scalars: dict[str, dict[str, Any]] = {}
     for pid, pstate in osd["state"].items():
         for k, v in pstate.items():
             if isinstance(v, torch.Tensor):
-                tensors[f"optim.{pid}.{k}"] = v.detach().cpu().clone().contiguous()
+                tensors[f"optim.{pid}.{k}"] = v
             else:
                 opt_scalars.setdefault(str(pid), {})[k] = v
     rng_tensors, rng_scalars = _rng_state()
     tensors.update(rng_tensors)
     meta = {**state, "optim_scalars": opt_scalars, "param_groups": osd["param_groups"], "rng": rng_scalars}
-    with nkio.atomic_write(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"negkit_checkpoint": json.dumps(meta)})
+    nkio.save_state_dict(tensors, path, metadata={"negkit_checkpoint": json.dumps(meta)})
 
 
 def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads(f.metadata()["negkit_checkpoint"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta = json.loads(nkio.read_metadata(path)["negkit_checkpoint"])
+    tensors = nkio.load_state_dict(path)
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     state: dict[int, dict[str, Any]] = {}
     for k, v in tensors.items():

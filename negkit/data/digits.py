@@ -86,7 +86,8 @@ def digits(root: str | os.PathLike | None = None, *, size: int = 8, channels: in
         classnames=CLASSNAMES, mean=mean, std=std,
         meta={
             "source": "sklearn.datasets.load_digits", "seed": seed, "size": size,
-            "channels": channels, "split": f"stratified train/val/test, val_fraction={val_fraction}, test_fraction={test_fraction}",
+            "channels": channels, "val_fraction": val_fraction, "test_fraction": test_fraction,
+            "split": "seeded stratified train/val/test",
             "sizes": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
         },
     )
