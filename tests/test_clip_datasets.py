@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import builtins
+import random
 
 import numpy as np
 import pytest
@@ -84,3 +85,19 @@ def test_hf_source_without_package_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_datasets)
     with pytest.raises(ImportError, match="pip install datasets"):
         negkit.data.get("eurosat", root=tmp_path, source="hf")
+
+
+def test_randaugment_low_magnitude_posterize_gives_black_image_not_error():
+    from PIL import Image
+
+    img = Image.new("RGB", (8, 8), (200, 100, 50))
+    assert cd._posterize(img, 0).getextrema() == ((0, 0), (0, 0), (0, 0))
+    assert cd._posterize(img, 8) is img
+    assert cd._posterize(img, 1).getpixel((0, 0)) == (128, 0, 0)
+    tf = cd.randaugment_transform(cd.clip_transform(16), magnitude=1, num_ops=3)
+    ra = next(t for t in tf.transforms if type(t).__name__ == "RandAugment")
+    assert sum(op.aug_fn is cd._posterize for op in ra.ops) == 1
+    random.seed(0)
+    np.random.seed(0)
+    for _ in range(60):  # Posterize (0 bits at m=1) is drawn in about one call in ten
+        assert tf(img).shape == (3, 16, 16)

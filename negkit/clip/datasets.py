@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import open_clip
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets as tvd
 from torchvision import transforms as T
@@ -40,7 +40,7 @@ from negkit.clip.model import strip_normalize
 
 __all__ = [
     "CLIP_DATASETS", "SOURCES", "HF_IDS", "clip_transform", "randaugment_transform",
-    "holdout_split", "write_digits_imagefolder", "HFImageDataset",
+    "holdout_split", "write_digits_imagefolder", "write_smoke_data", "HFImageDataset",
 ]
 
 log = logging.getLogger(__name__)
@@ -88,12 +88,28 @@ def randaugment_transform(preprocess: T.Compose, magnitude: int, num_ops: int, m
     steps = list(preprocess.transforms)
     size = next((getattr(t, "size") for t in steps if isinstance(t, T.CenterCrop)), (224, 224))
     hparams = {"translate_const": int(min(size) * 0.45), "img_mean": (124, 116, 104)}
-    from timm.data.auto_augment import rand_augment_transform  # timm is slow to import; only here
+    from timm.data import auto_augment  # timm is slow to import; only here
 
-    ra = rand_augment_transform(f"rand-m{int(magnitude)}-n{int(num_ops)}-mstd{mstd}", hparams)
+    ra = auto_augment.rand_augment_transform(f"rand-m{int(magnitude)}-n{int(num_ops)}-mstd{mstd}", hparams)
+    for op in ra.ops:
+        if op.aug_fn is auto_augment.posterize:
+            op.aug_fn = _posterize
     # RandAugment works on PIL images: insert before the first step that makes a tensor.
     at = next((i for i, t in enumerate(steps) if isinstance(t, _TO_TENSOR)), len(steps))
     return T.Compose(steps[:at] + [ra] + steps[at:])
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
+    """timm's Posterize op for Pillow >= 12, which refuses ``bits=0``.
+
+    timm's RandAugment asks for 0 bits at magnitudes below 2.5; older Pillow then
+    returned a black image (every bit masked), which is what the paper's pools saw.
+    """
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
 
 
 def holdout_split(n: int, fraction: float, cap: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -294,3 +310,18 @@ def write_digits_imagefolder(root: str | os.PathLike, *, name: str = "mnist", si
             counts[(split, label)] = counts.get((split, label), 0) + 1
     log.info("wrote %d digit images to %s", sum(counts.values()), out)
     return out
+
+
+def write_smoke_data(root: str | os.PathLike, *, size: int = 32, per_class: int = 12) -> Path:
+    """Offline stand-ins for smoke runs: ``mnist``, ``svhn`` (inverted colours) and ``imagenet``
+    (the control task, a differently drawn digit set with a ``val`` split) as ImageFolders.
+
+    Existing folders are kept. Returns ``root`` (pass it as ``data_root`` with ``source="imagefolder"``).
+    """
+    root = Path(root)
+    specs = {"mnist": dict(invert=False, seed=0), "svhn": dict(invert=True, seed=1),
+             "imagenet": dict(invert=True, seed=2, test_split="val")}
+    for name, kw in specs.items():
+        if not (root / name).is_dir():
+            write_digits_imagefolder(root, name=name, size=size, per_class=per_class, **kw)
+    return root

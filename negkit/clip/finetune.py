@@ -32,7 +32,8 @@ from negkit.clip.model import ClipBackbone, ImageClassifier
 from negkit.config import from_dict, to_dict
 from negkit.train import TrainConfig, train
 
-__all__ = ["PoolConfig", "EPOCHS", "EPOCHS_RANDAUG", "paper_pool", "finetune", "finetune_pool", "VISUAL_FILE"]
+__all__ = ["PoolConfig", "EPOCHS", "EPOCHS_RANDAUG", "paper_pool", "smoke_pool", "resolve_pool", "finetune",
+           "finetune_pool", "VISUAL_FILE"]
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,29 @@ def paper_pool(dataset: str, *, augment: bool = True, **overrides: Any) -> list[
     return [from_dict(PoolConfig, {"name": f"{dataset}_m{m}_n{n}", "epochs": EPOCHS_RANDAUG[dataset],
                                    "rand_m": m, "rand_n": n, **overrides})
             for m in range(1, 11) for n in range(1, 4)]
+
+
+def smoke_pool(k: int = 3) -> list[PoolConfig]:
+    """A tiny pool for offline smoke runs: k one-epoch members differing in RandAugment."""
+    return [PoolConfig(name=f"m{i % 10 + 1}_n{i % 3 + 1}", epochs=1, lr=2e-3, batch_size=16, warmup_steps=1,
+                       rand_m=i % 10 + 1, rand_n=i % 3 + 1, fused=False) for i in range(k)]
+
+
+def resolve_pool(pool: str | Sequence[PoolConfig | Mapping[str, Any]], dataset: str,
+                 **overrides: Any) -> list[PoolConfig]:
+    """A pool from a notebook parameter.
+
+    Args:
+        pool: ``"paper"`` (30 RandAugment members, :func:`paper_pool`), ``"paper-noaug"``
+            (the single task_vectors fine-tune) or a list of PoolConfig / dicts of its fields.
+        dataset: Dataset the pool fine-tunes on (for the paper's epochs).
+        **overrides: PoolConfig fields applied to every member.
+    """
+    if isinstance(pool, str):
+        if pool not in ("paper", "paper-noaug"):
+            raise ValueError(f"unknown pool {pool!r}; use 'paper', 'paper-noaug' or a list of PoolConfig dicts")
+        return paper_pool(dataset, augment=pool == "paper", **overrides)
+    return [from_dict(PoolConfig, p, **overrides) for p in pool]
 
 
 def finetune(
