@@ -406,8 +406,8 @@ def results_bars(
     ax.set_xticks(range(len(methods)), [_label(m) for m in methods], rotation=30, ha="right")
     ax.set_xlabel("")
     ax.set_ylabel("value (%)")
-    ax.legend(title="", fontsize="small", ncols=min(len(hue_order), 5), loc="upper center",
-              bbox_to_anchor=(0.5, 1.18), frameon=False)
+    # Outside on the right, so it never covers bars or a title set by the caller.
+    ax.legend(title="", fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     return ax
 
 
