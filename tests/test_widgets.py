@@ -98,6 +98,20 @@ def test_results_mode_pool_dropdown_follows_method(results_dir):
     assert "ft" not in view.method.options and "mean" in view.method.options
 
 
+def test_slider_range_follows_each_methods_grid(tmp_path):
+    rows = records()
+    for coef, f, c in ((2.0, 50.0, 79.0), (3.0, 20.0, 77.0), (4.0, 1.0, 40.0)):  # a scaled λ grid
+        rows += [rec("ties", "val_forget", coef, f), rec("ties", "val_control", coef, c)]
+    ResultsLog(tmp_path / "results.jsonl").append(rows)
+    view = NegationView(tmp_path)
+    view.method.value = "ties"
+    assert (view.slider.min, view.slider.max, view.slider.step) == (2.0, 4.0, 1.0)
+    view.slider.value = 3.0
+    assert shown(view)["val_forget acc (%)"] == "20.00"
+    view.method.value = "negmerge"
+    assert (view.slider.min, view.slider.max, view.slider.step) == (0.0, 1.0, 0.5)
+
+
 def test_method_without_curve_says_so_in_place(results_dir):
     view = NegationView(results_dir)
     view.method.value = "mean"
@@ -118,6 +132,24 @@ def test_results_folder_without_records_says_so_in_place(tmp_path, content):
     assert "No negation results in" in view.message.value and str(folder) in view.message.value
     assert view.numbers.value == "<table class='negkit-table'></table>"
     assert view.slider.disabled
+
+
+def test_results_mode_reads_clip_task_negation_records(tmp_path):
+    # negkit.clip.negation's layout: zero-shot rows, val curves, test accuracies at the chosen λ.
+    base = dict(setting="clip", model="ViT-B-32/openai", dataset="cars", scenario="task", seed=0)
+    rows = [Record(**base, method="zeroshot", pool_config="", coef=0.0, split="val_control", metric="acc", value=60.0)]
+    for coef, f, c in ((0.0, 60.0, 61.0), (0.5, 30.0, 58.0), (1.0, 5.0, 50.0)):
+        rows += [Record(**base, method="negmerge", pool_config="", coef=coef, split="val_forget", metric="acc", value=f),
+                 Record(**base, method="negmerge", pool_config="", coef=coef, split="val_control", metric="acc",
+                        value=c)]
+    rows += [Record(**base, method="negmerge", pool_config="", coef=0.5, split=s, metric="acc", value=v)
+             for s, v in (("test_forget", 31.0), ("test_control", 57.5))]
+    ResultsLog(tmp_path / "clip.jsonl").append(rows)
+    view = NegationView(tmp_path)
+    assert view.state.control_reference() == 60.0  # the zero-shot row, not the curve at λ=0 (61)
+    assert view.slider.value == 0.5 and shown(view)["test_forget acc (%) at chosen λ"] == "31.00"
+    view.slider.value = 1.0
+    assert shown(view)["val_forget acc (%)"] == "5.00" and view.message.value == ""
 
 
 def test_results_figure_marks_chosen_and_shown_lambda(results_dir):

@@ -97,7 +97,9 @@ class RecordedCurves:
         self.df = df
         curve = df["metric"].eq("acc") & df["split"].isin([forget_split, control_split]) & df["coef"].notna()
         self._curves = df[curve & df["method"].isin(NEGATION_METHODS)]
-        self._final = df[df["metric"].isin(FINAL_METRICS) & df["method"].isin(NEGATION_METHODS)]
+        # Everything else a negation method recorded describes its chosen model: UA/RA/TA/MIA/avg_gap
+        # (benchmark) or test accuracies at the chosen λ (CLIP task negation: test_forget / test_control).
+        self._final = df[~curve & df["method"].isin(NEGATION_METHODS)]
 
     def runs(self) -> list[RunKey]:
         """Runs that have at least one negation curve or final negation metric."""
@@ -148,9 +150,9 @@ class RecordedCurves:
         return float(rows.loc[rows["coef"] == c, "value"].mean())
 
     def control_reference(self, run: RunKey, method: str, pool_config: str = "") -> float | None:
-        """The original model's control accuracy: a recorded ``original`` row, else the curve at λ=0."""
+        """Control accuracy of the unedited model: an ``original``/``zeroshot`` row, else the curve at λ=0."""
         d = self.df
-        orig = d[run.mask(d) & (d["method"] == "original") & (d["metric"] == "acc")
+        orig = d[run.mask(d) & d["method"].isin(["original", "zeroshot"]) & (d["metric"] == "acc")
                  & (d["split"] == self.control_split)]
         if not orig.empty:
             return float(orig["value"].mean())
@@ -198,6 +200,8 @@ class RecordedCurves:
             vals = rows.loc[rows["metric"] == metric, "value"]
             if not vals.empty:
                 out.append((f"{metric} at chosen λ", float(vals.mean())))
+        for split, vals in rows[rows["metric"] == "acc"].groupby("split", sort=False)["value"]:
+            out.append((f"{split} acc (%) at chosen λ", float(vals.mean())))
         notes = sorted(set(n for n in rows["note"] if n))
         if notes:
             out.append(("note", "; ".join(notes)))

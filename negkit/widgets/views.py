@@ -104,7 +104,11 @@ class NegationView(_View):
             coefs = s.coefs()
             if coefs:
                 step = 0.01 if s.source.live else min((b - a for a, b in zip(coefs, coefs[1:])), default=0.05)
-                self.slider.min, self.slider.max = min(coefs), max(coefs)  # order matters only if ranges overlap
+                lo, hi = min(coefs), max(coefs)
+                if lo > self.slider.max:  # keep min ≤ max at every step (the slider validates each)
+                    self.slider.max, self.slider.min = hi, lo
+                else:
+                    self.slider.min, self.slider.max = lo, hi
                 self.slider.step = round(step, 6)
                 self.slider.value = s.coef
             self.slider.disabled = not coefs
