@@ -327,3 +327,22 @@ def test_run_benchmark_records_next_to_weight_based_methods(tmp_path, toy, class
     df = read_results(tmp_path / "results.jsonl")
     assert set(df.method) == {"forget_vector", "forget_vector_arithmetic"}
     assert len(arith.meta["weights"].split(",")) == 3
+
+
+def test_clip_classifier_takes_a_forget_vector_at_its_input_resolution():
+    from negkit.clip import heads
+    from negkit.clip import model as cm
+
+    torch.manual_seed(0)
+    backbone = cm.load_clip(cm.TINY_MODEL, None, device="cpu")
+    head = heads.build_head(backbone, ["cat", "dog", "car"], ["a photo of a {}."], device="cpu")
+    clf = cm.ImageClassifier.from_backbone(backbone, head)
+    x = torch.rand(48, 3, backbone.image_size, backbone.image_size)
+    data = TensorImageDataset(x, torch.arange(48) % 3)  # random-init CLIP: any labels make a loss to lower
+    forget, retain = _split(data, 0)
+    before = {k: v.clone() for k, v in clf.state_dict().items()}
+    cfg = from_dict(ForgetVectorConfig, FAST, epochs=3, steps_per_epoch=4)
+    fv = fvs.learn_forget_vector(clf, forget, retain, cfg, device="cpu")
+    assert fv.shape == (3, backbone.image_size, backbone.image_size)
+    assert all(torch.equal(before[k], v) for k, v in clf.state_dict().items())
+    assert _objective(clf, forget, retain, fv.delta, cfg) < _objective(clf, forget, retain, 0 * fv.delta, cfg)
