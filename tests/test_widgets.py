@@ -83,6 +83,10 @@ def test_results_mode_chooses_lambda_on_the_curve_when_no_final_rows(results_dir
     assert st.chosen_coef() == 0.0
     st.select(pool_config="e1_ls0")
     assert st.chosen_coef() == 1.0  # from its final record
+    with pytest.raises(ValueError, match="available"):
+        st.select(method="ft")  # a baseline has no λ
+    with pytest.raises(ValueError, match="unknown pool member"):
+        st.select(pool_config="e9")
     assert st.pool_label("e1_ls0").endswith("val-selected")
     assert st.pool_configs() == ["e1_ls0", "e2_ls0"]  # method-level row (pool "") folded away
 
@@ -139,9 +143,8 @@ def test_results_mode_reads_clip_task_negation_records(tmp_path):
     base = dict(setting="clip", model="ViT-B-32/openai", dataset="cars", scenario="task", seed=0)
     rows = [Record(**base, method="zeroshot", pool_config="", coef=0.0, split="val_control", metric="acc", value=60.0)]
     for coef, f, c in ((0.0, 60.0, 61.0), (0.5, 30.0, 58.0), (1.0, 5.0, 50.0)):
-        rows += [Record(**base, method="negmerge", pool_config="", coef=coef, split="val_forget", metric="acc", value=f),
-                 Record(**base, method="negmerge", pool_config="", coef=coef, split="val_control", metric="acc",
-                        value=c)]
+        rows += [Record(**base, method="negmerge", pool_config="", coef=coef, split=s, metric="acc", value=v)
+                 for s, v in (("val_forget", f), ("val_control", c))]
     rows += [Record(**base, method="negmerge", pool_config="", coef=0.5, split=s, metric="acc", value=v)
              for s, v in (("test_forget", 31.0), ("test_control", 57.5))]
     ResultsLog(tmp_path / "clip.jsonl").append(rows)
@@ -333,4 +336,5 @@ def test_forget_vector_view_per_class_accuracy():
 def test_explorer_tabs(results_dir):
     tab = explorer(negation=results_dir, consensus=pool3())
     assert list(tab.views) == ["Negation", "Sign consensus"] and len(tab.children) == 2
-    assert RunKey("digits", "class_3", "small_resnet", "standard").label in [lbl for lbl, _ in tab.views["Negation"].run.options]
+    labels = [lbl for lbl, _ in tab.views["Negation"].run.options]
+    assert RunKey("digits", "class_3", "small_resnet", "standard").label in labels

@@ -87,7 +87,8 @@ class ConsensusState:
         if key not in self._tables:
             per_tensor = analysis.sign_consensus([self.vectors[n] for n in members], groups=self.groups,
                                                  methods=self.selected, names=list(members),
-                                                 method_options={m: self.method_options.get(m, {}) for m in self.selected})
+                                                 method_options={m: self.method_options.get(m, {})
+                                                                 for m in self.selected})
             self._tables[key] = analysis.by_layer(per_tensor)
         return self._tables[key]
 

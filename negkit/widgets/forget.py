@@ -74,7 +74,8 @@ class ForgetVectorState:
         """δ(w) = Σ_c w_c δ_c over the selected classes (a ForgetVector)."""
         from negkit.forget_vectors import combine
 
-        return combine({c: self.vectors[c] for c in self.selected}, {c: self.weights.get(c, 1.0) for c in self.selected})
+        return combine({c: self.vectors[c] for c in self.selected},
+                       {c: self.weights.get(c, 1.0) for c in self.selected})
 
     def _accuracy(self, fv: Any | None) -> pd.Series:
         from negkit.forget_vectors import per_class_accuracy

@@ -8,7 +8,6 @@ the model; results are memoised per (method, λ) so revisiting a position is fre
 """
 from __future__ import annotations
 
-import logging
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
@@ -18,8 +17,6 @@ from torch import Tensor, nn
 from negkit.widgets.negation import RunKey, curve_records
 
 __all__ = ["LiveNegation"]
-
-log = logging.getLogger(__name__)
 
 
 def _as_tensors(data: Any, batch_size: int = 1024) -> tuple[Tensor, Tensor]:
@@ -57,7 +54,8 @@ class LiveNegation:
 
     live = True
 
-    def __init__(self, model: nn.Module, pretrained: Mapping[str, Tensor], task_vectors: Mapping[str, Mapping[str, Tensor]],
+    def __init__(self, model: nn.Module, pretrained: Mapping[str, Tensor],
+                 task_vectors: Mapping[str, Mapping[str, Tensor]],
                  splits: Mapping[str, Any], *, methods: Sequence[str] = ("mean", "ties", "magmax", "negmerge"),
                  method_options: Mapping[str, Mapping[str, Any]] | None = None, coefs: Sequence[float] | None = None,
                  threshold: float = 0.95, forget_split: str = "val_forget", control_split: str = "val_control",
@@ -77,7 +75,8 @@ class LiveNegation:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.pretrained = {k: v.detach().to(self.device) for k, v in pretrained.items()}
-        self.task_vectors = {n: {k: v.detach().to(self.device) for k, v in tv.items()} for n, tv in task_vectors.items()}
+        self.task_vectors = {n: {k: v.detach().to(self.device) for k, v in tv.items()}
+                             for n, tv in task_vectors.items()}
         self.splits = {n: tuple(t.to(self.device) for t in _as_tensors(d)) for n, d in splits.items()}
         self.merge_methods = tuple(methods)
         self.method_options = {k: dict(v) for k, v in (method_options or {}).items()}
@@ -179,7 +178,8 @@ class LiveNegation:
         return {k: (v - coef * tau[k].to(v.dtype)) if k in tau else v for k, v in self.pretrained.items()}
 
     @torch.inference_mode()
-    def evaluate(self, method: str, pool_config: str, coef: float, splits: Sequence[str] | None = None) -> dict[str, float]:
+    def evaluate(self, method: str, pool_config: str, coef: float,
+                 splits: Sequence[str] | None = None) -> dict[str, float]:
         """Accuracy (%) per split of the negated model at λ=``coef``; with all splits also UA/RA/TA/MIA."""
         from negkit.evaluate import true_class_confidence
         from negkit.metrics import accuracy, mia_efficacy

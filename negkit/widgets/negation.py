@@ -92,7 +92,8 @@ class RecordedCurves:
             df = read_results(results) if os.path.exists(results) else pd.DataFrame(columns=list(COLUMNS))
         missing = set(COLUMNS) - set(df.columns)
         if missing:
-            raise ValueError(f"results table lacks columns {sorted(missing)}; build it with negkit.results.read_results")
+            raise ValueError(f"results table lacks columns {sorted(missing)}; "
+                             "build it with negkit.results.read_results")
         self.forget_split, self.control_split, self.threshold = forget_split, control_split, threshold
         self.df = df
         curve = df["metric"].eq("acc") & df["split"].isin([forget_split, control_split]) & df["coef"].notna()
@@ -252,10 +253,16 @@ class NegationState:
             if method is None and self.method not in methods:
                 method = "negmerge" if "negmerge" in methods else (methods[0] if methods else "")
         if method is not None:
+            if method not in self.methods():
+                where = self.run.label if self.run else "any run"
+                raise ValueError(f"no negation results for method {method!r} in {where}; "
+                                 f"available: {self.methods()}")
             self.method = method
         if self.method == "task_arithmetic":
             pools = self.pool_configs()
             if pool_config is not None:
+                if pool_config not in pools:
+                    raise ValueError(f"unknown pool member {pool_config!r}; available: {pools}")
                 self.pool_config = pool_config
             elif self.pool_config not in pools:
                 self.pool_config = pools[0] if pools else ""

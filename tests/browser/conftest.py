@@ -86,7 +86,8 @@ def lab_server(tmp_path: Path, chromium_path: str):
         f.write_text(json.dumps(values))
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(home / "config"), "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
            "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"), "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+           "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
     port, token = _free_port(), secrets.token_hex(16)
     log_path = tmp_path / "jupyterlab.log"
     cmd = [sys.executable, "-m", "jupyter", "lab", "--allow-root", "--no-browser", "--ServerApp.open_browser=False",
