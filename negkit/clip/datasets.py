@@ -250,7 +250,9 @@ def _build(name: str, root: str | os.PathLike | None = None, *, source: str = "t
     rest, val = holdout_split(len(pool_idx), val_fraction, val_cap, seed)
     train_idx, val_idx = pool_idx[rest], pool_idx[val]
     if name == "imagenet":
-        meta["variant"] = "ILSVRC-2012; test = official 50k val, ImageNetVal = 5,000 held-out train images"
+        where = (hf_id or HF_IDS[name][0]) if source == "hf" else str(root)
+        meta["variant"] = (f"ILSVRC-2012 (1,000 classes) via {source} from {where}; test = its official 50k "
+                           "validation set, ImageNetVal = 5,000 held-out training images")
     meta["sizes"] = {"train": len(train_idx), "val": len(val_idx), "test": len(test)}
     return DatasetBundle(
         name=name, train=Subset(train_all, train_idx.tolist()), val=Subset(plain_all, val_idx.tolist()), test=test,

@@ -164,6 +164,7 @@ def finetune(
     data_kw: Mapping[str, Any] | None = None,
     head_cache: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
+    num_workers: int = 0,
     progress: bool = True,
 ) -> Path:
     """Fine-tune the image encoder on ``dataset`` under its frozen zero-shot head.
@@ -177,6 +178,8 @@ def finetune(
         data_kw: More dataset options (``source``, ``hf_id``...).
         head_cache: Folder of cached zero-shot heads.
         device: None: cuda if available.
+        num_workers: DataLoader workers decoding images (a runtime setting: a run may
+            resume with another value).
         progress: tqdm bar.
 
     Returns:
@@ -193,7 +196,8 @@ def finetune(
                              train_transform=cfg.train_transform(backbone.preprocess), **dict(data_kw or {}))
     head = get_head(backbone, dataset, cache_dir=head_cache, classnames=bundle.classnames, device=device)
     model = ImageClassifier.from_backbone(backbone, head)
-    train(model, bundle.train, cfg.train_config(), device=device, out_dir=out / "train",
+    train_cfg = dataclasses.replace(cfg.train_config(), num_workers=num_workers)
+    train(model, bundle.train, train_cfg, device=device, out_dir=out / "train",
           trainable=lambda name: name.startswith("visual."), progress=progress)
     meta = {"model": backbone.name, "dataset": dataset, "pool_config": cfg.name}
     nkio.save_state_dict(model.visual.state_dict(), final, metadata=meta)

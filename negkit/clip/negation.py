@@ -112,6 +112,7 @@ def run_task_negation(
     head_cache: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     batch_size: int = 256,
+    num_workers: int = 0,
     seed: int = 0,
     progress: bool = False,
 ) -> pd.DataFrame:
@@ -131,6 +132,7 @@ def run_task_negation(
         head_cache: Folder of cached zero-shot heads.
         device: None: cuda if available.
         batch_size: Evaluation batch size.
+        num_workers: DataLoader workers decoding images.
         seed: Recorded in every row.
         progress: tqdm bars of the evaluation passes.
 
@@ -157,7 +159,8 @@ def run_task_negation(
 
     def measure(split: str) -> float:
         clf = neg.forget if split.endswith("forget") else neg.control
-        return evaluate(clf, sets[split], device=device, batch_size=batch_size, progress=progress)["acc"]
+        return evaluate(clf, sets[split], device=device, batch_size=batch_size, num_workers=num_workers,
+                        progress=progress)["acc"]
 
     # Zero-shot accuracies: measured once; control ones are shared by every forget dataset.
     zs: dict[str, float] = {}
