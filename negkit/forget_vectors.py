@@ -591,16 +591,20 @@ def classwise_report(model: nn.Module, vectors: Mapping[int, ForgetVector], test
 
 
 # ----------------------------------------------------------------------------- benchmark glue
-def _cached(path: Path | None, cfg: ForgetVectorConfig, learn) -> ForgetVector:
-    """Load the vector at ``path`` if it was learned with ``cfg``; else learn and save it."""
-    key = json.dumps(to_dict(cfg), sort_keys=True)
+def _cached(path: Path | None, cfg: ForgetVectorConfig, learn,
+            vectors: Mapping[int, ForgetVector] | None = None) -> ForgetVector:
+    """Load the vector at ``path`` if it was learned with ``cfg`` (and ``vectors``); else learn and save it."""
+    inputs: dict[str, Any] = to_dict(cfg)
+    if vectors is not None:  # arithmetic: the cached δ(w) is only valid for the same class-wise vectors
+        inputs["vectors"] = {str(c): repr(float(v.delta.double().sum())) for c, v in vectors.items()}
+    key = json.dumps(inputs, sort_keys=True)
     if path is not None and path.exists():
         fv = ForgetVector.load(path)
         if fv.meta.get("config") == key:
             log.info("reusing %s", path)
             return fv
-        raise ValueError(f"{path} was learned with another ForgetVectorConfig ({fv.meta.get('config')}); "
-                         "delete it or use another run_dir / cache_dir")
+        raise ValueError(f"{path} was learned with another ForgetVectorConfig or other class-wise vectors "
+                         f"({fv.meta.get('config')}); delete it or use another run_dir / cache_dir")
     fv = learn()
     fv.meta["config"] = key
     if path is not None:
@@ -633,7 +637,7 @@ def run_benchmark(setup: Any, cfg: ForgetVectorConfig | Mapping[str, Any] | None
     else:
         learn = lambda: learn_arithmetic(setup.original, vectors, setup.forget, setup.retain, cfg,  # noqa: E731
                                          device=device, progress=progress, meta=meta)
-    fv = _cached(Path(setup.scenario_dir) / "forget_vectors" / f"{method}.safetensors", cfg, learn)
+    fv = _cached(Path(setup.scenario_dir) / "forget_vectors" / f"{method}.safetensors", cfg, learn, vectors)
     metrics = {k: float(v) for k, v in unlearning_metrics(
         setup.original, setup.forget, setup.retain, setup.test, device=device, input_transform=fv,
         seed=setup.cfg.seed).items()}

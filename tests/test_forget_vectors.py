@@ -327,6 +327,9 @@ def test_run_benchmark_records_next_to_weight_based_methods(tmp_path, toy, class
     df = read_results(tmp_path / "results.jsonl")
     assert set(df.method) == {"forget_vector", "forget_vector_arithmetic"}
     assert len(arith.meta["weights"].split(",")) == 3
+    other = {**classwise, 2: 2 * classwise[2]}
+    with pytest.raises(ValueError, match="other class-wise vectors"):
+        fvs.run_benchmark(setup, from_dict(ForgetVectorConfig, FAST, lr=0.005), vectors=other)
 
 
 def test_clip_classifier_takes_a_forget_vector_at_its_input_resolution():
