@@ -201,6 +201,8 @@ def main() -> None:
     p.add_argument("--keep", action="store_true", help="keep the written task vectors")
     p.add_argument("--json", default=None, help="also write the rows as JSON here")
     p.add_argument("--timeout", type=int, default=3600)
+    p.add_argument("--mem-fraction", type=float, default=0.5,
+                   help="run the naive merge only if its estimated peak is below this fraction of MemAvailable")
     # worker-only arguments
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--impl", help=argparse.SUPPRESS)
@@ -227,7 +229,7 @@ def main() -> None:
             for k in ks:
                 for impl in ("negkit", "naive"):
                     row = {"method": method, "K": k, "impl": impl}
-                    if impl == "naive" and naive_bytes(k, vec_bytes, method) > 0.8 * _mem_available():
+                    if impl == "naive" and naive_bytes(k, vec_bytes, method) > args.mem_fraction * _mem_available():
                         row["note"] = (f"skipped: needs ~{naive_bytes(k, vec_bytes, method) / GB:.1f} GB, "
                                        f"{_mem_available() / GB:.1f} GB available")
                     else:
