@@ -101,3 +101,44 @@ def test_randaugment_low_magnitude_posterize_gives_black_image_not_error():
     np.random.seed(0)
     for _ in range(60):  # Posterize (0 bits at m=1) is drawn in about one call in ten
         assert tf(img).shape == (3, 16, 16)
+
+
+def test_hf_source_reads_the_local_cache_offline(tmp_path, monkeypatch):
+    """A stand-in `datasets` module records how load_dataset is called (the real package is optional)."""
+    import sys
+    import types
+
+    import huggingface_hub.constants as hub
+
+    calls, before = [], hub.HF_HUB_OFFLINE
+
+    class FakeSplit(list):
+        features = {"label": types.SimpleNamespace(names=["cat", "dog"])}
+
+        def __getitem__(self, key):
+            if key == "label":
+                return [row["label"] for row in self]
+            return list.__getitem__(self, key)
+
+    def load_dataset(hid, config, split, cache_dir):
+        calls.append((hid, config, split, cache_dir, hub.HF_HUB_OFFLINE, fake.config.HF_DATASETS_OFFLINE))
+        if hid == "missing/id":
+            raise FileNotFoundError("not in cache")
+        from PIL import Image
+        return FakeSplit({"image": Image.new("L", (20, 20), 255), "label": i % 2} for i in range(20))
+
+    fake = types.ModuleType("datasets")
+    fake.load_dataset = load_dataset
+    fake.config = types.SimpleNamespace(HF_DATASETS_OFFLINE=False)
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    b = negkit.data.get("svhn", root=tmp_path, source="hf", image_size=16)
+    assert b.classnames == ("cat", "dog") and b.meta["sizes"] == {"train": 18, "val": 2, "test": 20}
+    x, y = b.test[0]
+    assert x.shape == (3, 16, 16) and float(x.min()) == 1.0 and y == 0
+    assert calls[0][:4] == ("ufldl-stanford/svhn", "cropped_digits", "train", str(tmp_path))
+    assert all(c[4] is True and c[5] is True for c in calls)  # offline while loading ...
+    assert hub.HF_HUB_OFFLINE == before and fake.config.HF_DATASETS_OFFLINE is False  # ... and restored after
+    negkit.data.get("svhn", root=tmp_path, source="hf", image_size=16, download=True)
+    assert calls[-1][4] == before and calls[-1][5] is False  # download=True: no offline switch
+    with pytest.raises(FileNotFoundError, match="could not load 'missing/id'.*download=True"):
+        negkit.data.get("svhn", root=tmp_path, source="hf", hf_id="missing/id")

@@ -20,10 +20,11 @@ pixels stay in [0, 1]; ``bundle.mean/std`` are CLIP's, applied inside the model.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import open_clip
@@ -190,6 +191,23 @@ def _load_torchvision(name: str, root: Path, train: bool, transform: Callable) -
     )
 
 
+@contextlib.contextmanager
+def _hf_offline(hfd: Any) -> Iterator[None]:
+    """Hugging Face offline mode for one call: only the local cache is read, no HTTP request is made."""
+    import huggingface_hub.constants as hub
+
+    saved = [(mod, attr, getattr(mod, attr)) for mod, attr in
+             [(hub, "HF_HUB_OFFLINE"), (hfd.config, "HF_HUB_OFFLINE"), (hfd.config, "HF_DATASETS_OFFLINE")]
+             if hasattr(mod, attr)]
+    try:
+        for mod, attr, _ in saved:
+            setattr(mod, attr, True)
+        yield
+    finally:
+        for mod, attr, value in saved:
+            setattr(mod, attr, value)
+
+
 def _load(name: str, source: str, root: Any, train: bool, transform: Callable, hf_id: str | None,
           download: bool) -> tuple[Dataset, Sequence[str]]:
     if source == "torchvision":
@@ -215,10 +233,10 @@ def _load(name: str, source: str, root: Any, train: bool, transform: Callable, h
             raise ImportError(f"source='hf' for {name} needs the Hugging Face datasets package: pip install datasets") from err
         hid, config, test_split = HF_IDS[name]
         hid = hf_id or hid
-        mode = None if download else hfd.DownloadMode.REUSE_DATASET_IF_EXISTS
         try:
-            split = hfd.load_dataset(hid, config, split="train" if train else test_split, cache_dir=root,
-                                     download_mode=mode, **({} if download else {"verification_mode": "no_checks"}))
+            with contextlib.nullcontext() if download else _hf_offline(hfd):
+                split = hfd.load_dataset(hid, config, split="train" if train else test_split,
+                                         cache_dir=None if root is None else str(root))
         except Exception as err:  # the datasets package raises many types for a missing cache
             raise _missing(name, source, root, f"could not load {hid!r} ({err}); pass download=True to fetch it") from err
         names = split.features["label"].names
