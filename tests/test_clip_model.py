@@ -93,6 +93,13 @@ def test_local_checkpoint_full_and_visual_only(backbone, tmp_path):
     nkio.save_state_dict(backbone.model.visual.state_dict(), vis)  # keys without 'visual.'
     b3 = cm.load_clip(cm.TINY_MODEL, None, checkpoint=vis, device="cpu")
     torch.testing.assert_close(b3.model.visual.conv1.weight, backbone.model.visual.conv1.weight)
+    # heads of different checkpoint files never share a cache entry, even under the same file name
+    other = tmp_path / "elsewhere" / "full.safetensors"
+    other.parent.mkdir()
+    nkio.save_state_dict(backbone.model.state_dict(), other)
+    b4 = cm.load_clip(cm.TINY_MODEL, None, checkpoint=other, device="cpu")
+    assert b4.pretrained == b2.pretrained == "full" and b4.weights_id != b2.weights_id
+    assert heads.head_key(b4, "mnist", ["0"], ["{}"]) != heads.head_key(b2, "mnist", ["0"], ["{}"])
 
 
 def test_checkpoint_not_fitting_names_first_bad_key(backbone, tmp_path):

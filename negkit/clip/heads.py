@@ -107,7 +107,8 @@ def head_key(backbone: ClipBackbone, dataset: str, classnames: Sequence[str], te
     """File stem ``{model}__{pretrained}__{dataset}__{hash}`` identifying a cached head."""
     digest = hashlib.sha1(json.dumps([list(classnames), list(templates)]).encode()).hexdigest()[:12]
     safe = lambda s: "".join(ch if ch.isalnum() or ch in "-._" else "-" for ch in s)  # noqa: E731
-    return f"{safe(backbone.model_name)}__{safe(backbone.pretrained)}__{safe(dataset)}__{digest}"
+    weights = backbone.weights_id or backbone.pretrained
+    return f"{safe(backbone.model_name)}__{safe(weights)}__{safe(dataset)}__{digest}"
 
 
 def get_head(

@@ -16,7 +16,9 @@ for offline tests); a local checkpoint is read through :mod:`negkit.io`
 """
 from __future__ import annotations
 
+import copy as copy_module
 import dataclasses
+import hashlib
 import logging
 import os
 import tempfile
@@ -103,7 +105,10 @@ class ClipBackbone:
         mean: Per-channel mean the classifier's Normalize layer applies.
         std: Per-channel std.
         model_name: open_clip architecture name.
-        pretrained: Pretrained tag, checkpoint file name, or ``"random"``.
+        pretrained: Pretrained tag, checkpoint file stem, or ``"random"``.
+        weights_id: Identifies the weights in cache keys: the tag, or for a local
+            checkpoint its stem plus a digest of its path, size and mtime (two files
+            with the same name never share cached heads).
     """
 
     model: nn.Module
@@ -113,6 +118,7 @@ class ClipBackbone:
     std: tuple[float, ...]
     model_name: str
     pretrained: str
+    weights_id: str = ""
 
     @property
     def name(self) -> str:
@@ -176,16 +182,18 @@ def load_clip(
     model, _, preprocess = open_clip.create_model_and_transforms(
         model_name, pretrained=pretrained, device=device, cache_dir=None if cache_dir is None else str(cache_dir)
     )
-    label = pretrained or "random"
+    label = weights_id = pretrained or "random"
     if checkpoint is not None:
         load_checkpoint_into(model, checkpoint)
-        label = Path(checkpoint).stem
+        label, stat = Path(checkpoint).stem, Path(checkpoint).stat()
+        ident = f"{Path(checkpoint).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+        weights_id = f"{label}-{hashlib.sha1(ident.encode()).hexdigest()[:8]}"
     model.eval()
     tokenizer = open_clip.get_tokenizer(model_name)
     cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
     mean = tuple(float(m) for m in cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
     std = tuple(float(s) for s in cfg.get("std", open_clip.OPENAI_DATASET_STD))
-    return ClipBackbone(model, tokenizer, strip_normalize(preprocess), mean, std, model_name, label)
+    return ClipBackbone(model, tokenizer, strip_normalize(preprocess), mean, std, model_name, label, weights_id)
 
 
 def load_checkpoint_into(model: nn.Module, path: str | os.PathLike) -> None:
@@ -249,7 +257,5 @@ class ImageClassifier(nn.Module):
     @classmethod
     def from_backbone(cls, backbone: ClipBackbone, head: nn.Module, *, copy: bool = True) -> "ImageClassifier":
         """Classifier over ``backbone``'s image encoder (deep-copied unless ``copy=False``)."""
-        import copy as _copy
-
-        visual = _copy.deepcopy(backbone.model.visual) if copy else backbone.model.visual
+        visual = copy_module.deepcopy(backbone.model.visual) if copy else backbone.model.visual
         return cls(visual, head, backbone.mean, backbone.std)
