@@ -168,15 +168,17 @@ def write_vectors(folder: Path, shapes: dict, k_max: int) -> int:
 
     from negkit import io
 
+    # A shared direction plus per-vector noise, so signs agree on part of the elements
+    # as in a real pool. The shared part is drawn once; each vector adds its own noise.
+    g = torch.Generator().manual_seed(0)
+    shared = {n: torch.randn(s, generator=g) * 1e-3 for n, s in shapes.items()}
     for i in range(k_max):
-        g = torch.Generator().manual_seed(i)
-        # a shared direction plus noise, so signs agree on part of the elements as in a real pool
-        vec = {}
-        for n, s in shapes.items():
-            shared = torch.randn(s, generator=torch.Generator().manual_seed(hash(n) % 2**31))
-            vec[n] = (shared + 0.7 * torch.randn(s, generator=g)) * 1e-3
+        t0 = time.perf_counter()
+        g = torch.Generator().manual_seed(1000 + i)
+        vec = {n: torch.randn(s, generator=g).mul_(7e-4).add_(shared[n]) for n, s in shapes.items()}
         io.save_state_dict(vec, folder / f"tv{i}.safetensors")
-        print(f"  wrote tv{i}.safetensors", flush=True)
+        del vec
+        print(f"  wrote tv{i}.safetensors ({time.perf_counter() - t0:.1f} s)", flush=True)
     return 4 * sum(math.prod(s) for s in shapes.values())
 
 

@@ -217,7 +217,14 @@ class _FileSource(_Source, contextlib.ExitStack):
                  strict: bool, include_bn_stats: bool) -> None:
         _Source.__init__(self)
         contextlib.ExitStack.__init__(self)
-        paths = [Path(p) for p in paths]
+        try:
+            self._setup([Path(p) for p in paths], pretrained, strict, include_bn_stats)
+        except BaseException:
+            self.close()  # release the files opened so far; __exit__ will not run
+            raise
+
+    def _setup(self, paths: list[Path], pretrained: io.PathLike | Mapping[str, torch.Tensor] | None,
+               strict: bool, include_bn_stats: bool) -> None:
         self.names = [p.name for p in paths]
         self.handles = [self._open(p) for p in paths]
         self.pre: Any = None
@@ -358,7 +365,8 @@ def _abs_bits(t: torch.Tensor, width: int) -> torch.Tensor:
     return t.detach().to(torch.float32).view(torch.int32) & 0x7FFF_FFFF
 
 
-def kth_largest_abs(source: Any, ranks: Sequence[int], *, progress: bool = False) -> list[int]:
+def kth_largest_abs(source: Sequence[Mapping[str, torch.Tensor]] | _Source, ranks: Sequence[int], *,
+                    progress: bool = False) -> list[int]:
     """Exact k-th largest |value| of each vector, as a bit key, without concatenating a vector.
 
     Radix selection over the IEEE-754 bit patterns of |τ|: each pass reads every
@@ -367,12 +375,15 @@ def kth_largest_abs(source: Any, ranks: Sequence[int], *, progress: bool = False
     Memory is one tensor's temporaries plus a 65,536-bin histogram per vector.
 
     Args:
-        source: A validated pool (internal ``_Source``).
+        source: K task vectors (mappings), or an internal pool (in-memory or files).
         ranks: 1-based rank r_k per vector (r-th largest |value|).
 
     Returns:
-        Per vector, the bit key (see ``_abs_bits``) of its r-th largest |value|.
+        Per vector, the bit key (see ``_abs_bits``) of its r-th largest |value|:
+        the IEEE-754 pattern of the value as float32 (float64 if any tensor is float64).
     """
+    if not isinstance(source, _Source):
+        source = _MemorySource(source, True, None)
     width = _key_width(source)
     prefix, remaining = [0] * source.K, list(ranks)
     for shift in range(width - 16, -1, -16):

@@ -116,11 +116,10 @@ def test_ties_threshold_is_global_over_all_tensors():
 def test_kth_largest_abs_is_exact(dtype):
     pool = _pool(2, seed=3, dtype=dtype)
     pool[1]["fc.weight"][1:3] = 0.75  # duplicates around the threshold
-    source = merge._MemorySource(pool, True, None)
     for k, tv in enumerate(pool):
         flat = torch.cat([t.flatten().abs().double() for t in tv.values()])
         for rank in (1, 7, 50, flat.numel()):
-            key = merge.kth_largest_abs(source, [rank] * len(pool))[k]
+            key = merge.kth_largest_abs(pool, [rank] * len(pool))[k]
             want = torch.topk(flat, rank).values[-1]
             width = 64 if dtype == torch.float64 else 32
             got = torch.tensor([key], dtype=torch.int64 if width == 64 else torch.int32)
