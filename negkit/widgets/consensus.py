@@ -131,6 +131,7 @@ class ConsensusState:
         ax_l.set_title(f"per layer, K = {self.k}" + (f" (τ = 0, not shown: {', '.join(still)})" if still else ""),
                        fontsize=9)
         handles, labels = ax_l.get_legend_handles_labels()
-        ax_l.legend(handles[::-1], labels[::-1], fontsize=7, loc="lower right")
+        ax_l.legend(handles[::-1], labels[::-1], fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5),
+                    frameon=False)
         fig.tight_layout()
         return fig

@@ -126,5 +126,5 @@ class ForgetVectorState:
         ax.set_ylabel("accuracy (%)")
         ax.set_xlabel("class (forgotten: " + ", ".join(self.classnames[c] for c in self.selected) + ")")
         ax.tick_params(axis="x", rotation=0)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.01), ncols=2, frameon=False)
         return fig
