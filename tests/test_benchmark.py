@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 
 from negkit import benchmark as B
+from negkit.benchmark import pipeline, setup as setup_mod
 from negkit.metrics import avg_gap
-from negkit.results import COLUMNS, read_results
+from negkit.results import COLUMNS, ResultsLog, read_results
 from negkit.train import TrainConfig
 
 # One scenario, two baselines, four pool members: the smallest run that exercises every step.
@@ -162,9 +163,10 @@ def test_rerun_skips_finished_steps(done_run):
 @pytest.mark.parametrize("where", ["_negate", "train"])
 def test_interrupted_run_resumes_to_the_same_records(done_run, tmp_path, monkeypatch, where):
     _, reference = done_run
-    real = getattr(B, where)
+    modules = [pipeline] if where == "_negate" else [setup_mod, pipeline]
+    real = getattr(pipeline, where)
     calls = {"n": 0}
-    stop_at = 3 if where == "_negate" else 5  # mid-pool for train, mid-negation for _negate
+    stop_at = 3 if where == "_negate" else 5  # mid-negation / mid-pool (calls 1-2 train Original, Retrain)
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -172,12 +174,14 @@ def test_interrupted_run_resumes_to_the_same_records(done_run, tmp_path, monkeyp
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(B, where, flaky)
+    for mod in modules:
+        monkeypatch.setattr(mod, where, flaky)
     with pytest.raises(KeyboardInterrupt):
         B.run(_tiny(), tmp_path, device="cpu", progress=False)
     partial = read_results(tmp_path / "results.jsonl")
     assert 0 < len(partial) < len(reference)
-    monkeypatch.setattr(B, where, real)
+    for mod in modules:
+        monkeypatch.setattr(mod, where, real)
     resumed = B.run(_tiny(), tmp_path, device="cpu", progress=False)
     pd.testing.assert_frame_equal(_sorted(resumed), _sorted(reference))
 
@@ -188,12 +192,12 @@ def test_no_admissible_coefficient_is_a_note_not_a_crash(done_run, tmp_path):
     setup.run_dir = tmp_path  # write the extra records elsewhere
     setup.control_reference = 1e9  # no λ can keep 95 % of this
     tvs = B.pool_task_vectors(setup)
-    B._negate(setup, "negmerge", next(iter(tvs.values())))
+    pipeline._negate(setup, "negmerge", next(iter(tvs.values())))
     df = read_results(tmp_path / "results.jsonl")
     final = df[df.metric != "acc"]
     assert (final.note == B.NO_COEF).all() and final.value.isna().all() and final.coef.isna().all()
     assert len(df[df.metric == "acc"]) == 2 * len(_tiny().coefs)  # the curve is still recorded
-    B._select_single(df.assign(method="task_arithmetic", pool_config="m"), setup, ["m"])
+    pipeline._select_single(df.assign(method="task_arithmetic", pool_config="m"), setup, ["m"])
     sel = read_results(tmp_path / "results.jsonl").iloc[-5:]
     assert sel.value.isna().all() and "none" in sel.note.iloc[0]
 
@@ -201,7 +205,7 @@ def test_no_admissible_coefficient_is_a_note_not_a_crash(done_run, tmp_path):
 def test_record_method_and_summary(done_run, tmp_path):
     run_dir, df = done_run
     setup = B.prepare(_tiny(), run_dir, "class_3", device="cpu")
-    log = B.ResultsLog(tmp_path / "r.jsonl")
+    log = ResultsLog(tmp_path / "r.jsonl")
     rows = B.record_method(log, setup, "forget_vector", {"UA": 90.0, "RA": 99.0, "TA": 98.0, "MIA": 80.0},
                            note="δ")
     assert [r.metric for r in rows] == ["UA", "RA", "TA", "MIA", "avg_gap"]

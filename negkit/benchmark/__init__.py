@@ -1,0 +1,48 @@
+"""The NegMerge paper's "standard image classification" protocol, end to end.
+
+One code path serves the built-in digits default (small ResNet on 8×8 digits,
+seconds per run on CPU) and ResNet-18 on CIFAR-10 (``dataset="cifar10",
+model="resnet18"``). Per forgetting scenario (``"random_10"``: a random 10 % of the
+training set; ``"class_3"``: every training image of class 3):
+
+1. **Original** θ_o trained on the whole training set; **Retrain**, the same recipe on
+   the retain set D_r only — the reference every Avg. Gap is measured against
+   (:func:`prepare`, :mod:`negkit.benchmark.setup`).
+2. **Pool**: θ_o fine-tuned on the forget set D_f once per pool configuration
+   (:func:`pool_configs`; the paper's 27-member grid, epochs scaled for digits —
+   :mod:`negkit.benchmark.config`).
+3. **Negation** θ(λ) = θ_o − λ·τ of each single task vector τ_k = θ_k − θ_o (Task
+   Arithmetic) and of the merged pool (``mean``, ``ties``, ``magmax``, ``negmerge``),
+   λ chosen on validation; then the classic baselines FT, GA, RL, ℓ1-sparse, SalUn
+   (:func:`run`, :mod:`negkit.benchmark.pipeline`).
+4. **Metrics** (SalUn's): UA = 100 − accuracy on D_f, RA on D_r, TA on the test set
+   (class-wise: without the forgotten classes), MIA-efficacy on D_f, and Avg. Gap =
+   mean |metric − Retrain's| over the four (:func:`summary`, :func:`headline`,
+   :mod:`negkit.benchmark.report`).
+
+Everything trained goes through :func:`negkit.train.train` with ``out_dir`` under
+``run_dir`` (skip if done, resume if interrupted) and records go to
+``run_dir/results.jsonl``. Layout::
+
+    run_dir/benchmark_config.json   run_dir/results.jsonl   run_dir/original/
+    run_dir/<scenario>/{split.json, retrain/, pool/<name>/, task_vectors/<name>.safetensors,
+                        baselines/<method>/}
+
+Example::
+
+    from negkit import benchmark
+    df = benchmark.run(benchmark.default_config(), "runs/digits")
+    benchmark.summary(df)
+"""
+from negkit.benchmark.config import (EDGE, NO_COEF, SETTING, UNLEARNING_METRICS, BenchmarkConfig, PoolSpec,
+                                     default_config, make_config, parse_scenario, pool_configs, pool_frame)
+from negkit.benchmark.pipeline import negated_metrics, negated_model, negation_sweep, pool_task_vectors, run
+from negkit.benchmark.report import headline, load_results, summary
+from negkit.benchmark.setup import Setup, prepare, record_method
+
+__all__ = [
+    "PoolSpec", "BenchmarkConfig", "default_config", "make_config", "pool_configs", "pool_frame",
+    "parse_scenario", "Setup", "prepare", "record_method", "pool_task_vectors", "negated_model",
+    "negation_sweep", "negated_metrics", "run", "load_results", "summary", "headline",
+    "SETTING", "UNLEARNING_METRICS", "NO_COEF", "EDGE",
+]

@@ -1,0 +1,193 @@
+"""Configuration of the standard-classification benchmark: the pool, the scenarios, the defaults.
+
+The paper's CIFAR-10 pool has 27 members, epochs {40, 50, 60} × weight decay
+{1e-4, 5e-5, 1e-5} × label smoothing {0, 0.05, 0.1}, SGD momentum 0.9, cosine
+schedule. The digits default keeps the 3 × 3 × 3 grid and divides the epochs by 10
+({4, 5, 6}): the digits forget set (~110 images, 4 batches of 32) is ~40× smaller
+than CIFAR-10's, and /10 keeps ``make demo`` inside its CPU budget while keeping the
+pool's relative spread in epochs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Mapping
+
+import pandas as pd
+
+from negkit import merge, unlearn
+from negkit.config import from_dict, to_dict
+from negkit.evaluate import coef_grid
+from negkit.train import TrainConfig
+
+__all__ = ["PoolSpec", "BenchmarkConfig", "make_config", "default_config", "pool_configs", "pool_frame",
+           "parse_scenario", "SETTING", "UNLEARNING_METRICS", "NO_COEF", "EDGE"]
+
+SETTING = "standard"
+UNLEARNING_METRICS = ("UA", "RA", "TA", "MIA")
+NO_COEF = "no admissible coefficient"
+EDGE = "λ at the top edge of the grid"
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolSpec:
+    """The fine-tuning pool: the Cartesian product epochs × weight decay × label smoothing.
+
+    Attributes:
+        epochs: Epoch counts (paper, CIFAR-10: 40, 50, 60).
+        weight_decays: Weight decays (paper: 1e-4, 5e-5, 1e-5).
+        label_smoothings: Label smoothings (paper: 0, 0.05, 0.1).
+        lr: SGD learning rate of every fine-tune.
+        batch_size: Batch size of every fine-tune.
+        momentum: SGD momentum (paper: 0.9).
+        schedule: Learning-rate schedule (paper: cosine).
+    """
+
+    epochs: tuple[int, ...] = (4, 5, 6)
+    weight_decays: tuple[float, ...] = (1e-4, 5e-5, 1e-5)
+    label_smoothings: tuple[float, ...] = (0.0, 0.05, 0.1)
+    lr: float = 0.01
+    batch_size: int = 32
+    momentum: float = 0.9
+    schedule: str = "cosine"
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkConfig:
+    """Everything that determines a benchmark run (saved as ``run_dir/benchmark_config.json``).
+
+    Attributes:
+        dataset: Dataset registry name (``"digits"``, ``"cifar10"``).
+        data_options: Keyword arguments of the dataset builder (digits: ``{"size": 8}``).
+        data_root: Folder of on-disk datasets (None for digits).
+        model: Model registry name (``"small_resnet"``, ``"resnet18"``).
+        model_options: Extra keyword arguments of the model builder.
+        scenarios: Scenario names, ``"random_<percent>"`` or ``"class_<c>[-<c>...]"``.
+        seed: Seed of the split, initialisation and data order.
+        original: Training recipe of the original model and of Retrain.
+        pool: The fine-tuning pool.
+        coefs: Negation coefficients λ searched on validation.
+        threshold: Control accuracy must stay ≥ threshold × the original's.
+        merge_methods: Merge rules (``negkit.merge`` names) whose negation is evaluated.
+        merge_options: Per-rule keyword options, e.g. ``{"ties": {"density": 0.2}}``.
+        baselines: Baselines (``negkit.unlearn`` names) to run.
+        baseline_configs: Per-baseline overrides of :func:`negkit.unlearn.default_config`.
+        eval_batch_size: Batch size of evaluation passes.
+        smoke: Whether this is the shrunken CI configuration.
+    """
+
+    dataset: str = "digits"
+    data_options: dict = dataclasses.field(default_factory=lambda: {"size": 8})
+    data_root: str | None = None
+    model: str = "small_resnet"
+    model_options: dict = dataclasses.field(default_factory=dict)
+    scenarios: tuple[str, ...] = ("random_10", "class_3")
+    seed: int = 0
+    original: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(
+        epochs=20, batch_size=32, lr=0.05, optimizer="sgd", momentum=0.9, weight_decay=5e-4,
+        label_smoothing=0.0, schedule="cosine"))
+    pool: PoolSpec = dataclasses.field(default_factory=PoolSpec)
+    coefs: tuple[float, ...] = tuple(coef_grid(0.0, 1.0, 0.05))
+    threshold: float = 0.95
+    merge_methods: tuple[str, ...] = ("mean", "ties", "magmax", "negmerge")
+    merge_options: dict = dataclasses.field(default_factory=dict)
+    baselines: tuple[str, ...] = ("ft", "ga", "rl", "l1_sparse", "salun")
+    baseline_configs: dict = dataclasses.field(default_factory=dict)
+    eval_batch_size: int = 512
+    smoke: bool = False
+
+    def __post_init__(self) -> None:
+        for name in self.scenarios:
+            parse_scenario(name)
+        for m in self.merge_methods:
+            merge.get(m)
+        for m in self.baselines:
+            unlearn.get(m)
+        for m, over in self.baseline_configs.items():
+            unlearn.default_config(m, **over)
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        if not self.coefs:
+            raise ValueError("coefs is empty; use e.g. negkit.evaluate.coef_grid(0, 1, 0.05)")
+
+
+def make_config(values: Mapping[str, Any] | BenchmarkConfig | None = None, **overrides: Any) -> BenchmarkConfig:
+    """Build a :class:`BenchmarkConfig` from (nested) plain dicts; unknown keys fail at every level.
+
+    ``original`` may be a dict of :class:`~negkit.train.TrainConfig` fields and ``pool``
+    a dict of :class:`PoolSpec` fields; both are applied on top of the defaults.
+    """
+    base = to_dict(values) if isinstance(values, BenchmarkConfig) else dict(values or {})
+    merged = {**base, **overrides}
+    defaults = BenchmarkConfig()
+    for key, cls, default in (("original", TrainConfig, defaults.original), ("pool", PoolSpec, defaults.pool)):
+        val = merged.get(key)
+        if isinstance(val, Mapping):
+            merged[key] = from_dict(cls, {**to_dict(default), **val})
+    return from_dict(BenchmarkConfig, merged)
+
+
+def default_config(*, smoke: bool = False, **overrides: Any) -> BenchmarkConfig:
+    """The digits default, or its shrunken smoke version for CI (``smoke=True``).
+
+    Default (``make demo``): digits at native 8×8, small ResNet, original/Retrain 20
+    epochs, the paper's 27-member pool with epochs /10, λ grid 0..1 by 0.05, both
+    scenarios, all four merges and five baselines. Smoke: 4 pool members
+    (epochs {1, 2} × label smoothing {0, 0.1}), 5 coefficients, 2 training epochs,
+    one-epoch baselines.
+    """
+    if smoke:
+        smoke_values: dict[str, Any] = dict(
+            original={"epochs": 3}, pool={"epochs": (1, 2), "weight_decays": (1e-4,),
+                                          "label_smoothings": (0.0, 0.1)},
+            coefs=(0.0, 0.25, 0.5, 0.75, 1.0),
+            baseline_configs={m: {"epochs": 1} for m in unlearn.list_methods()}, smoke=True,
+        )
+        return make_config({**smoke_values, **overrides})
+    return make_config(overrides)
+
+
+def _fmt(x: float) -> str:
+    """Compact number for names: 1e-4 -> '1e-4', 5e-05 -> '5e-5', 0.05 -> '0.05', 0 -> '0'."""
+    if x == 0:
+        return "0"
+    if abs(x) < 1e-3:
+        mant, exp = f"{x:.6e}".split("e")
+        return f"{float(mant):g}e{int(exp)}"
+    return f"{x:g}"
+
+
+def pool_configs(cfg: BenchmarkConfig) -> list[tuple[str, TrainConfig]]:
+    """The pool's members as ``(name, TrainConfig)``, named like ``"e4_wd1e-4_ls0.05"``."""
+    p = cfg.pool
+    out = []
+    for e in p.epochs:
+        for wd in p.weight_decays:
+            for ls in p.label_smoothings:
+                tc = from_dict(TrainConfig, to_dict(cfg.original), epochs=int(e), weight_decay=float(wd),
+                               label_smoothing=float(ls), lr=p.lr, batch_size=p.batch_size,
+                               momentum=p.momentum, schedule=p.schedule, optimizer="sgd", seed=cfg.seed)
+                out.append((f"e{e}_wd{_fmt(wd)}_ls{_fmt(ls)}", tc))
+    return out
+
+
+def parse_scenario(name: str) -> dict[str, Any]:
+    """``"random_10"`` -> random 10 %; ``"class_3"`` / ``"class_1-7"`` -> those classes.
+
+    Returns:
+        Keyword arguments of :func:`negkit.data.splits.make_forget_split`.
+    """
+    m = re.fullmatch(r"random_(\d+(?:\.\d+)?)", name)
+    if m:
+        return {"scenario": "random", "fraction": float(m.group(1)) / 100.0, "classes": ()}
+    m = re.fullmatch(r"class_(\d+(?:-\d+)*)", name)
+    if m:
+        return {"scenario": "class", "classes": tuple(int(c) for c in m.group(1).split("-"))}
+    raise ValueError(f"unknown scenario {name!r}; use 'random_<percent>' (e.g. 'random_10') or "
+                     f"'class_<c>[-<c>...]' (e.g. 'class_3', 'class_1-7')")
+
+
+def pool_frame(cfg: BenchmarkConfig) -> pd.DataFrame:
+    """The pool's hyperparameters, one row per member: pool_config, epochs, weight_decay, label_smoothing."""
+    return pd.DataFrame([{"pool_config": n, "epochs": tc.epochs, "weight_decay": tc.weight_decay,
+                          "label_smoothing": tc.label_smoothing} for n, tc in pool_configs(cfg)])

@@ -1,0 +1,197 @@
+"""The protocol's steps after :func:`~negkit.benchmark.setup.prepare`: pool, negation, baselines.
+
+Per scenario: fine-tune θ_o on D_f with every pool config; task vectors
+τ_k = θ_k − θ_o (BatchNorm running statistics excluded, so the negated model keeps
+θ_o's); Task Arithmetic θ_o − λτ_k for every member and for the member chosen on
+validation; the merged pool (mean, TIES, MagMax, NegMerge) negated the same way; the
+classic baselines of :mod:`negkit.unlearn`. λ comes from the grid (0..1 by 0.05) via
+:func:`negkit.evaluate.select_coef` on the validation sets (lowest forget accuracy with
+control accuracy ≥ 0.95 × the original's). The paper searches a wider, scaled range;
+a λ on the grid's top edge is flagged in the record's note. "Task Arithmetic (val)"
+is the member whose selected λ gives the lowest validation forget accuracy (ties:
+higher control accuracy, then name).
+
+Each step's records (its λ curve, then its metrics) are written in one append and a
+step whose final record exists is skipped, so a rerun after an interruption yields
+the same records as one uninterrupted run.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from negkit import merge, unlearn
+from negkit.benchmark.config import (EDGE, NO_COEF, SETTING, UNLEARNING_METRICS, BenchmarkConfig,
+                                     pool_configs)
+from negkit.benchmark.report import load_results
+from negkit.benchmark.setup import Setup, _done_steps, _metrics, prepare, record_method
+from negkit.config import to_dict
+from negkit.evaluate import select_coef, sweep_coefs
+from negkit.results import COLUMNS, Record
+from negkit.taskvec import TaskVector
+from negkit.train import train
+
+log = logging.getLogger(__name__)
+
+__all__ = ["pool_task_vectors", "negated_model", "negation_sweep", "negated_metrics", "run"]
+
+def pool_task_vectors(setup: Setup, *, progress: bool = False) -> dict[str, TaskVector]:
+    """Fine-tune θ_o on D_f with every pool config (skipped when done) and return τ_k = θ_k − θ_o.
+
+    Each τ_k is also saved as ``<scenario>/task_vectors/<name>.safetensors`` (for
+    streaming analysis and the explorer widget).
+    """
+    pre = {k: v.detach().cpu() for k, v in setup.original.state_dict().items()}
+    out: dict[str, TaskVector] = {}
+    members = pool_configs(setup.cfg)
+    for name, tc in tqdm(members, desc=f"pool {setup.scenario}", disable=not progress):
+        ft = train(copy.deepcopy(setup.original), setup.forget, tc, device=setup.device,
+                   out_dir=setup.scenario_dir / "pool" / name, progress=False).model
+        tv = TaskVector.from_state_dicts(pre, {k: v.detach().cpu() for k, v in ft.state_dict().items()})
+        path = setup.scenario_dir / "task_vectors" / f"{name}.safetensors"
+        if not path.exists():
+            tv.save(path, metadata={"architecture": setup.cfg.model, "pretrained": "original",
+                                    "finetune_config": _json(to_dict(tc)), "pool_config": name})
+        out[name] = tv
+    return out
+
+
+def _json(obj: Any) -> str:
+    """Compact JSON string (for safetensors metadata)."""
+    import json
+
+    return json.dumps(obj, sort_keys=True)
+
+
+def _as_task_vector(tau: TaskVector | Mapping[str, torch.Tensor]) -> TaskVector:
+    return tau if isinstance(tau, TaskVector) else TaskVector(dict(tau))
+
+
+def negated_model(setup: Setup, tau: TaskVector | Mapping[str, torch.Tensor], coef: float,
+                  *, out: nn.Module | None = None) -> nn.Module:
+    """θ(λ) = θ_o − λ·τ loaded into a copy of the original model (or into ``out``, reused)."""
+    model = copy.deepcopy(setup.original) if out is None else out
+    model.load_state_dict(_as_task_vector(tau).apply_to(setup.original.state_dict(), -float(coef)))
+    return model.eval()
+
+
+def negation_sweep(setup: Setup, tau: TaskVector | Mapping[str, torch.Tensor], *,
+                   method: str = "task_arithmetic", pool_config: str = "") -> tuple[pd.DataFrame, float | None]:
+    """Validation curve of θ_o − λτ over ``cfg.coefs`` and the λ that :func:`select_coef` picks.
+
+    Returns:
+        ``(curve, λ)``: the curve as tidy records (metric ``"acc"``, splits ``"val_forget"``
+        and ``"val_control"``, one row per λ and split — what :func:`negkit.plotting.coef_curve`
+        draws) and the chosen λ, or None when no λ keeps the control accuracy.
+    """
+    cfg, work = setup.cfg, copy.deepcopy(setup.original)
+    curve = sweep_coefs(lambda c: negated_model(setup, tau, c, out=work), cfg.coefs,
+                        {"val_forget": setup.val_forget, "val_control": setup.val_control},
+                        device=setup.device, batch_size=cfg.eval_batch_size, progress=False)
+    wide = curve.pivot(index="coef", columns="split", values="acc").reindex([float(c) for c in cfg.coefs])
+    lam = select_coef(list(wide.index), wide["val_forget"].tolist(), wide["val_control"].tolist(),
+                      setup.control_reference, cfg.threshold)
+    rows = [dataclasses.asdict(Record(
+        setting=SETTING, model=cfg.model, dataset=cfg.dataset, scenario=setup.scenario, method=method,
+        pool_config=pool_config, coef=float(r.coef), split=r.split, metric="acc", value=float(r.acc),
+        seed=cfg.seed)) for r in curve.itertuples()]
+    return pd.DataFrame(rows, columns=list(COLUMNS)), lam
+
+
+def negated_metrics(setup: Setup, tau: TaskVector | Mapping[str, torch.Tensor], coef: float) -> dict[str, float]:
+    """UA, RA, TA, MIA of θ_o − λτ on the scenario's forget, retain and test sets."""
+    return _metrics(negated_model(setup, tau, coef), setup.forget, setup.retain, setup.test, setup.device)
+
+
+def _negate(setup: Setup, method: str, tau: TaskVector | Mapping[str, torch.Tensor], *,
+            pool_config: str = "") -> list[Record]:
+    """Sweep θ_o − λτ on validation, choose λ, measure the metrics, record everything in one append."""
+    cfg = setup.cfg
+    curve, lam = negation_sweep(setup, tau, method=method, pool_config=pool_config)
+    extra = [Record(**row) for row in curve.to_dict("records")]
+    where = f"{setup.scenario}/{method}" + (f"[{pool_config}]" if pool_config else "")
+    if lam is None:
+        log.warning("%s: %s (control never ≥ %.2f × %.2f)", where, NO_COEF, cfg.threshold,
+                    setup.control_reference)
+        metrics, note, lam = {k: math.nan for k in UNLEARNING_METRICS}, NO_COEF, math.nan
+    else:
+        metrics = negated_metrics(setup, tau, lam)
+        note = EDGE if lam >= max(cfg.coefs) else ""
+        if note:
+            log.info("%s: %s (λ=%g)", where, EDGE, lam)
+    return record_method(setup.log, setup, method, metrics, pool_config=pool_config, coef=lam, note=note,
+                         extra=extra)
+
+
+def _select_single(df: pd.DataFrame, setup: Setup, names: list[str]) -> None:
+    """Record "Task Arithmetic (val)": the pool member with the lowest val forget accuracy at its λ."""
+    d = df[(df.scenario == setup.scenario) & (df.method == "task_arithmetic") & df.pool_config.isin(names)]
+    candidates = []
+    for name in names:
+        rows = d[d.pool_config == name]
+        final = rows[rows.metric == "UA"]
+        if final.empty or not math.isfinite(final.coef.iloc[-1]):
+            continue
+        lam = final.coef.iloc[-1]
+        at = rows[(rows.metric == "acc") & np.isclose(rows.coef, lam)].set_index("split").value
+        candidates.append((at["val_forget"], -at["val_control"], name, lam))
+    if not candidates:
+        record_method(setup.log, setup, "task_arithmetic", {k: math.nan for k in UNLEARNING_METRICS},
+                      note=f"val-selected pool member: none ({NO_COEF} for every member)")
+        return
+    _, _, name, lam = min(candidates)
+    rows = d[(d.pool_config == name) & d.metric.isin(UNLEARNING_METRICS)].drop_duplicates("metric", keep="last")
+    metrics = dict(zip(rows.metric, rows.value))
+    record_method(setup.log, setup, "task_arithmetic", metrics, coef=lam,
+                  note=f"val-selected pool member {name}")
+
+
+def run(cfg: BenchmarkConfig, run_dir: str | Path, *, device: str | None = None,
+        progress: bool = True) -> pd.DataFrame:
+    """Run the whole protocol for every scenario of ``cfg``; finished steps are skipped.
+
+    Returns:
+        All records of ``run_dir/results.jsonl`` (exact duplicates, which only an
+        interrupted append can leave, dropped).
+    """
+    run_dir = Path(run_dir)
+    for scenario in cfg.scenarios:
+        setup = prepare(cfg, run_dir, scenario, device=device, progress=progress)
+        _run_scenario(setup, progress=progress)
+    return load_results(run_dir)
+
+
+def _run_scenario(setup: Setup, *, progress: bool) -> None:
+    cfg, sc = setup.cfg, setup.scenario
+    tvs = pool_task_vectors(setup, progress=progress)
+    names = list(tvs)
+    steps: list[tuple[str, str, Callable[[], Any]]] = []
+    for name in names:
+        steps.append(("task_arithmetic", name,
+                      lambda name=name: _negate(setup, "task_arithmetic", tvs[name], pool_config=name)))
+    steps.append(("task_arithmetic", "", lambda: _select_single(setup.log.read(), setup, names)))
+    for m in cfg.merge_methods:
+        steps.append((m, "", lambda m=m: _negate(
+            setup, m, merge.get(m)([tvs[n] for n in names], names=names, **cfg.merge_options.get(m, {})))))
+    for m in cfg.baselines:
+        steps.append((m, "", lambda m=m: record_method(setup.log, setup, m, _metrics(
+            unlearn.get(m)(setup.original, setup.forget, setup.retain,
+                           unlearn.default_config(m, **cfg.baseline_configs.get(m, {})),
+                           device=setup.device, out_dir=setup.scenario_dir / "baselines" / m, progress=False),
+            setup.forget, setup.retain, setup.test, setup.device))))
+    done = _done_steps(setup.log.read())
+    for method, pool_config, step in tqdm(steps, desc=f"methods {sc}", disable=not progress):
+        if (sc, method, pool_config) in done:
+            continue
+        step()
