@@ -95,7 +95,17 @@ def test_explorer_notebook_in_jupyterlab(lab_server, browser_page, tmp_path):
     assert _number(after, "λ") != _number(before, "λ"), "the λ slider did not move"
     assert _accuracies(after) != _accuracies(before), f"no accuracy changed:\n{before}\n---\n{after}"
 
-    page.wait_for_timeout(500)  # let the figure of the new λ arrive
+    # The sign-consensus view answers its K slider too (K = 1: every non-zero element is "consistent").
+    consensus = page.locator(".negkit-view").nth(2).locator(".negkit-numbers")
+    old_k = consensus.inner_text()
+    k_handle = page.locator(".negkit-view").nth(2).locator(".negkit-k .noUi-handle")
+    k_handle.focus()
+    k_handle.press("Home")
+    page.wait_for_function("([el, old]) => el.innerText !== old", arg=[consensus.element_handle(), old_k],
+                           timeout=20_000)
+    assert re.search(r"^K\s+1$", consensus.inner_text(), flags=re.M), consensus.inner_text()
+
+    page.wait_for_timeout(500)  # let the figures of the new λ and K arrive
     page.screenshot(path=str(SHOTS / "explorer.png"))
     views = page.locator(".negkit-view")
     for i, name in enumerate(("negation", "negation_recorded", "consensus", "forget_vectors")):
