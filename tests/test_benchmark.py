@@ -45,6 +45,15 @@ def test_paper_pool_has_27_named_members():
         5, 5e-5, 0.05, 0.9, "cosine", "sgd")
 
 
+def test_cifar10_config_uses_the_papers_pool_and_explains_missing_data(tmp_path):
+    cfg = B.cifar10_config(str(tmp_path / "nowhere"))
+    names = [n for n, _ in B.pool_configs(cfg)]
+    assert len(names) == 27 and "e40_wd1e-4_ls0.05" in names and "e60_wd1e-5_ls0.1" in names
+    assert (cfg.dataset, cfg.model) == ("cifar10", "resnet18")
+    with pytest.raises(FileNotFoundError, match="cifar-10-python.tar.gz"):
+        B.prepare(cfg, tmp_path / "run", "class_3", device="cpu")
+
+
 def test_make_config_nested_dicts_and_unknown_keys():
     cfg = B.make_config({"original": {"epochs": 7}, "pool": {"epochs": [40, 50]}}, seed=3)
     assert cfg.original.epochs == 7 and cfg.original.lr == B.BenchmarkConfig().original.lr

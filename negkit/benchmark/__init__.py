@@ -35,13 +35,13 @@ Example::
     benchmark.summary(df)
 """
 from negkit.benchmark.config import (EDGE, NO_COEF, SETTING, UNLEARNING_METRICS, BenchmarkConfig, PoolSpec,
-                                     default_config, make_config, parse_scenario, pool_configs, pool_frame)
+                                     cifar10_config, default_config, make_config, parse_scenario, pool_configs, pool_frame)
 from negkit.benchmark.pipeline import negated_metrics, negated_model, negation_sweep, pool_task_vectors, run
 from negkit.benchmark.report import headline, load_results, summary
 from negkit.benchmark.setup import Setup, prepare, record_method
 
 __all__ = [
-    "PoolSpec", "BenchmarkConfig", "default_config", "make_config", "pool_configs", "pool_frame",
+    "PoolSpec", "BenchmarkConfig", "default_config", "cifar10_config", "make_config", "pool_configs", "pool_frame",
     "parse_scenario", "Setup", "prepare", "record_method", "pool_task_vectors", "negated_model",
     "negation_sweep", "negated_metrics", "run", "load_results", "summary", "headline",
     "SETTING", "UNLEARNING_METRICS", "NO_COEF", "EDGE",

@@ -62,16 +62,9 @@ def pool_task_vectors(setup: Setup, *, progress: bool = False) -> dict[str, Task
         path = setup.scenario_dir / "task_vectors" / f"{name}.safetensors"
         if not path.exists():
             tv.save(path, metadata={"architecture": setup.cfg.model, "pretrained": "original",
-                                    "finetune_config": _json(to_dict(tc)), "pool_config": name})
+                                    "finetune_config": json.dumps(to_dict(tc), sort_keys=True), "pool_config": name})
         out[name] = tv
     return out
-
-
-def _json(obj: Any) -> str:
-    """Compact JSON string (for safetensors metadata)."""
-    import json
-
-    return json.dumps(obj, sort_keys=True)
 
 
 def _as_task_vector(tau: TaskVector | Mapping[str, torch.Tensor]) -> TaskVector:
