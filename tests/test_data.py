@@ -188,3 +188,10 @@ def test_without_classes_drops_forgotten_classes_from_a_test_set(digits):
     assert isinstance(make_forget_split(labels_of(digits.train), "class", classes=[3]), ForgetSplit)
     with pytest.raises(IndexError):
         subset(digits.test, [len(digits.test)])
+
+
+def test_clip_tasks_are_registered_without_importing_negkit_clip_first():
+    # negkit.data loads the CLIP dataset module on first need, so a notebook can ask for "cars" directly.
+    import negkit.data as data
+
+    assert {"cars", "dtd", "eurosat", "gtsrb", "mnist", "resisc45", "sun397", "svhn", "imagenet"} <= set(data.list_datasets())

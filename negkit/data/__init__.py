@@ -13,6 +13,7 @@ Built in: ``digits`` (sklearn, offline, :mod:`negkit.data.digits`) and
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import os
 from typing import Any, Callable, Sequence
@@ -122,8 +123,19 @@ def register_dataset(name: str) -> Callable[[Builder], Builder]:
     return deco
 
 
+# Modules that register more datasets when imported. They are imported on first need rather
+# than here, because they import this module (and open_clip, which is slow to import).
+_PLUGINS = ("negkit.clip.datasets",)
+
+
+def _load_plugins() -> None:
+    for module in _PLUGINS:
+        importlib.import_module(module)
+
+
 def list_datasets() -> list[str]:
-    """Names of all registered datasets, sorted."""
+    """Names of all registered datasets (built-in and CLIP tasks), sorted."""
+    _load_plugins()
     return sorted(_REGISTRY)
 
 
@@ -138,6 +150,8 @@ def get(name: str, root: str | os.PathLike | None = None, **kwargs: Any) -> Data
     Raises:
         ValueError: Unknown name; the message lists the registered ones.
     """
+    if name not in _REGISTRY:
+        _load_plugins()
     if name not in _REGISTRY:
         raise ValueError(f"unknown dataset {name!r}; registered datasets are {list_datasets()}")
     return _REGISTRY[name](root=root, **kwargs)
