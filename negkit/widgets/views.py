@@ -76,8 +76,10 @@ class NegationView(_View):
         self.run = w.Dropdown(options=[(r.label, r) for r in s.runs], description="run", **wide)
         self.method = w.Dropdown(options=s.methods(), description="method", **wide)
         self.pool = w.Dropdown(description="pool member", **wide)
+        # Applied on release / key press: a live re-evaluation with its figure takes a few hundred ms
+        # on CPU, and a drag that sent every intermediate λ would queue stale work in the kernel.
         self.slider = w.FloatSlider(description="λ", min=0.0, max=1.0, step=0.05, readout_format=".2f",
-                                    continuous_update=True, layout=w.Layout(width="420px"))
+                                    continuous_update=False, layout=w.Layout(width="420px"))
         self.slider.add_class("negkit-lambda")
         self._syncing = False
         self.run.observe(lambda ch: self._on_select(run=ch["new"]), "value")
