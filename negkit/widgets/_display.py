@@ -6,7 +6,7 @@ plain-Python state objects never import ipywidgets.
 from __future__ import annotations
 
 import html
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 import matplotlib.pyplot as plt
 
@@ -33,21 +33,19 @@ def numbers_html(rows: Iterable[tuple[str, Any]], caption: str = "") -> str:
     return f"<table class='negkit-table'>{cap}{''.join(cells)}</table>"
 
 
-def show_figure(output: Any, fig: Any | None, fallback: Mapping[str, str] | None = None) -> None:
+def show_figure(output: Any, fig: Any | None) -> None:
     """Replace the content of an ``ipywidgets.Output`` with ``fig`` (and close the figure).
 
     Outside IPython (plain-Python tests) there is no display to send the figure to;
     the figure is still built by the caller, so its code runs, and is closed here.
     """
     from IPython import get_ipython
-    from IPython.display import HTML, display
+    from IPython.display import display
 
     if get_ipython() is not None:
         with output:
             output.clear_output(wait=True)
             if fig is not None:
                 display(fig)
-            elif fallback:
-                display(HTML(fallback.get("html", "")))
     if fig is not None:
         plt.close(fig)

@@ -114,15 +114,19 @@ class LiveNegation:
 
     # --- source interface shared with RecordedCurves --------------------------------------
     def runs(self) -> list[RunKey]:
+        """The one experiment this source evaluates."""
         return [self.run]
 
     def methods(self, run: RunKey) -> list[tuple[str, str]]:
+        """Task Arithmetic with every pool member, then the merge rules, as ``(method, pool_config)``."""
         return [("task_arithmetic", n) for n in self.task_vectors] + [(m, "") for m in self.merge_methods]
 
     def coefs(self, run: RunKey, method: str, pool_config: str = "") -> list[float]:
+        """The λ grid of the curve (the slider itself accepts any λ in its range)."""
         return list(self.grid)
 
     def curve(self, run: RunKey, method: str, pool_config: str = "") -> pd.DataFrame:
+        """Forget / control accuracy over the grid, as tidy records (evaluated once, then cached)."""
         rows = []
         for c in self.grid:
             accs = self.evaluate(method, pool_config, c, splits=(self.forget_split, self.control_split))
@@ -130,10 +134,11 @@ class LiveNegation:
         return curve_records(rows, self.run, method, pool_config)
 
     def control_reference(self, run: RunKey, method: str, pool_config: str = "") -> float:
-        # λ = 0 is the original model whatever the method.
+        """Control accuracy of the original model (λ = 0 is θ_o whatever the method)."""
         return self.evaluate(method, pool_config, 0.0, splits=(self.control_split,))[self.control_split]
 
     def chosen_coef(self, run: RunKey, method: str, pool_config: str = "") -> float | None:
+        """λ chosen on the curve by :func:`negkit.evaluate.select_coef` (None: none admissible)."""
         from negkit.evaluate import select_coef
 
         curve = self.curve(run, method, pool_config)
@@ -143,6 +148,7 @@ class LiveNegation:
                            threshold=self.threshold)
 
     def numbers(self, run: RunKey, method: str, pool_config: str, coef: float) -> list[tuple[str, Any]]:
+        """Accuracy on every split at λ=``coef``, admissibility, and UA/RA/TA/MIA when the splits allow."""
         res = self.evaluate(method, pool_config, coef)
         out: list[tuple[str, Any]] = [("λ", float(coef))]
         out += [(f"{s} acc (%)", res[s]) for s in self.splits]
