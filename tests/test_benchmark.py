@@ -11,6 +11,7 @@ from negkit import benchmark as B
 from negkit.benchmark import pipeline, setup as setup_mod
 from negkit.metrics import avg_gap
 from negkit.results import COLUMNS, ResultsLog, read_results
+from negkit.taskvec import TaskVector
 from negkit.train import TrainConfig
 
 # One scenario, two baselines, four pool members: the smallest run that exercises every step.
@@ -131,8 +132,12 @@ def test_run_records_every_method_with_consistent_metrics(done_run):
             assert v["avg_gap"] == pytest.approx(avg_gap(v, retrain))
     # Class-wise forgetting: Retrain never saw class 3 and cannot classify it.
     assert retrain["UA"] == 100.0
-    # Tasks vectors were saved for streaming analysis.
-    assert len(list((run_dir / "class_3" / "task_vectors").glob("*.safetensors"))) == 4
+    # Task vectors (saved for streaming analysis) cover exactly the parameters, no buffers.
+    saved = sorted((run_dir / "class_3" / "task_vectors").glob("*.safetensors"))
+    assert len(saved) == 4
+    setup = B.prepare(cfg, run_dir, "class_3", device="cpu")
+    tv = TaskVector.load(saved[0])
+    assert set(tv) == {k for k, _ in setup.original.named_parameters()}
 
 
 def test_lambda_curves_and_selection_rule(done_run):

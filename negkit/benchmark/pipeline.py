@@ -1,15 +1,15 @@
 """The protocol's steps after :func:`~negkit.benchmark.setup.prepare`: pool, negation, baselines.
 
 Per scenario: fine-tune θ_o on D_f with every pool config; task vectors
-τ_k = θ_k − θ_o (BatchNorm running statistics excluded, so the negated model keeps
-θ_o's); Task Arithmetic θ_o − λτ_k for every member and for the member chosen on
-validation; the merged pool (mean, TIES, MagMax, NegMerge) negated the same way; the
-classic baselines of :mod:`negkit.unlearn`. λ comes from the grid (0..1 by 0.05) via
-:func:`negkit.evaluate.select_coef` on the validation sets (lowest forget accuracy with
-control accuracy ≥ 0.95 × the original's). The paper searches a wider, scaled range;
-a λ on the grid's top edge is flagged in the record's note. "Task Arithmetic (val)"
-is the member whose selected λ gives the lowest validation forget accuracy (ties:
-higher control accuracy, then name).
+τ_k = θ_k − θ_o over the parameters (BatchNorm running statistics and other buffers
+excluded, so the negated model keeps θ_o's); Task Arithmetic θ_o − λτ_k for every
+member and for the member chosen on validation; the merged pool (mean, TIES, MagMax,
+NegMerge) negated the same way; the classic baselines of :mod:`negkit.unlearn`. λ
+comes from the grid (0..1 by 0.05) via :func:`negkit.evaluate.select_coef` on the
+validation sets (lowest forget accuracy with control accuracy ≥ 0.95 × the
+original's). The paper searches a wider, scaled range; a λ on the grid's top edge is
+flagged in the record's note. "Task Arithmetic (val)" is the member whose selected λ
+gives the lowest validation forget accuracy (ties: higher control accuracy, then name).
 
 Each step's records (its λ curve, then its metrics) are written in one append and a
 step whose final record exists is skipped, so a rerun after an interruption yields
@@ -46,23 +46,30 @@ log = logging.getLogger(__name__)
 
 __all__ = ["pool_task_vectors", "negated_model", "negation_sweep", "negated_metrics", "run"]
 
+
 def pool_task_vectors(setup: Setup, *, progress: bool = False) -> dict[str, TaskVector]:
     """Fine-tune θ_o on D_f with every pool config (skipped when done) and return τ_k = θ_k − θ_o.
+
+    τ_k covers the model's parameters (not its buffers).
 
     Each τ_k is also saved as ``<scenario>/task_vectors/<name>.safetensors`` (for
     streaming analysis and the explorer widget).
     """
-    pre = {k: v.detach().cpu() for k, v in setup.original.state_dict().items()}
+    # τ covers the model's parameters only: BatchNorm running statistics would break the negated
+    # model, and constant buffers (the Normalize layer's mean/std) never move and would only add
+    # zeros that count as "no sign consensus" in the analysis.
+    keys = [k for k, _ in setup.original.named_parameters()]
+    pre = {k: v.detach().cpu() for k, v in setup.original.state_dict().items() if k in set(keys)}
     out: dict[str, TaskVector] = {}
     members = pool_configs(setup.cfg)
     for name, tc in tqdm(members, desc=f"pool {setup.scenario}", disable=not progress):
         ft = train(copy.deepcopy(setup.original), setup.forget, tc, device=setup.device,
                    out_dir=setup.scenario_dir / "pool" / name, progress=False).model
-        tv = TaskVector.from_state_dicts(pre, {k: v.detach().cpu() for k, v in ft.state_dict().items()})
+        tv = TaskVector.from_state_dicts(pre, {k: v.detach().cpu() for k, v in ft.state_dict().items() if k in pre})
         path = setup.scenario_dir / "task_vectors" / f"{name}.safetensors"
         if not path.exists():
-            tv.save(path, metadata={"architecture": setup.cfg.model, "pretrained": "original",
-                                    "finetune_config": json.dumps(to_dict(tc), sort_keys=True), "pool_config": name})
+            tv.save(path, metadata={"architecture": setup.cfg.model, "pretrained": "original", "pool_config": name,
+                                    "finetune_config": json.dumps(to_dict(tc), sort_keys=True)})
         out[name] = tv
     return out
 
@@ -165,6 +172,14 @@ def run(cfg: BenchmarkConfig, run_dir: str | Path, *, device: str | None = None,
     return load_results(run_dir)
 
 
+def _baseline(setup: Setup, method: str) -> None:
+    """Run one classic baseline of :mod:`negkit.unlearn` (checkpointed under the scenario) and record it."""
+    cfg = unlearn.default_config(method, **setup.cfg.baseline_configs.get(method, {}))
+    model = unlearn.get(method)(setup.original, setup.forget, setup.retain, cfg, device=setup.device,
+                                out_dir=setup.scenario_dir / "baselines" / method, progress=False)
+    record_method(setup.log, setup, method, _metrics(model, setup.forget, setup.retain, setup.test, setup.device))
+
+
 def _run_scenario(setup: Setup, *, progress: bool) -> None:
     cfg, sc = setup.cfg, setup.scenario
     tvs = pool_task_vectors(setup, progress=progress)
@@ -178,11 +193,7 @@ def _run_scenario(setup: Setup, *, progress: bool) -> None:
         steps.append((m, "", lambda m=m: _negate(
             setup, m, merge.get(m)([tvs[n] for n in names], names=names, **cfg.merge_options.get(m, {})))))
     for m in cfg.baselines:
-        steps.append((m, "", lambda m=m: record_method(setup.log, setup, m, _metrics(
-            unlearn.get(m)(setup.original, setup.forget, setup.retain,
-                           unlearn.default_config(m, **cfg.baseline_configs.get(m, {})),
-                           device=setup.device, out_dir=setup.scenario_dir / "baselines" / m, progress=False),
-            setup.forget, setup.retain, setup.test, setup.device))))
+        steps.append((m, "", lambda m=m: _baseline(setup, m)))
     done = _done_steps(setup.log.read())
     for method, pool_config, step in tqdm(steps, desc=f"methods {sc}", disable=not progress):
         if (sc, method, pool_config) in done:

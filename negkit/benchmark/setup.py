@@ -44,7 +44,18 @@ __all__ = ["Setup", "prepare", "record_method"]
 
 @dataclasses.dataclass
 class Setup:
-    """Everything one scenario's methods need (returned by :func:`prepare`)."""
+    """Everything one scenario's methods need (returned by :func:`prepare`).
+
+    Attributes:
+        cfg, run_dir, scenario, device: What was asked for (``scenario`` is the split's name).
+        bundle, split: The dataset and the forget/retain split of its training set.
+        forget, retain, test, val: D_f, D_r, the test set (class-wise: without the
+            forgotten classes) and the whole validation split.
+        val_forget, val_control: The validation sets λ is chosen on (module docstring).
+        original, retrain: θ_o and the Retrain model, in eval mode.
+        original_metrics, retrain_metrics: Their UA/RA/TA/MIA on this scenario.
+        control_reference: θ_o's accuracy on ``val_control`` (the 95 % threshold's base).
+    """
 
     cfg: BenchmarkConfig
     run_dir: Path
@@ -71,6 +82,7 @@ class Setup:
 
     @property
     def scenario_dir(self) -> Path:
+        """Folder of this scenario's artefacts (``run_dir/<scenario>``)."""
         return self.run_dir / self.scenario
 
 
