@@ -236,6 +236,19 @@ def test_live_chosen_lambda_follows_the_admissibility_rule():
     assert st.figure() is not None
 
 
+def test_live_and_recorded_sources_share_one_view(results_dir):
+    model, pre, tvs, splits = tiny_setup()
+    live = LiveNegation(model, pre, tvs, splits, methods=(), coefs=[0.0, 1.0], device="cpu", mia=False,
+                        run=RunKey("tiny", "live_demo"))
+    view = NegationView([live, results_dir])
+    labels = [label for label, _ in view.run.options]
+    assert labels[0] == "tiny / live_demo (seed 0)" and any("class_3" in lbl for lbl in labels)
+    assert view.slider.step == 0.01 and view.method.value == "task_arithmetic"
+    view.run.value = view.run.options[1][1]  # the recorded run: its grid and pool; the method is kept
+    assert view.slider.step == 0.5 and view.method.value == "task_arithmetic" and view.pool.value == "e1_ls0"
+    assert shown(view)["val_forget acc (%)"] == "30.00"  # e1_ls0 at its chosen λ = 1
+
+
 def test_live_merges_use_the_registry():
     from negkit import merge
 

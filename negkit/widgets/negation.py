@@ -213,19 +213,32 @@ class NegationState:
     """Plain-Python model of the negation view.
 
     Args:
-        source: A :class:`RecordedCurves` or :class:`~negkit.widgets.live.LiveNegation`.
+        source: A :class:`RecordedCurves` or :class:`~negkit.widgets.live.LiveNegation`, or a
+            list of them (e.g. one live source per scenario); their runs are offered together
+            (a run present in several sources is taken from the first).
         threshold: Admissibility threshold drawn on the curve.
     """
 
     def __init__(self, source: Any, *, threshold: float = 0.95) -> None:
-        self.source = source
+        self.sources = list(source) if isinstance(source, (list, tuple)) else [source]
+        if not self.sources:
+            raise ValueError("no source given; pass a results folder, a RecordedCurves or a LiveNegation")
         self.threshold = threshold
-        self.runs: list[RunKey] = source.runs()
+        self._owner: dict[RunKey, Any] = {}
+        for src in self.sources:
+            for run in src.runs():
+                self._owner.setdefault(run, src)
+        self.runs: list[RunKey] = list(self._owner)
         self.run: RunKey | None = None
         self.method, self.pool_config = "", ""
         self.coef = 0.0
         if self.runs:
             self.select(run=self.runs[0])
+
+    @property
+    def source(self) -> Any:
+        """The source of the selected run (the first source when there is no run)."""
+        return self._owner.get(self.run, self.sources[0])
 
     # --- selection -------------------------------------------------------------------
     def methods(self) -> list[str]:
@@ -301,7 +314,8 @@ class NegationState:
     def message(self) -> str | None:
         """Why nothing can be shown for the selection, or None when all is well."""
         if not self.runs:
-            return (f"No negation results in {self.source.where}: no records with a λ curve "
+            where = " or ".join(str(src.where) for src in self.sources)
+            return (f"No negation results in {where}: no records with a λ curve "
                     "(metric 'acc', coef set) or final metrics of a negation method. Run the benchmark "
                     "(negkit.benchmark.run) into that folder first, or point the explorer at another results folder.")
         if not self.method:

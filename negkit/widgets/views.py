@@ -56,19 +56,29 @@ class _View:
         display(self.widget)
 
 
+def _as_source(source: Any, threshold: float) -> Any:
+    """Results folders, logs and tables become RecordedCurves; sources pass through."""
+    if isinstance(source, (str, os.PathLike, pd.DataFrame)):
+        return RecordedCurves(source, threshold=threshold)
+    return source
+
+
 class NegationView(_View):
     """Negation view: run, method, pool member, λ slider, numbers and the λ curve.
 
     Args:
         source: A results folder / ``.jsonl`` file / DataFrame (results mode), a
-            :class:`~negkit.widgets.negation.RecordedCurves`, or a
-            :class:`~negkit.widgets.live.LiveNegation` (live mode).
+            :class:`~negkit.widgets.negation.RecordedCurves`, a
+            :class:`~negkit.widgets.live.LiveNegation` (live mode), or a list of these
+            (their runs share the run dropdown).
         threshold: Admissibility threshold (fraction of the original's control accuracy).
     """
 
     def __init__(self, source: Any, *, threshold: float = 0.95) -> None:
-        if isinstance(source, (str, os.PathLike, pd.DataFrame)):
-            source = RecordedCurves(source, threshold=threshold)
+        if isinstance(source, (list, tuple)):
+            source = [_as_source(x, threshold) for x in source]
+        else:
+            source = _as_source(source, threshold)
         self.state = NegationState(source, threshold=threshold)
         self._init_outputs()
         s = self.state
