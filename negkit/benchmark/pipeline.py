@@ -23,7 +23,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -87,8 +87,17 @@ def negated_model(setup: Setup, tau: TaskVector | Mapping[str, torch.Tensor], co
 
 
 def negation_sweep(setup: Setup, tau: TaskVector | Mapping[str, torch.Tensor], *,
-                   method: str = "task_arithmetic", pool_config: str = "") -> tuple[pd.DataFrame, float | None]:
-    """Validation curve of θ_o − λτ over ``cfg.coefs`` and the λ that :func:`select_coef` picks.
+                   method: str = "task_arithmetic", pool_config: str = "",
+                   coefs: Sequence[float] | None = None) -> tuple[pd.DataFrame, float | None]:
+    """Validation curve of θ_o − λτ over the λ grid and the λ that :func:`select_coef` picks.
+
+    Args:
+        setup: The scenario.
+        tau: Task vector (or merged vector) to negate.
+        method: Method name written into the curve's rows.
+        pool_config: Pool member name written into the curve's rows.
+        coefs: λ grid; default ``setup.cfg.coefs`` (a wider grid is a diagnostic, e.g. when
+            the chosen λ sits on the default grid's edge).
 
     Returns:
         ``(curve, λ)``: the curve as tidy records (metric ``"acc"``, splits ``"val_forget"``
@@ -96,10 +105,11 @@ def negation_sweep(setup: Setup, tau: TaskVector | Mapping[str, torch.Tensor], *
         draws) and the chosen λ, or None when no λ keeps the control accuracy.
     """
     cfg, work = setup.cfg, copy.deepcopy(setup.original)
-    curve = sweep_coefs(lambda c: negated_model(setup, tau, c, out=work), cfg.coefs,
+    coefs = [float(c) for c in (cfg.coefs if coefs is None else coefs)]
+    curve = sweep_coefs(lambda c: negated_model(setup, tau, c, out=work), coefs,
                         {"val_forget": setup.val_forget, "val_control": setup.val_control},
                         device=setup.device, batch_size=cfg.eval_batch_size, progress=False)
-    wide = curve.pivot(index="coef", columns="split", values="acc").reindex([float(c) for c in cfg.coefs])
+    wide = curve.pivot(index="coef", columns="split", values="acc").reindex(coefs)
     lam = select_coef(list(wide.index), wide["val_forget"].tolist(), wide["val_control"].tolist(),
                       setup.control_reference, cfg.threshold)
     rows = [dataclasses.asdict(Record(
