@@ -117,9 +117,9 @@ def naive_merge(paths: list[Path], method: str, density: float = 0.2) -> dict:
 
 def naive_bytes(k: int, vec_bytes: int, method: str) -> int:
     """Rough peak of naive_merge: K loaded vectors + the (K, N) stack (+ masks and copies for TIES)."""
-    # negmerge: K loaded + K stacked + int64 sign counts and the mean (~6 vectors);
-    # ties: additionally |M|, the trimmed copy and masks.
-    return int(((2.3 * k + 6) if method == "negmerge" else (3.6 * k + 8)) * vec_bytes + 0.5 * GB)
+    # Measured: negmerge ~(3K + 5) vectors (K loaded + K stacked + masks, int64 sign
+    # counts, the mean); ties ~(4.6K + 6) (additionally |M|, the trimmed copy).
+    return int(((3 * k + 6) if method == "negmerge" else (4.6 * k + 8)) * vec_bytes + 0.5 * GB)
 
 
 # ------------------------------------------------------------------ worker
@@ -199,6 +199,7 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=["negmerge", "ties"])
     p.add_argument("--density", type=float, default=0.2)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-naive", action="store_true", help="measure negkit only")
     p.add_argument("--tmpdir", default=None, help="where to write the task vectors (default: system temp)")
     p.add_argument("--keep", action="store_true", help="keep the written task vectors")
     p.add_argument("--json", default=None, help="also write the rows as JSON here")
@@ -229,7 +230,7 @@ def main() -> None:
         rows = []
         for method in args.methods:
             for k in ks:
-                for impl in ("negkit", "naive"):
+                for impl in ("negkit",) if args.no_naive else ("negkit", "naive"):
                     row = {"method": method, "K": k, "impl": impl}
                     if impl == "naive" and naive_bytes(k, vec_bytes, method) > args.mem_fraction * _mem_available():
                         row["note"] = (f"skipped: needs ~{naive_bytes(k, vec_bytes, method) / GB:.1f} GB, "

@@ -17,12 +17,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import pickle
 import re
 import secrets
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -37,6 +38,7 @@ __all__ = [
     "load_json",
     "save_text",
     "is_safetensors",
+    "safetensors_writer",
 ]
 
 logger = logging.getLogger(__name__)
@@ -157,6 +159,76 @@ def save_state_dict(
     with atomic_write(path) as tmp:
         save_file(out, str(tmp), metadata=meta)
     return Path(path)
+
+
+_ST_CODES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+             torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+             torch.bool: "BOOL"}
+
+
+@contextlib.contextmanager
+def safetensors_writer(
+    path: PathLike,
+    specs: Mapping[str, tuple[Sequence[int], torch.dtype]],
+    metadata: Mapping[str, str] | None = None,
+) -> Iterator[Callable[[str, torch.Tensor], None]]:
+    """Write a safetensors file tensor by tensor, atomically, without holding the state dict.
+
+    The header (names, dtypes, shapes, offsets) is written first from ``specs``;
+    the yielded ``write(name, tensor)`` then appends each tensor's bytes, in the
+    order of ``specs``. Used by :func:`negkit.merge.merge_files` so that a merged
+    vector never has to be in memory as a whole. The file is a standard
+    safetensors file (readable by :func:`load_state_dict` and ``safe_open``).
+
+    Args:
+        path: Destination ``.safetensors`` file.
+        specs: ``{name: (shape, dtype)}`` in the order the tensors will be written.
+        metadata: Optional ``str -> str`` header metadata.
+
+    Yields:
+        ``write(name, tensor)``.
+
+    Raises:
+        ValueError: A tensor arrives out of order, with another shape or dtype, or
+            the block ends before every tensor was written (nothing is left on disk).
+    """
+    header: dict[str, Any] = {}
+    offset = 0
+    for name, (shape, dtype) in specs.items():
+        if dtype not in _ST_CODES:
+            raise TypeError(f"safetensors_writer: {name!r} has unsupported dtype {dtype}")
+        size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        header[name] = {"dtype": _ST_CODES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    meta = _check_metadata(metadata)
+    if meta:
+        header["__metadata__"] = meta
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # the reference writer pads the header to 8 bytes with spaces
+    order = list(specs)
+    done = 0
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+
+        def write(name: str, tensor: torch.Tensor) -> None:
+            nonlocal done
+            if done >= len(order) or name != order[done]:
+                want = order[done] if done < len(order) else "nothing (all written)"
+                raise ValueError(f"safetensors_writer({path}): got {name!r}, expected {want!r}; "
+                                 "write the tensors in the order of specs")
+            shape, dtype = specs[name]
+            if tuple(tensor.shape) != tuple(shape) or tensor.dtype != dtype:
+                raise ValueError(f"safetensors_writer({path}): {name!r} is {tuple(tensor.shape)}, {tensor.dtype}; "
+                                 f"specs say {tuple(shape)}, {dtype}")
+            flat = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+            f.write(flat.numpy().data)  # little-endian raw bytes, as safetensors stores them
+            done += 1
+
+        yield write
+        if done != len(order):
+            raise ValueError(f"safetensors_writer({path}): {order[done]!r} and {len(order) - done - 1} more "
+                             "tensors were never written; nothing was saved")
 
 
 def is_safetensors(path: PathLike) -> bool:

@@ -34,7 +34,7 @@ import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from negkit import io
+from negkit import __version__, io
 from negkit.taskvec import TaskVector, difference, is_bn_stat
 
 __all__ = [
@@ -452,7 +452,9 @@ class _TiesFold(_Fold):
         return out.to(self.dtype)
 
 
-def _run(fold_cls: type[_Fold], source: _Source, options: dict[str, Any], progress: bool) -> dict[str, torch.Tensor]:
+def _run(fold_cls: type[_Fold], source: _Source, options: dict[str, Any], progress: bool,
+         sink: Callable[[str, torch.Tensor], None] | None = None) -> dict[str, torch.Tensor]:
+    """Drive a fold over every key; merged tensors go to ``sink`` if given, else into the returned dict."""
     fold = fold_cls(source, progress=progress, **options)
     out: dict[str, torch.Tensor] = {}
     for key in tqdm(source.keys, desc=fold_cls.__name__.strip("_").replace("Fold", "").lower(),
@@ -460,7 +462,10 @@ def _run(fold_cls: type[_Fold], source: _Source, options: dict[str, Any], progre
         fold.start(key)
         for k in range(source.K):
             fold.add(source.get(k, key), k)
-        out[key] = fold.finish()
+        if sink is None:
+            out[key] = fold.finish()
+        else:
+            sink(key, fold.finish())
     return out
 
 
@@ -563,8 +568,8 @@ def merge_files(
 
     Files are memory-mapped (``safetensors.safe_open``); for each tensor key the K
     slices are read one at a time and folded into running statistics, so memory
-    is the merged result plus a few copies of the largest single tensor, flat in
-    K. TIES first runs two (four for float64) radix-selection passes over all
+    is the merged result (nothing with ``out_path``) plus a few copies of the
+    largest single tensor, flat in K. TIES first runs two (four for float64) radix-selection passes over all
     files for its exact global thresholds (:func:`kth_largest_abs`), then the
     merge pass.
 
@@ -583,7 +588,9 @@ def merge_files(
             is formed on the fly over floating-point, non-BatchNorm-statistics keys.
         strict: Require equal keys/shapes/dtypes (False: merge the shared keys).
         out_path: If given, write the merged vector there (atomic safetensors with
-            metadata) and return the path instead of the dict.
+            metadata, readable by ``TaskVector.load``) tensor by tensor as it is
+            merged, and return the path instead of the dict; memory then stays at
+            a few copies of the largest tensor.
         progress: Show tqdm bars.
         include_bn_stats: With ``pretrained``, also merge BatchNorm running statistics.
         **options: Rule options, e.g. ``density`` for ``ties``.
@@ -602,16 +609,20 @@ def merge_files(
     paths = list(paths)
     if not paths:
         raise ValueError("no task vector files to merge (K = 0); pass at least one path")
-    with _FileSource(paths, pretrained, strict, include_bn_stats) as source:
-        if method in _FOLDS:
-            merged = _run(_FOLDS[method], source, options, progress)
-        else:
-            merged = {k: v.clone() for k, v in rule(source.mappings(), **options).items()}
-        names = list(source.names)
-    if out_path is None:
-        return merged
-    meta = {"merge_method": method, "merge_options": json.dumps(options, sort_keys=True, default=str),
-            "merged_files": json.dumps(names)}
+    meta = {"format": "negkit.TaskVector", "negkit_version": __version__, "merge_method": method,
+            "merge_options": json.dumps(options, sort_keys=True, default=str),
+            "merged_files": json.dumps([Path(p).name for p in paths])}
     if pretrained is not None and not isinstance(pretrained, Mapping):
         meta["pretrained_file"] = Path(pretrained).name
-    return TaskVector(merged).save(out_path, metadata=meta)
+    with _FileSource(paths, pretrained, strict, include_bn_stats) as source:
+        if method not in _FOLDS:
+            merged = {k: v.clone() for k, v in rule(source.mappings(), **options).items()}
+            return merged if out_path is None else TaskVector(merged).save(out_path, metadata=meta)
+        if out_path is None:
+            return _run(_FOLDS[method], source, options, progress)
+        # Each merged tensor is written as soon as it is folded: the merged vector is
+        # never in memory as a whole.
+        specs = {k: (source.shapes[k], source.dtypes[k]) for k in source.keys}
+        with io.safetensors_writer(out_path, specs, metadata=meta) as write:
+            _run(_FOLDS[method], source, options, progress, sink=write)
+    return Path(out_path)

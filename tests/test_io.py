@@ -152,3 +152,30 @@ def test_json_round_trip(tmp_path):
     assert not (tmp_path / "bad.json").exists() and _leftovers(tmp_path) == ["d"]
     io.save_text("a,b\n1,2\n", tmp_path / "t.csv")
     assert (tmp_path / "t.csv").read_text() == "a,b\n1,2\n"
+
+
+def test_safetensors_writer_streams_a_standard_file(tmp_path):
+    sd = {"a": torch.randn(3, 4), "b": torch.ones(2, dtype=torch.bfloat16), "c": torch.tensor(2.5, dtype=torch.float64),
+          "empty": torch.zeros(0, 3), "t": torch.randn(4, 3).t()}
+    specs = {k: (v.shape, v.dtype) for k, v in sd.items()}
+    with io.safetensors_writer(tmp_path / "w.safetensors", specs, metadata={"m": "x"}) as write:
+        for k, v in sd.items():
+            write(k, v)
+    got = io.load_state_dict(tmp_path / "w.safetensors")
+    assert all(torch.equal(got[k], v) and got[k].dtype == v.dtype for k, v in sd.items())
+    assert io.read_metadata(tmp_path / "w.safetensors") == {"m": "x"}
+    assert _leftovers(tmp_path) == ["w.safetensors"]
+
+
+def test_safetensors_writer_refuses_bad_streams_and_leaves_nothing(tmp_path):
+    specs = {"a": ((2,), torch.float32), "b": ((3,), torch.float32)}
+    with pytest.raises(ValueError, match="got 'b', expected 'a'"):
+        with io.safetensors_writer(tmp_path / "x.safetensors", specs) as write:
+            write("b", torch.zeros(3))
+    with pytest.raises(ValueError, match=r"'a' is \(3,\), torch.float32; specs say \(2,\)"):
+        with io.safetensors_writer(tmp_path / "x.safetensors", specs) as write:
+            write("a", torch.zeros(3))
+    with pytest.raises(ValueError, match="'b' and 0 more tensors were never written"):
+        with io.safetensors_writer(tmp_path / "x.safetensors", specs) as write:
+            write("a", torch.zeros(2))
+    assert _leftovers(tmp_path) == []

@@ -228,6 +228,8 @@ def test_rule_without_fold_gets_lazy_mappings(tmp_path):
         pool = _pool(2)
         got = merge.merge_files(_write(tmp_path, pool), name)
         assert _equal(got, {k: v * 2 for k, v in pool[0].items()})
+        out = merge.merge_files(_write(tmp_path, pool), name, out_path=tmp_path / "o.safetensors")
+        assert _equal(dict(TaskVector.load(out)), got)
         with pytest.raises(ValueError, match="already registered"):
             merge.register(name)(lambda tvs: {})
     finally:
