@@ -5,6 +5,8 @@ K task vectors with the tensor shapes of a CLIP ViT-B/32 image encoder
 written to a temporary folder; each (implementation, method, K) is then measured
 in a fresh subprocess so that memory peaks do not contaminate each other:
 
+* ``negkit`` returns the merged dict; ``negkit→file`` passes ``out_path`` so each
+  merged tensor is written as soon as it is folded; ``naive`` is described below.
 * wall time and throughput (GB of task-vector data per second: K x vector size / time;
   TIES reads the data three times, see ``negkit.merge.kth_largest_abs``),
 * peak anonymous memory (``RssAnon``, sampled every 5 ms from /proc/self/status)
@@ -137,11 +139,18 @@ def worker(args: argparse.Namespace) -> None:
     opts = {"density": args.density} if args.method == "ties" else {}
     if args.impl == "negkit":
         out = merge.merge_files(paths, args.method, **opts)
+    elif args.impl == "negkit→file":
+        target = Path(args.dir) / "merged.safetensors"
+        merge.merge_files(paths, args.method, out_path=target, **opts)
     else:
         out = naive_merge(paths, args.method, **opts)
     wall = time.perf_counter() - t0
     peak = sampler.stop()
-    n_out = sum(t.numel() for t in out.values())
+    if args.impl == "negkit→file":
+        n_out = target.stat().st_size // 4
+        target.unlink()
+    else:
+        n_out = sum(t.numel() for t in out.values())
     print(json.dumps({"wall_s": wall, "anon_base": base["RssAnon"], "anon_peak": peak["RssAnon"],
                       "file_base": base["RssFile"], "file_peak": peak["RssFile"], "hwm": peak["VmHWM"],
                       "n_out": n_out}))
@@ -230,7 +239,7 @@ def main() -> None:
         rows = []
         for method in args.methods:
             for k in ks:
-                for impl in ("negkit",) if args.no_naive else ("negkit", "naive"):
+                for impl in ("negkit", "negkit→file") + (() if args.no_naive else ("naive",)):
                     row = {"method": method, "K": k, "impl": impl}
                     if impl == "naive" and naive_bytes(k, vec_bytes, method) > args.mem_fraction * _mem_available():
                         row["note"] = (f"skipped: needs ~{naive_bytes(k, vec_bytes, method) / GB:.1f} GB, "
