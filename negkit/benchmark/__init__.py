@@ -1,8 +1,8 @@
 """The NegMerge paper's "standard image classification" protocol, end to end.
 
-One code path serves the built-in digits default (small ResNet on 8×8 digits,
-seconds per run on CPU) and ResNet-18 on CIFAR-10 (``dataset="cifar10",
-model="resnet18"``). Per forgetting scenario (``"random_10"``: a random 10 % of the
+One code path serves the built-in digits default (:func:`default_config`: small
+ResNet on 8×8 digits, seconds per run on CPU) and ResNet-18 on CIFAR-10
+(:func:`cifar10_config`, GPU-sized). Per forgetting scenario (``"random_10"``: a random 10 % of the
 training set; ``"class_3"``: every training image of class 3):
 
 1. **Original** θ_o trained on the whole training set; **Retrain**, the same recipe on
