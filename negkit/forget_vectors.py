@@ -447,8 +447,7 @@ def _stack(vectors: Mapping[int, ForgetVector]) -> tuple[list[int], Tensor]:
     return keys, torch.stack([vectors[k].delta for k in keys])  # (K, C, H, W)
 
 
-def _weight_tensor(vectors: Mapping[int, ForgetVector], weights: Mapping[int, float] | Sequence[float] | Tensor,
-                   keys: list[int]) -> Tensor:
+def _weight_tensor(weights: Mapping[int, float] | Sequence[float] | Tensor, keys: list[int]) -> Tensor:
     if isinstance(weights, Mapping):
         unknown = sorted(set(int(k) for k in weights) - set(keys))
         if unknown:
@@ -475,7 +474,7 @@ def combine(vectors: Mapping[int, ForgetVector],
         ValueError: Wrong number of weights, a class without a vector, or vectors of different shapes.
     """
     keys, stack = _stack(vectors)
-    w = _weight_tensor(vectors, weights, keys).to(stack)
+    w = _weight_tensor(weights, keys).to(stack)
     delta = torch.einsum("k,kchw->chw", w, stack)
     clip = any(v.clip for v in vectors.values())
     meta = {"method": "forget_vector_arithmetic", "classes": ",".join(map(str, keys)),
@@ -520,7 +519,7 @@ def learn_arithmetic(model: nn.Module, vectors: Mapping[int, ForgetVector], forg
             raise ValueError(f"unknown init {init!r}; use 'zeros', 'ones' or a list of {len(keys)} weights")
         w0 = torch.zeros(len(keys)) if init == "zeros" else torch.ones(len(keys))
     else:
-        w0 = _weight_tensor(vectors, init, keys)
+        w0 = _weight_tensor(init, keys)
     device = resolve_device(device)
     model.to(device)
     stack = stack.to(device)
