@@ -130,6 +130,15 @@ def test_delta_is_added_to_raw_pixels_before_normalisation(toy):
     assert torch.equal(norm.seen, x + fv.delta)  # the Normalize layer received x + δ, raw pixels
     with pytest.raises(ValueError, match="does not match"):
         fv(torch.zeros(2, 1, 5, 5))
+    # the same with the kit's own model: its first layer, Normalize, receives x + δ
+    from negkit import models
+
+    net = models.get("small_resnet", num_classes=3, in_channels=1, mean=(0.3,), std=(0.25,)).eval()
+    seen = []
+    net.normalize.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
+    with torch.no_grad():
+        net(fv(x))
+    assert torch.equal(seen[0], x + fv.delta)
     with pytest.raises(ValueError, match="shape of one image"):
         ForgetVector(torch.zeros(2, 1, 4, 4))
 
