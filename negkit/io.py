@@ -272,6 +272,7 @@ def load_state_dict(path: PathLike, device: str | torch.device = "cpu") -> dict[
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint {p} does not exist")
     if p.suffix == ".safetensors" or is_safetensors(p):
+        logger.debug("loading safetensors %s", p)
         try:
             return load_file(str(p), device=str(device))
         except (SafetensorError, ValueError, OSError) as e:

@@ -174,7 +174,7 @@ class _LazyVector(Mapping):
         self.source, self.k = source, k
 
     def __getitem__(self, key: str) -> torch.Tensor:
-        if key not in self.source.keys:
+        if key not in self.source.shapes:  # the validated keys
             raise KeyError(key)
         return self.source.get(self.k, key)
 
@@ -615,6 +615,7 @@ def merge_files(
     if pretrained is not None and not isinstance(pretrained, Mapping):
         meta["pretrained_file"] = Path(pretrained).name
     with _FileSource(paths, pretrained, strict, include_bn_stats) as source:
+        log.debug("merge_files: %s over K=%d files, %d tensors", method, source.K, len(source.keys))
         if method not in _FOLDS:
             merged = {k: v.clone() for k, v in rule(source.mappings(), **options).items()}
             return merged if out_path is None else TaskVector(merged).save(out_path, metadata=meta)
