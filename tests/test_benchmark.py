@@ -92,12 +92,13 @@ def test_scenario_names():
     ({}, "random_100", r"fraction must be in \(0, 1\)"),
     ({}, "class_0-1-2-3-4-5-6-7-8-9", "every class"),
     ({}, "class_12", r"unknown class\(es\) \[12\]"),
+    ({}, "random_0.01", "empty forget set"),
     ({"data_options": {"size": 8, "colour": 3}}, "class_3", "colour"),
 ])
 def test_bad_input_fails_clearly_before_training(tmp_path, changes, scenario, match):
     with pytest.raises((ValueError, TypeError), match=match):
         B.prepare(B.make_config(B.default_config(smoke=True), **changes), tmp_path, scenario, device="cpu")
-    assert not (tmp_path / "original").exists()
+    assert not list(tmp_path.iterdir())  # nothing written before the inputs are checked
 
 
 def test_run_dir_of_another_config_is_refused(done_run):

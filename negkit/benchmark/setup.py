@@ -137,10 +137,6 @@ def prepare(cfg: BenchmarkConfig, run_dir: str | Path, scenario: str, *, device:
     bundle = get_dataset(cfg.dataset, root=cfg.data_root, **cfg.data_options)
     labels = labels_of(bundle.train)
     split = make_forget_split(labels, seed=cfg.seed, num_classes=bundle.num_classes, **spec)
-    _check_run_dir(cfg, run_dir)
-    sdir = run_dir / split.name
-    if not (sdir / "split.json").exists():
-        io.save_json(split.to_dict(), sdir / "split.json")
     forget, retain = subset(bundle.train, split.forget_idx), subset(bundle.train, split.retain_idx)
     if split.scenario == "class":
         test = without_classes(bundle.test, split.classes)
@@ -151,11 +147,17 @@ def prepare(cfg: BenchmarkConfig, run_dir: str | Path, scenario: str, *, device:
     for name, ds in (("val_forget", val_forget), ("val_control", val_control), ("test", test)):
         if len(ds) == 0:
             raise ValueError(f"scenario {split.name!r} leaves the {name} set empty; pick other classes")
+    original, retrain = _new_model(cfg, bundle), _new_model(cfg, bundle)  # bad model names fail here
 
-    original = train(_new_model(cfg, bundle), bundle.train, cfg.original, device=device,
-                     out_dir=run_dir / "original", progress=progress).model
-    retrain = train(_new_model(cfg, bundle), retain, cfg.original, device=device,
-                    out_dir=sdir / "retrain", progress=progress).model
+    # Nothing is written before every input has been checked.
+    _check_run_dir(cfg, run_dir)
+    sdir = run_dir / split.name
+    if not (sdir / "split.json").exists():
+        io.save_json(split.to_dict(), sdir / "split.json")
+    original = train(original, bundle.train, cfg.original, device=device, out_dir=run_dir / "original",
+                     progress=progress).model
+    retrain = train(retrain, retain, cfg.original, device=device, out_dir=sdir / "retrain",
+                    progress=progress).model
     original.eval()
     retrain.eval()
 
