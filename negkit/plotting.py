@@ -30,7 +30,8 @@ from negkit.results import METHODS
 
 __all__ = [
     "set_style", "save_figure", "consensus_heatmap", "agreement_heatmap", "consensus_curve", "coef_curve",
-    "sensitivity", "results_bars", "results_table", "image_grid", "METHOD_LABELS", "METRIC_LABELS",
+    "sensitivity", "results_bars", "results_table", "per_class_bars", "image_grid", "METHOD_LABELS",
+    "METRIC_LABELS",
 ]
 
 #: Display names for legends (registry names are kept in the data).
@@ -62,8 +63,15 @@ def _label(method: str) -> str:
     return METHOD_LABELS.get(method, method)
 
 
-def _natural(name: str) -> list:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(name))]
+#: A number inside a name: "4", "0.05", "1e-4", "5e-5" (the forms pool-member names use).
+_NUMBER = re.compile(r"(\d+(?:\.\d+)?(?:e[-+]?\d+)?)")
+
+
+def _numeric(name: str) -> tuple:
+    # Numbers compare by value, so "ls0.05" < "ls0.1" and "wd5e-5" < "wd1e-4"; the
+    # (0, ...) / (1, ...) tags keep numbers and text comparable within one key.
+    parts = _NUMBER.split(str(name))
+    return tuple((0, float(t), "") if i % 2 else (1, 0.0, t) for i, t in enumerate(parts) if t)
 
 
 @contextlib.contextmanager
@@ -271,9 +279,12 @@ def coef_curve(
     f_split = _pick_split(rows, forget_split, ("forget", "val_forget"), "forget")
     c_split = _pick_split(rows, control_split, ("control", "val_control", "retain", "test"), "control")
     ax = _axes(ax)
+    # Forget above control, small dots on larger squares: where the curves coincide
+    # (e.g. both at 100 % when no λ forgets anything) both stay visible.
+    styles = {"forget": dict(marker="o", ms=3, zorder=3), "control": dict(marker="s", ms=5, zorder=2)}
     for split, role in ((f_split, "forget"), (c_split, "control")):
         stats = _mean_by(rows[rows["split"] == split], "coef")
-        (line,) = ax.plot(stats.index, stats["mean"], marker="o", ms=3, label=f"{role} ({split})")
+        (line,) = ax.plot(stats.index, stats["mean"], label=f"{role} ({split})", **styles[role])
         if (stats["std"] > 0).any():
             ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
                             color=line.get_color(), alpha=0.2, lw=0)
@@ -315,10 +326,12 @@ def sensitivity(
 ) -> Axes:
     """Each single fine-tune's Task Arithmetic result against the merges (NegMerge, Fig. 1).
 
-    Points are the ``point_method`` rows, one per value of ``x`` (a pool member;
-    sorted naturally so names encoding hyperparameters group together, e.g.
-    ``lr1e-5_rs2`` next to ``lr1e-5_rs4``), mean ± std over seeds. Each method of
-    ``reference_methods`` present in ``df`` is a horizontal line.
+    Points are the ``point_method`` rows, one per value of ``x`` (a pool member),
+    mean ± std over seeds. Each method of ``reference_methods`` present in ``df`` is a
+    horizontal line, each with its own dash pattern so coinciding lines stay
+    distinguishable; the legend sits outside the axes, right of them. When every
+    point and line has the same value (e.g. every method chose λ = 0) the panel says
+    so in its middle.
 
     Args:
         df: Tidy results, filtered to one setup and to the chosen coefficients.
@@ -327,8 +340,15 @@ def sensitivity(
         reference_methods: Merges drawn as horizontal lines (absent ones are skipped).
         ax: Axes to draw on.
         point_method: Method of the per-fine-tune points.
-        order: Explicit order of the x values.
+        order: Order of the x values, e.g. the pool's own order
+            (``benchmark.pool_frame(cfg).pool_config``). Default: by the numbers in the
+            names, compared by value (``e4_wd5e-5_ls0.05`` before ``e4_wd1e-4_ls0``, ``ls0.05``
+            before ``ls0.1``).
         split: Keep only this split (needed when ``metric`` is measured on several, e.g. ``acc``).
+
+    Raises:
+        ValueError: If ``metric`` has several splits and ``split`` is None, a fine-tune has rows
+            at several coefficients, or ``order`` misses a value of ``x``.
     """
     rows = df[df["metric"] == metric]
     if split is not None:
@@ -341,32 +361,72 @@ def sensitivity(
     for name, part in points.groupby(x):
         _one_coef(part, f"{point_method} / {name}")
     stats = _mean_by(points, x)
-    stats = stats.loc[list(order) if order is not None else sorted(stats.index, key=_natural)]
-    ax = _axes(ax, (max(4.5, 0.35 * len(stats) + 2), 3.2))
+    if order is None:
+        order = sorted(stats.index, key=_numeric)
+    else:
+        order = [o for o in dict.fromkeys(order) if o in stats.index]
+        missing = sorted(set(stats.index) - set(order), key=_numeric)
+        if missing:
+            raise ValueError(f"order lacks {len(missing)} value(s) of {x!r} present in df: {missing[:5]}; "
+                             f"pass every member, e.g. order=benchmark.pool_frame(cfg).{x}")
+    stats = stats.loc[order]
+    ax = _axes(ax, (max(4.5, 0.3 * len(stats) + 2.5), 3.2))
     pos = np.arange(len(stats))
     ax.errorbar(pos, stats["mean"], yerr=stats["std"] if (stats["std"] > 0).any() else None, fmt="o",
-                color="0.25", ms=4, capsize=2, label=f"{_label(point_method)} (single fine-tune)")
+                color="0.25", ms=4, capsize=2, zorder=3, label=f"{_label(point_method)} (single fine-tune)")
     palette = sns.color_palette("colorblind", len(reference_methods))
-    for color, m in zip(palette, reference_methods):
+    dashes = ["-", (0, (5, 2)), (0, (1, 1.5)), (0, (6, 2, 1, 2)), (0, (3, 3))]
+    values, coefs = list(stats["mean"]), list(points["coef"])
+    for i, (color, m) in enumerate(zip(palette, reference_methods)):
         ref = rows[(rows["method"] == m) & (rows["pool_config"] == "")]
         if ref.empty:
             continue
         _one_coef(ref, m)
-        ax.axhline(ref["value"].mean(), color=color, lw=1.5, label=_label(m))
-    ax.set_xticks(pos, [str(i) for i in stats.index], rotation=60, ha="right", fontsize="small")
+        ax.axhline(ref["value"].mean(), color=color, lw=1.6, ls=dashes[i % len(dashes)], label=_label(m))
+        values.append(float(ref["value"].mean()))
+        coefs += list(ref["coef"])
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    if hi - lo <= 1e-9 * max(1.0, abs(hi)):
+        # Degenerate panel: one value everywhere. Say so rather than let matplotlib
+        # zoom into a ±0.05 band that suggests a spread.
+        pad = max(1.0, 0.1 * abs(hi))
+        ax.set_ylim(hi - pad, hi + pad)
+        why = " (every method chose λ = 0)" if coefs and all(c == 0 for c in coefs) else ""
+        ax.text(0.5, 0.2, f"all single fine-tunes and merges: {hi:.3g}{why}", transform=ax.transAxes,
+                ha="center", va="center", fontsize="small",
+                bbox=dict(boxstyle="round", facecolor="white", edgecolor="0.7", alpha=0.9))
+    ax.set_xticks(pos, [str(i) for i in stats.index], rotation=60, ha="right", rotation_mode="anchor",
+                  fontsize="small")
+    ax.set_xlim(-0.7, len(stats) - 0.3)
     ax.set_xlabel("fine-tuning configuration" if x == "pool_config" else x)
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
-    ax.legend(fontsize="small")
+    # Outside on the right: with 27 members the points fill the whole width.
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return ax
 
 
+#: Columns that tell setups apart; a table cell must not average over two values of one.
+_SETUP_COLUMNS = ("setting", "model", "dataset", "scenario", "split")
+
+
 def _metric_rows(df: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    """Rows of ``metrics``; warns when one (method, metric) cell would mix setups.
+
+    Works on the full tidy table and on :func:`negkit.benchmark.summary` output
+    (dataset, scenario, method, metric, value: no split, one value per cell).
+    """
+    missing = {"method", "metric", "value"} - set(df.columns)
+    if missing:
+        raise ValueError(f"df lacks column(s) {sorted(missing)}; pass tidy results (negkit.results.read_results) "
+                         f"or negkit.benchmark.summary(...) output; got columns {list(df.columns)}")
     rows = df[df["metric"].isin(metrics)]
-    splits = rows.groupby(["method", "metric"])["split"].nunique()
-    if (splits > 1).any():
-        (method, metric) = splits[splits > 1].index[0]
-        warnings.warn(f"{method} / {metric} is measured on several splits; their values are averaged. "
-                      "Filter df to one split per metric to avoid this.")
+    for col in (c for c in _SETUP_COLUMNS if c in rows.columns):
+        counts = rows.groupby(["method", "metric"])[col].nunique()
+        if (counts > 1).any():
+            method, metric = counts[counts > 1].index[0]
+            values = sorted(set(rows.loc[(rows["method"] == method) & (rows["metric"] == metric), col]))
+            warnings.warn(f"{method} / {metric} has rows for several {col} values {values}; their values are "
+                          f"averaged. Filter df to one {col} first, e.g. df[df.{col} == {values[0]!r}].")
     return rows
 
 
@@ -421,8 +481,13 @@ def results_table(
 ) -> pd.DataFrame:
     """Method × metric table for display (mean over rows; NaN where a method lacks a metric).
 
+    Rows of one cell are averaged over seeds (and pool members, if ``df`` holds
+    several); a cell that would mix splits, scenarios, datasets, models or settings
+    warns, naming the column to filter on.
+
     Args:
-        df: Tidy results.
+        df: Tidy results, or :func:`negkit.benchmark.summary` output (no ``split``/``seed``
+            columns; one value per cell, so no std).
         metrics: Columns, in this order (absent ones dropped).
         methods: Rows (default: all present, in :data:`negkit.results.METHODS` order).
         show_std: Return strings ``"mean ± std"`` instead of numbers.
@@ -443,6 +508,64 @@ def results_table(
 
 
 # --------------------------------------------------------------------------- forget vectors
+
+
+def per_class_bars(
+    df: pd.DataFrame | pd.Series,
+    ax: Axes | None = None,
+    *,
+    columns: Sequence[str] | None = None,
+    forgotten: Sequence[Any] = (),
+    classnames: Sequence[str] | None = None,
+    ylabel: str = "accuracy (%)",
+) -> Axes:
+    """Per-class accuracy bars, one bar per input variant (e.g. without δ, with δ).
+
+    Args:
+        df: One row per class (the index), one column per variant, values in %: e.g.
+            ``pd.DataFrame({"original": per_class_accuracy(model, test),
+            "with δ": per_class_accuracy(model, test, input_transform=fv)})``.
+            A Series (one variant) is drawn as one bar per class.
+        ax: Axes to draw on.
+        columns: Variants drawn, in this order (default: all columns).
+        forgotten: Classes (index values) being forgotten: shaded, their tick labels bold.
+        classnames: Tick labels, indexed by position in ``df`` (default: the index values).
+        ylabel: Y-axis label.
+
+    Raises:
+        ValueError: If a column of ``columns`` or a class of ``forgotten`` is not in ``df``.
+    """
+    table = df.to_frame() if isinstance(df, pd.Series) else df
+    columns = list(table.columns) if columns is None else list(columns)
+    unknown = [c for c in columns if c not in table.columns]
+    if unknown:
+        raise ValueError(f"columns {unknown} not in df; its columns are {list(table.columns)}")
+    absent = [c for c in forgotten if c not in table.index]
+    if absent:
+        raise ValueError(f"forgotten classes {absent} are not in df's index {list(table.index)}")
+    if classnames is not None and len(classnames) != len(table):
+        raise ValueError(f"got {len(classnames)} classnames for {len(table)} classes")
+    n, k = len(table), len(columns)
+    ax = _axes(ax, (max(4.5, 0.22 * n * max(k, 2) + 2.5), 2.8))
+    pos = np.arange(n)
+    width = 0.8 / max(k, 1)
+    palette = sns.color_palette("colorblind", k)
+    for i, (col, color) in enumerate(zip(columns, palette)):
+        ax.bar(pos + (i - (k - 1) / 2) * width, table[col].to_numpy(dtype=float), width, color=color,
+               label=str(col), zorder=2)
+    shown = [str(c) for c in (classnames if classnames is not None else table.index)]
+    ax.set_xticks(pos, shown)
+    marked = set(forgotten)
+    for j, c in enumerate(table.index):
+        if c in marked:
+            ax.axvspan(j - 0.5, j + 0.5, color="0.9", zorder=0, lw=0)
+            ax.get_xticklabels()[j].set_fontweight("bold")
+    ax.set_xlim(-0.5, n - 0.5)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("class" + (" (shaded: forgotten)" if len(forgotten) else ""))
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return ax
 
 
 def image_grid(

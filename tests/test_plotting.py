@@ -170,10 +170,85 @@ def test_results_bars_and_table():
     assert list(table.columns) == ["UA", "RA", "TA", "MIA", "avg_gap"]
     assert table.loc["negmerge", "UA"] == 10.5 and math.isnan(table.loc["task_arithmetic", "UA"])
     assert table.loc["task_arithmetic", "avg_gap"] == 1.0
-    with pytest.warns(UserWarning, match="negmerge / UA is measured on several splits"):
+    with pytest.warns(UserWarning, match=r"negmerge / UA has rows for several split values \['test', 'val'\]"):
         plotting.results_table(pd.concat([df, _records([dict(method="negmerge", metric="UA", split="val")])]))
     shown = plotting.results_table(df, metrics=("UA",), methods=["negmerge"], show_std=True)
     assert shown.loc["negmerge", "UA"] == "10.50 ± 0.71"
+
+
+def _legend_outside(ax):
+    fig = ax.get_figure()
+    fig.canvas.draw()
+    return ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1
+
+
+def test_sensitivity_orders_pool_members_by_value_and_keeps_legend_outside():
+    rows = [dict(method="task_arithmetic", pool_config=cfg, metric="avg_gap", value=i, coef=0.5)
+            for i, cfg in enumerate(("e4_wd1e-4_ls0.1", "e4_wd1e-4_ls0.05", "e4_wd5e-5_ls0", "e10_wd1e-4_ls0"))]
+    rows.append(dict(method="negmerge", metric="avg_gap", value=1.5, coef=0.5))
+    df = _records(rows)
+    ax = plotting.sensitivity(df)
+    assert [t.get_text() for t in ax.get_xticklabels()] == [  # by value: 5e-5 < 1e-4, 0.05 < 0.1, 4 < 10
+        "e4_wd5e-5_ls0", "e4_wd1e-4_ls0.05", "e4_wd1e-4_ls0.1", "e10_wd1e-4_ls0"]
+    np.testing.assert_array_equal(ax.lines[0].get_ydata(), [2, 1, 0, 3])
+    assert _legend_outside(ax)
+    assert not ax.texts  # not degenerate: no note
+    pool_order = ["e4_wd1e-4_ls0.1", "e4_wd1e-4_ls0.05", "e10_wd1e-4_ls0", "e4_wd5e-5_ls0", "unused"]
+    ax = plotting.sensitivity(df, order=pool_order)
+    assert [t.get_text() for t in ax.get_xticklabels()] == pool_order[:4]
+    with pytest.raises(ValueError, match="order lacks 1 value"):
+        plotting.sensitivity(df, order=pool_order[:3])
+
+
+def test_sensitivity_degenerate_panel_says_so():
+    rows = [dict(method="task_arithmetic", pool_config=f"m{i}", metric="avg_gap", value=0.787, coef=0.0)
+            for i in range(3)]
+    rows += [dict(method=m, metric="avg_gap", value=0.787, coef=0.0) for m in ("negmerge", "mean")]
+    ax = plotting.sensitivity(_records(rows))
+    assert [t.get_text() for t in ax.texts] == ["all single fine-tunes and merges: 0.787 (every method chose λ = 0)"]
+    lo, hi = ax.get_ylim()
+    assert lo == pytest.approx(0.787 - 1) and hi == pytest.approx(0.787 + 1)
+    ref = [ln for ln in ax.lines if len(ln.get_xdata()) == 2]
+    assert len(ref) == 2 and ref[0].get_linestyle() != ref[1].get_linestyle()  # coinciding lines stay apart
+
+
+def test_results_table_reads_benchmark_summary():
+    from negkit.benchmark import summary
+
+    df = _records([dict(method=m, scenario=sc, pool_config="", metric=k, value=v + (sc == "class_3"), seed=seed,
+                        split="forget" if k == "UA" else "test", setting="standard", dataset="digits")
+                   for sc in ("random_10", "class_3") for seed in (0, 1)
+                   for m, v in (("negmerge", 10 + seed), ("retrain", 2.0)) for k in ("UA", "TA")])
+    s = summary(df)
+    assert "split" not in s.columns
+    table = plotting.results_table(s[s.scenario == "class_3"])
+    assert list(table.index) == ["retrain", "negmerge"] and list(table.columns) == ["UA", "TA"]
+    assert table.loc["negmerge", "UA"] == 11.5 and table.loc["retrain", "TA"] == 3.0
+    pd.testing.assert_frame_equal(table, plotting.results_table(df[df.scenario == "class_3"]))
+    with pytest.warns(UserWarning, match="several scenario values \\['class_3', 'random_10'\\]"):
+        plotting.results_table(s)
+    with pytest.raises(ValueError, match="lacks column"):
+        plotting.results_table(s.drop(columns="value"))
+
+
+def test_per_class_bars():
+    acc = pd.DataFrame({"original": [100.0, 90.0, 80.0], "with δ": [99.0, 5.0, 70.0]}, index=[0, 1, 2])
+    ax = plotting.per_class_bars(acc, forgotten=[1], classnames=["zero", "one", "two"])
+    assert len(ax.containers) == 2
+    np.testing.assert_allclose([b.get_height() for b in ax.containers[1]], [99, 5, 70])
+    centres = [[b.get_x() + b.get_width() / 2 for b in c] for c in ax.containers]
+    assert centres[0][1] < 1 < centres[1][1]  # the two bars of class 1 sit either side of its tick
+    labels = ax.get_xticklabels()
+    assert [t.get_text() for t in labels] == ["zero", "one", "two"]
+    assert [t.get_fontweight() for t in labels] == ["normal", "bold", "normal"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["original", "with δ"]
+    assert _legend_outside(ax)
+    ax = plotting.per_class_bars(acc["with δ"], columns=["with δ"])
+    assert len(ax.containers) == 1 and ax.get_xlabel() == "class"
+    with pytest.raises(ValueError, match="not in df"):
+        plotting.per_class_bars(acc, columns=["fresh δ"])
+    with pytest.raises(ValueError, match="forgotten classes \\[7\\]"):
+        plotting.per_class_bars(acc, forgotten=[7])
 
 
 def test_image_grid_scales_and_layout():
