@@ -1,4 +1,8 @@
-"""Forget vectors: loss terms, δ placement, frozen weights, arithmetic and bad inputs."""
+"""Forget vectors: loss terms, δ placement, frozen weights, arithmetic and bad inputs.
+
+One file for the whole ``negkit.forget_vectors`` package (its modules share the toy
+model and the class-wise vectors below); sections follow the modules.
+"""
 from __future__ import annotations
 
 import math
@@ -96,7 +100,19 @@ def toy():
     return model, data
 
 
-# ----------------------------------------------------------------------------- loss terms
+# ----------------------------------------------------------------------------- package API
+def test_package_reexports_every_public_name_of_its_modules():
+    import importlib
+
+    for mod in ("vector", "loss", "learn", "arithmetic", "report"):
+        sub = importlib.import_module(f"negkit.forget_vectors.{mod}")
+        for name in sub.__all__:
+            assert name in fvs.__all__, f"{mod}.{name} is not re-exported by negkit.forget_vectors"
+            assert getattr(fvs, name) is getattr(sub, name)
+    assert all(hasattr(fvs, name) for name in fvs.__all__)
+
+
+# ----------------------------------------------------------------------------- loss.py
 def test_margin_loss_by_hand():
     logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 5.0], [1.0, 1.5, 0.0]])
     y = torch.tensor([0, 1, 0])
@@ -118,7 +134,7 @@ def test_objective_terms_by_hand():
     assert math.isclose(float(t["loss"]), (2 * 2 * math.log(3) + 3 * 2.0 + 0.5 * 1.0) / b, rel_tol=1e-6)
 
 
-# ----------------------------------------------------------------------------- δ shape and placement
+# ----------------------------------------------------------------------------- vector.py and learn.py
 def test_delta_is_added_to_raw_pixels_before_normalisation(toy):
     model, data = toy
     fv = ForgetVector(torch.linspace(-0.1, 0.1, 16).reshape(1, 4, 4))
@@ -209,7 +225,7 @@ def test_empty_forget_set_is_refused(toy):
         fvs.learn_forget_vector(model, Subset(data, []), data, FAST)
 
 
-# ----------------------------------------------------------------------------- class-wise and arithmetic
+# ----------------------------------------------------------------------------- learn_classwise and arithmetic.py
 @pytest.fixture(scope="module")
 def classwise(toy):
     model, data = toy
@@ -273,7 +289,24 @@ def test_save_load_round_trip(tmp_path, classwise):
         ForgetVector.load(tmp_path / "other.safetensors")
 
 
-# ----------------------------------------------------------------------------- evaluation
+def test_cached_vectors_from_earlier_runs_are_reused(tmp_path, toy):
+    # The on-disk cache key is the JSON of the config, keys sorted: files written by earlier
+    # versions of the kit (e.g. under runs/) must keep being reused, not relearned.
+    import json
+
+    from negkit.config import to_dict
+
+    model, data = toy
+    old = ForgetVector(torch.full((1, 4, 4), 0.123), meta={"task": "class_1", "classes": "1", "method": "forget_vector",
+                                                           "config": json.dumps(to_dict(FAST), sort_keys=True)})
+    old.save(tmp_path / "class_1.safetensors")
+    got = fvs.learn_classwise(model, data, [1], FAST, cache_dir=tmp_path, device="cpu")[1]
+    assert torch.equal(got.delta, old.delta) and got.meta == old.meta
+    with pytest.raises(ValueError, match="another ForgetVectorConfig"):
+        fvs.learn_classwise(model, data, [1], from_dict(ForgetVectorConfig, FAST, tau=2.0), cache_dir=tmp_path)
+
+
+# ----------------------------------------------------------------------------- report.py
 def test_per_class_accuracy_and_classwise_report(toy, classwise):
     model, data = toy
     x, y = data.tensors
@@ -304,7 +337,7 @@ def test_split_within_classes(toy):
         fvs.split_within_classes(data, [9], 0.5)
 
 
-# ----------------------------------------------------------------------------- benchmark records
+# ----------------------------------------------------------------------------- report.run_benchmark
 def test_run_benchmark_records_next_to_weight_based_methods(tmp_path, toy, classwise):
     from negkit import benchmark
     from negkit.results import read_results
