@@ -390,7 +390,7 @@ def sensitivity(
         # Degenerate panel: one value everywhere. Say so rather than let matplotlib
         # zoom into a ±0.05 band that suggests a spread.
         pad = max(1.0, 0.1 * abs(hi))
-        ax.set_ylim(hi - pad, hi + pad)
+        ax.set_ylim(max(hi - pad, 0.0) if hi >= 0 else hi - pad, hi + pad)  # gaps, accuracies: not below 0
         why = " (every method chose λ = 0)" if coefs and all(c == 0 for c in coefs) else ""
         ax.text(0.5, 0.2, f"all single fine-tunes and merges: {hi:.3g}{why}", transform=ax.transAxes,
                 ha="center", va="center", fontsize="small",
@@ -430,6 +430,10 @@ def _metric_rows(df: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
     return rows
 
 
+#: Metric names in bar legends (the y axis already says %).
+_LEGEND_METRICS = {"MIA": "MIA-efficacy", "avg_gap": "Avg. gap ↓"}
+
+
 def _method_order(methods: Sequence[str]) -> list[str]:
     rank = {m: i for i, m in enumerate(METHODS)}
     return sorted(dict.fromkeys(methods), key=lambda m: (rank.get(m, len(rank)), m))
@@ -467,7 +471,9 @@ def results_bars(
     ax.set_xlabel("")
     ax.set_ylabel("value (%)")
     # Outside on the right, so it never covers bars or a title set by the caller.
-    ax.legend(title="", fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    handles, names = ax.get_legend_handles_labels()
+    ax.legend(handles, [_LEGEND_METRICS.get(n, n) for n in names], title="", fontsize="small", loc="upper left",
+              bbox_to_anchor=(1.0, 1.0), frameon=False)
     return ax
 
 
