@@ -8,12 +8,14 @@ between pairs of fine-tunes — and returns tidy pandas DataFrames that
 :mod:`negkit.plotting` draws.
 
 Every function accepts the pool either in memory (a sequence of
-``Mapping[str, Tensor]``, e.g. :class:`negkit.taskvec.TaskVector` or plain state
-dicts) or as a list of safetensors paths, which are memory-mapped and read tensor
-by tensor (and, for large tensors, in row chunks), so memory stays bounded by
-about ``K × chunk_size`` elements. Both give identical DataFrames: rows follow the
-*natural* key order (digits compared as numbers, ``resblocks.2`` before
-``resblocks.10``) because safetensors files do not keep insertion order.
+``Mapping[str, Tensor]``, e.g. :class:`negkit.taskvec.TaskVector` or plain dicts
+of floating-point tensors) or as a list of safetensors paths, which are
+memory-mapped and read tensor by tensor (and, for large tensors, in row chunks),
+so memory stays bounded by about ``K × chunk_size`` elements. The pool is read
+and validated by :class:`negkit.pool.Pool`, as for :mod:`negkit.merge`. Both
+forms give identical DataFrames: rows follow the *natural* key order (digits
+compared as numbers, ``resblocks.2`` before ``resblocks.10``) because safetensors
+files do not keep insertion order.
 """
 from __future__ import annotations
 
@@ -21,18 +23,16 @@ import contextlib
 import inspect
 import itertools
 import math
-import os
 import re
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 import pandas as pd
 import torch
-from safetensors import safe_open
 from tqdm.auto import tqdm
+
+from negkit.pool import Pool, Source, open_pool
 
 __all__ = [
     "layer_group", "sign_consensus", "by_layer", "consensus_vs_k", "consensus_by_layer_vs_k",
@@ -50,7 +50,7 @@ DEFAULT_PATTERNS: tuple[str, ...] = (
     r"(?:^|\.)((?:layers|stages)\.\d+)(?:\.|$)",  # negkit small_resnet layers.2, timm stages.1
 )
 _PREFIXES = ("module.", "model.", "backbone.", "visual.")
-TensorSource = Union[Mapping[str, torch.Tensor], str, os.PathLike]
+TensorSource = Source
 Grouping = Union[None, Callable[[str], str], Mapping[str, str]]
 
 _CHUNK = 1 << 20  # elements per task vector held at once (K × 4 MiB in float32)
@@ -101,117 +101,12 @@ def _group_fn(groups: Grouping) -> Callable[[str], str]:
     raise TypeError(f"groups must be None, a callable key -> group or a mapping, got {type(groups).__name__}")
 
 
-class _FileVector(Mapping):
-    """Read-only mapping over an open safetensors handle; tensors load on access."""
-
-    def __init__(self, handle: Any, keys: Sequence[str]) -> None:
-        self._h, self._keys = handle, list(keys)
-        self._set = set(self._keys)
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        if key not in self._set:
-            raise KeyError(key)
-        return self._h.get_tensor(key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._keys)
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-
-class _Pool(contextlib.ExitStack):
-    """K task vectors (in memory or safetensors files) behind one chunked reader."""
-
-    def __init__(self, tvs: Sequence[TensorSource], names: Sequence[str] | None, strict: bool) -> None:
-        super().__init__()
-        if not isinstance(tvs, (str, os.PathLike, Mapping)):
-            tvs = list(tvs)
-        if isinstance(tvs, (str, os.PathLike, Mapping)) or len(tvs) == 0:
-            raise ValueError("pass a non-empty sequence of task vectors or safetensors paths (a list), "
-                             f"got {type(tvs).__name__}")
-        self.sources: list[Any] = []
-        self.is_file: list[bool] = []
-        default_names = []
-        for i, tv in enumerate(tvs):
-            if isinstance(tv, (str, os.PathLike)):
-                path = Path(tv)
-                if not path.is_file():
-                    raise FileNotFoundError(f"task vector file {path} does not exist")
-                self.sources.append(self.enter_context(safe_open(str(path), framework="pt", device="cpu")))
-                self.is_file.append(True)
-                default_names.append(path.stem)
-            else:
-                vec = getattr(tv, "vector", tv)  # TaskVector-like objects may wrap their dict
-                if not (hasattr(vec, "keys") and hasattr(vec, "__getitem__")):
-                    raise TypeError(f"tv[{i}] is a {type(tv).__name__}; expected a Mapping[str, Tensor] "
-                                    "or a path to a .safetensors file")
-                self.sources.append(vec)
-                self.is_file.append(False)
-                default_names.append(str(getattr(tv, "name", None) or f"tv{i}"))
-        names = [str(n) for n in names] if names is not None else default_names
-        if len(names) != len(self.sources):
-            raise ValueError(f"got {len(names)} names for {len(self.sources)} task vectors")
-        if len(set(names)) < len(names):
-            names = [f"{n}#{i}" for i, n in enumerate(names)]
-        self.names = names
-        keys = self._common_keys(strict)
-        self.shapes = {k: self._shape(0, k) for k in keys}
-        self.keys = [k for k in keys if math.prod(self.shapes[k]) > 0]  # empty tensors carry no signs
-        for i in range(1, len(self.sources)):
-            for k in self.keys:
-                if self._shape(i, k) != self.shapes[k]:
-                    raise ValueError(f"shape mismatch for {k!r}: {self.shapes[k]} in {self.names[0]} but "
-                                     f"{self._shape(i, k)} in {self.names[i]}; were they fine-tuned "
-                                     "from the same model?")
-
-    def __len__(self) -> int:
-        return len(self.sources)
-
-    def _common_keys(self, strict: bool) -> list[str]:
-        keysets = [list(s.keys()) for s in self.sources]
-        common = set(keysets[0]).intersection(*keysets[1:])
-        if not strict or all(len(ks) == len(common) for ks in keysets):
-            if not common:
-                raise ValueError("the task vectors share no keys")
-            if len(common) < max(len(ks) for ks in keysets):
-                warnings.warn(f"analysing the {len(common)} keys shared by all task vectors; others are ignored")
-            return sorted(common, key=_natural)
-        for i, ks in enumerate(keysets):
-            missing = sorted(set().union(*keysets) - set(ks), key=_natural)
-            if missing:
-                raise ValueError(f"task vectors disagree on keys: {missing[0]!r} missing in tv[{i}] "
-                                 f"({self.names[i]}) and {len(missing) - 1} more; pass strict=False "
-                                 "to analyse the shared keys")
-        raise AssertionError("unreachable")
-
-    def _shape(self, i: int, key: str) -> tuple[int, ...]:
-        src = self.sources[i]
-        return tuple(src.get_slice(key).get_shape()) if self.is_file[i] else tuple(src[key].shape)
-
-    def _rows(self, i: int, key: str, a: int | None, b: int | None) -> torch.Tensor:
-        src = self.sources[i]
-        if not self.is_file[i]:
-            t = src[key] if a is None else src[key][a:b]
-        else:
-            t = src.get_tensor(key) if a is None else src.get_slice(key)[a:b]
-        return t.detach().reshape(-1).to("cpu", torch.float32)
-
-    def chunks(self, key: str, size: int = _CHUNK) -> Iterator[torch.Tensor]:
-        """Yield (K, m) float32 blocks of the flattened tensor ``key``, m ≲ ``size``."""
-        shape = self.shapes[key]
-        numel = math.prod(shape)
-        if not shape or numel <= size:
-            yield torch.stack([self._rows(i, key, None, None) for i in range(len(self))])
-            return
-        step = max(1, size // (numel // shape[0]))  # whole rows per block
-        for a in range(0, shape[0], step):
-            yield torch.stack([self._rows(i, key, a, a + step) for i in range(len(self))])
-
-    def mappings(self) -> list[Mapping[str, torch.Tensor]]:
-        """The pool as mappings restricted to the analysed keys (files stay lazy)."""
-        return [_FileVector(s, self.keys) if f else {k: s[k] for k in self.keys}
-                for s, f in zip(self.sources, self.is_file)]
+@contextlib.contextmanager
+def _analysed(tvs: Sequence[TensorSource], names: Sequence[str] | None,
+              strict: bool) -> Iterator[tuple[Pool, list[str]]]:
+    """The open pool and its analysed keys: natural order, empty tensors dropped (they carry no signs)."""
+    with open_pool(tvs, names=names, strict=strict) as pool:
+        yield pool, sorted((k for k in pool.keys if math.prod(pool.shapes[k]) > 0), key=_natural)
 
 
 def _resolve_methods(methods: Sequence[str] | Mapping[str, Any]) -> dict[str, Callable[..., dict]]:
@@ -273,19 +168,19 @@ def sign_consensus(
     group_of = _group_fn(groups)
     rules = _resolve_methods(methods)
     options = dict(method_options or {})
-    with _Pool(tvs, names, strict) as pool:
+    with _analysed(tvs, names, strict) as (pool, keys):
         merged = {label: rule(pool.mappings(), **_with_names(rule, options.get(label, {}), pool.names))
                   for label, rule in rules.items()}
         rows = []
-        for key in tqdm(pool.keys, desc="sign consensus", disable=not progress):
+        for key in tqdm(keys, desc="sign consensus", disable=not progress):
             numel = math.prod(pool.shapes[key])
             n_cons, abs_sum = 0, 0.0
-            for block in pool.chunks(key, chunk_size):  # (K, m)
+            for block in pool.blocks(key, chunk_size):  # (K, m)
                 s = torch.sign(block)
                 n_cons += int(((s[0] != 0) & (s == s[0]).all(dim=0)).sum())
                 abs_sum += float(block.abs().sum(dtype=torch.float64))
             row = {"key": key, "group": group_of(key), "numel": numel,
-                   "frac_consistent": n_cons / numel, "mean_abs": abs_sum / (len(pool) * numel)}
+                   "frac_consistent": n_cons / numel, "mean_abs": abs_sum / (pool.K * numel)}
             for label, out in merged.items():
                 t = out.get(key) if isinstance(out, Mapping) else None
                 row[f"frac_kept_{label}"] = (float(torch.count_nonzero(t)) / numel) if t is not None else math.nan
@@ -364,21 +259,21 @@ def consensus_vs_k(
         for the whole vector), ``numel, frac_consistent``.
     """
     group_of = _group_fn(groups)
-    with _Pool(tvs, names, strict) as pool:
-        subsets = _subsets(len(pool), list(ks) if ks is not None else range(1, len(pool) + 1), draws, seed)
+    with _analysed(tvs, names, strict) as (pool, keys):
+        subsets = _subsets(pool.K, list(ks) if ks is not None else range(1, pool.K + 1), draws, seed)
         # Sign patterns as bit masks (bit i = vector i): a subset S is consistent on an element
         # iff all its bits are set in the positive mask (or all in the negative one), which costs
         # two integer ops per subset instead of |S| comparisons. int64 holds up to 63 vectors.
-        bits = torch.tensor([1 << i for i in range(len(pool))], dtype=torch.int64)[:, None] if len(pool) < 64 else None
+        bits = torch.tensor([1 << i for i in range(pool.K)], dtype=torch.int64)[:, None] if pool.K < 64 else None
         masks = [torch.tensor(sum(1 << i for i in sub)) for _, _, sub in subsets] if bits is not None else []
         index = [list(sub) for _, _, sub in subsets]
         counts: dict[str, np.ndarray] = {}
         sizes: dict[str, int] = {}
-        for key in tqdm(pool.keys, desc="consensus vs K", disable=not progress):
+        for key in tqdm(keys, desc="consensus vs K", disable=not progress):
             g = group_of(key) if by_group else ALL
             c = counts.setdefault(g, np.zeros(len(subsets), dtype=np.int64))
             sizes[g] = sizes.get(g, 0) + math.prod(pool.shapes[key])
-            for block in pool.chunks(key, chunk_size):
+            for block in pool.blocks(key, chunk_size):
                 pos, neg = block > 0, block < 0  # (K, m)
                 if bits is not None:
                     pos, neg = (pos * bits).sum(0), (neg * bits).sum(0)  # (m,) int64 bit masks
@@ -451,12 +346,12 @@ def pairwise_agreement(
     if form not in ("wide", "long"):
         raise ValueError(f"form must be 'wide' or 'long', got {form!r}")
     chunk_size = min(chunk_size, 1 << 23)  # keeps the float32 counts below exact-integer range
-    with _Pool(tvs, names, strict) as pool:
-        agree = torch.zeros(len(pool), len(pool), dtype=torch.float64)
+    with _analysed(tvs, names, strict) as (pool, keys):
+        agree = torch.zeros(pool.K, pool.K, dtype=torch.float64)
         total = 0
-        for key in tqdm(pool.keys, desc="pairwise agreement", disable=not progress):
+        for key in tqdm(keys, desc="pairwise agreement", disable=not progress):
             total += math.prod(pool.shapes[key])
-            for block in pool.chunks(key, chunk_size):
+            for block in pool.blocks(key, chunk_size):
                 pos, neg = (block > 0).float(), (block < 0).float()
                 # Each entry counts at most one block's m (< 2**24) elements: exact in float32.
                 agree += (pos @ pos.T + neg @ neg.T).double()

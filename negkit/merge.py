@@ -11,7 +11,8 @@ or plain dicts). Each built-in rule is written once as a *fold*: per tensor key 
 sees the K slices one after another and keeps running statistics (sums, sign
 counts, the running maximum), never a stack of K tensors. The in-memory rules and
 the streaming :func:`merge_files` drive the same folds in the same order, so their
-results are bit-identical, and streaming memory does not grow with K.
+results are bit-identical, and streaming memory does not grow with K. Both read
+the K vectors through one :class:`negkit.pool.Pool`, which validates them.
 
 Shared options of every rule: ``strict`` (default True: keys, shapes and dtypes
 must agree; False merges the keys all vectors share with equal shape and dtype),
@@ -20,22 +21,20 @@ must agree; False merges the keys all vectors share with equal shape and dtype),
 from __future__ import annotations
 
 import builtins
-import contextlib
 import json
 import logging
 import math
 import os
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
-from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from negkit import __version__, io
-from negkit.taskvec import TaskVector, difference, is_bn_stat
+from negkit.pool import Pool, abs_bits, bits_width, kth_largest_abs, open_pool
+from negkit.taskvec import TaskVector
 
 __all__ = [
     "register", "get", "list_methods", "negmerge", "mean", "sum", "ties", "magmax",
@@ -47,8 +46,6 @@ log = logging.getLogger(__name__)
 Rule = Callable[..., dict]
 _RULES: dict[str, Rule] = {}
 _FOLDS: dict[str, type["_Fold"]] = {}
-_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-_FIX = "pass strict=False to merge the shared keys"
 
 
 # ----------------------------------------------------------------- registry
@@ -91,196 +88,6 @@ def list_methods() -> list[str]:
     return sorted(_RULES)
 
 
-# ------------------------------------------------------------------ sources
-class _Source:
-    """K task vectors behind one validated interface: common keys, ``get(k, key)``."""
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-        self.keys: list[str] = []
-        self.shapes: dict[str, tuple[int, ...]] = {}
-        self.dtypes: dict[str, torch.dtype] = {}
-        self._checked: set[tuple[int, str]] = set()
-
-    def label(self, i: int) -> str:
-        return f"tv[{i}] ({self.names[i]})" if self.names[i] else f"tv[{i}]"
-
-    @property
-    def K(self) -> int:  # noqa: N802 - K is the paper's symbol for the pool size
-        return len(self.names)
-
-    def _validate(self, keys: list[list[str]], spec: Callable[[int, str], tuple[tuple[int, ...], torch.dtype]],
-                  strict: bool) -> None:
-        if not keys:
-            raise ValueError("no task vectors to merge (K = 0); pass at least one")
-        present = [set(ks) for ks in keys]
-        for i in range(1, len(keys)):
-            for k in keys[0]:
-                if k not in present[i] and strict:
-                    raise ValueError(f"task vectors disagree on keys: {k!r} missing in {self.label(i)}; {_FIX}")
-            for k in keys[i]:
-                if k not in present[0] and strict:
-                    raise ValueError(f"task vectors disagree on keys: {k!r} is in {self.label(i)} but missing "
-                                     f"in {self.label(0)}; {_FIX}")
-        shared, skipped = [], []
-        for k in keys[0]:
-            if not all(k in p for p in present):
-                skipped.append(k)
-                continue
-            shape0, dtype0 = spec(0, k)
-            if not dtype0.is_floating_point:
-                raise ValueError(f"{k!r} in {self.label(0)} is {dtype0}; task vectors hold floating-point tensors "
-                                 "only (build them with TaskVector.from_state_dicts, which skips integer buffers)")
-            bad = next(((i, s, d) for i in range(1, len(keys)) for s, d in [spec(i, k)]
-                        if (s, d) != (shape0, dtype0)), None)
-            if bad is not None:
-                if strict:
-                    i, s, d = bad
-                    raise ValueError(f"task vectors disagree on {k!r}: shape {shape0}, {dtype0} in {self.label(0)} "
-                                     f"but {s}, {d} in {self.label(i)}; {_FIX}")
-                skipped.append(k)
-                continue
-            shared.append(k)
-            self.shapes[k], self.dtypes[k] = shape0, dtype0
-        if skipped:
-            warnings.warn(f"strict=False: merging {len(shared)} shared keys, skipping {len(skipped)} "
-                          f"(first: {skipped[0]!r})", stacklevel=4)
-        if not shared:
-            raise ValueError("the task vectors share no key with equal shape and dtype; nothing to merge")
-        self.keys = shared
-
-    def _read(self, k: int, key: str) -> torch.Tensor:
-        raise NotImplementedError
-
-    def get(self, k: int, key: str) -> torch.Tensor:
-        """Slice ``key`` of vector ``k``; checked for NaN/Inf the first time it is read."""
-        t = self._read(k, key)
-        if (k, key) not in self._checked:
-            # A sum is far cheaper than isfinite(t).all() and is NaN/Inf whenever t holds
-            # one; only an overflowing sum of finite values needs the exact check.
-            if not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
-                raise ValueError(f"{key!r} in {self.label(k)} contains NaN or Inf; fix the fine-tuning run "
-                                 "(diverged?) or drop this vector from the pool")
-            self._checked.add((k, key))
-        return t
-
-    def mappings(self) -> list[Mapping[str, torch.Tensor]]:
-        """Lazy read-only mappings, one per vector, over the validated keys."""
-        return [_LazyVector(self, k) for k in range(self.K)]
-
-
-class _LazyVector(Mapping):
-    def __init__(self, source: _Source, k: int) -> None:
-        self.source, self.k = source, k
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        if key not in self.source.shapes:  # the validated keys
-            raise KeyError(key)
-        return self.source.get(self.k, key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.source.keys)
-
-    def __len__(self) -> int:
-        return len(self.source.keys)
-
-
-class _MemorySource(_Source):
-    def __init__(self, tvs: Sequence[Mapping[str, torch.Tensor]], strict: bool, names: Sequence[str] | None) -> None:
-        super().__init__()
-        if isinstance(tvs, (Mapping, str, os.PathLike, torch.Tensor)):
-            raise TypeError(f"pass a sequence (list) of task vectors, got a single {type(tvs).__name__}")
-        self.tvs = list(tvs)
-        self.names = [str(n) for n in names] if names is not None else [""] * len(self.tvs)
-        if len(self.names) != len(self.tvs):
-            raise ValueError(f"got {len(self.names)} names for {len(self.tvs)} task vectors")
-        for i, tv in enumerate(self.tvs):
-            if not isinstance(tv, Mapping):
-                raise TypeError(f"tv[{i}] is a {type(tv).__name__}; expected a TaskVector or a dict of tensors")
-
-        def spec(i: int, key: str) -> tuple[tuple[int, ...], torch.dtype]:
-            t = self.tvs[i][key]
-            if not isinstance(t, torch.Tensor):
-                raise TypeError(f"{key!r} in {self.label(i)} is a {type(t).__name__}, not a tensor")
-            return tuple(t.shape), t.dtype
-
-        self._validate([list(tv.keys()) for tv in self.tvs], spec, strict)
-
-    def _read(self, k: int, key: str) -> torch.Tensor:
-        return self.tvs[k][key].detach()
-
-
-class _FileSource(_Source, contextlib.ExitStack):
-    """K safetensors files, memory-mapped; with ``pretrained`` τ is formed tensor by tensor."""
-
-    def __init__(self, paths: Sequence[io.PathLike], pretrained: io.PathLike | Mapping[str, torch.Tensor] | None,
-                 strict: bool, include_bn_stats: bool) -> None:
-        _Source.__init__(self)
-        contextlib.ExitStack.__init__(self)
-        try:
-            self._setup([Path(p) for p in paths], pretrained, strict, include_bn_stats)
-        except BaseException:
-            self.close()  # release the files opened so far; __exit__ will not run
-            raise
-
-    def _setup(self, paths: list[Path], pretrained: io.PathLike | Mapping[str, torch.Tensor] | None,
-               strict: bool, include_bn_stats: bool) -> None:
-        self.names = [p.name for p in paths]
-        self.handles = [self._open(p) for p in paths]
-        self.pre: Any = None
-        if pretrained is not None:
-            self.pre = pretrained if isinstance(pretrained, Mapping) else self._open(Path(pretrained))
-        self._pre_cache: tuple[str, torch.Tensor] | None = None
-
-        def dtype_of(h: Any, key: str) -> torch.dtype:
-            code = h.get_slice(key).get_dtype()
-            return _ST_DTYPES.get(code, torch.int64)  # integer/bool codes only matter as "not floating"
-
-        def spec(i: int, key: str) -> tuple[tuple[int, ...], torch.dtype]:
-            if self.pre is None:
-                return tuple(self.handles[i].get_slice(key).get_shape()), dtype_of(self.handles[i], key)
-            shape = tuple(self.handles[i].get_slice(key).get_shape())
-            pre_shape, pre_dtype = self._pre_spec(key, dtype_of)
-            if shape != pre_shape:
-                raise ValueError(f"shape mismatch for {key!r}: {shape} in {self.label(i)} but {pre_shape} in the "
-                                 "pretrained checkpoint; were they made from the same architecture?")
-            return shape, pre_dtype  # τ = ft − pre takes pre's dtype (negkit.taskvec.difference)
-
-        keys = [list(h.keys()) for h in self.handles]
-        if self.pre is not None:
-            pre_keys = set(self.pre.keys())
-            for i, ks in enumerate(keys):
-                missing = [k for k in ks if k not in pre_keys]
-                if missing and strict:
-                    raise ValueError(f"{missing[0]!r} of {self.label(i)} is not in the pretrained checkpoint; "
-                                     f"{_FIX}")
-                keys[i] = [k for k in ks if k in pre_keys and self._pre_spec(k, dtype_of)[1].is_floating_point
-                           and (include_bn_stats or not is_bn_stat(k))]
-        self._validate(keys, spec, strict)
-
-    def _open(self, path: Path) -> Any:
-        if not path.is_file():
-            raise FileNotFoundError(f"task vector file {path} does not exist")
-        if not io.is_safetensors(path):
-            raise ValueError(f"{path} is not a safetensors file; merge_files streams safetensors only. Convert it "
-                             "once with negkit.io.save_state_dict(negkit.io.load_state_dict(path), new_path)")
-        return self.enter_context(safe_open(str(path), framework="pt", device="cpu"))
-
-    def _pre_spec(self, key: str, dtype_of: Callable) -> tuple[tuple[int, ...], torch.dtype]:
-        if isinstance(self.pre, Mapping):
-            return tuple(self.pre[key].shape), self.pre[key].dtype
-        return tuple(self.pre.get_slice(key).get_shape()), dtype_of(self.pre, key)
-
-    def _read(self, k: int, key: str) -> torch.Tensor:
-        ft = self.handles[k].get_tensor(key)
-        if self.pre is None:
-            return ft
-        if self._pre_cache is None or self._pre_cache[0] != key:  # keep one pretrained tensor, not the model
-            pre = self.pre[key] if isinstance(self.pre, Mapping) else self.pre.get_tensor(key)
-            self._pre_cache = (key, pre)
-        return difference(self._pre_cache[1], ft)
-
-
 # -------------------------------------------------------------------- folds
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     # Half-precision running sums lose digits after a few additions; accumulate in fp32.
@@ -290,8 +97,8 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 class _Fold:
     """Folds the K slices of one key into the merged tensor, one slice at a time."""
 
-    def __init__(self, source: _Source, progress: bool = False) -> None:
-        self.K = source.K
+    def __init__(self, pool: Pool, progress: bool = False) -> None:
+        self.K = pool.K
 
     def start(self, key: str) -> None:
         self.first = True
@@ -354,70 +161,16 @@ class _MagMaxFold(_Fold):
         return self.hi * take_hi + self.lo * ~take_hi
 
 
-def _abs_bits(t: torch.Tensor, width: int) -> torch.Tensor:
-    """Integer keys ordered like |t|: IEEE-754 bit patterns with the sign bit cleared.
-
-    For non-negative floats the bit pattern read as an integer is monotone in the
-    value, so comparing keys compares magnitudes exactly (NaN excluded upstream).
-    """
-    if width == 64:
-        return t.detach().to(torch.float64).view(torch.int64) & 0x7FFF_FFFF_FFFF_FFFF
-    return t.detach().to(torch.float32).view(torch.int32) & 0x7FFF_FFFF
-
-
-def kth_largest_abs(source: Sequence[Mapping[str, torch.Tensor]] | _Source, ranks: Sequence[int], *,
-                    progress: bool = False) -> list[int]:
-    """Exact k-th largest |value| of each vector, as a bit key, without concatenating a vector.
-
-    Radix selection over the IEEE-754 bit patterns of |τ|: each pass reads every
-    tensor once and histograms the next 16 bits of the elements that still match
-    the prefix found so far (2 passes for float32/16, 4 if any tensor is float64).
-    Memory is one tensor's temporaries plus a 65,536-bin histogram per vector.
-
-    Args:
-        source: K task vectors (mappings), or an internal pool (in-memory or files).
-        ranks: 1-based rank r_k per vector (r-th largest |value|).
-
-    Returns:
-        Per vector, the bit key (see ``_abs_bits``) of its r-th largest |value|:
-        the IEEE-754 pattern of the value as float32 (float64 if any tensor is float64).
-    """
-    if not isinstance(source, _Source):
-        source = _MemorySource(source, True, None)
-    width = _key_width(source)
-    prefix, remaining = [0] * source.K, list(ranks)
-    for shift in range(width - 16, -1, -16):
-        hist = [torch.zeros(65536, dtype=torch.int64) for _ in range(source.K)]
-        for key in tqdm(source.keys, desc=f"TIES threshold (bits {shift}+)", disable=not progress):
-            for k in range(source.K):
-                bits = _abs_bits(source.get(k, key), width).flatten()
-                if shift + 16 < width:
-                    bits = bits[(bits >> (shift + 16)) == prefix[k]]
-                digits = bits >> shift if shift == width - 16 else (bits >> shift) & 0xFFFF
-                hist[k] += torch.bincount(digits, minlength=65536).cpu()
-        for k in range(source.K):
-            from_top = hist[k].flip(0).cumsum(0)  # from_top[j]: count of digits >= 65535 - j
-            j = int(torch.searchsorted(from_top, remaining[k]))
-            digit = 65535 - j
-            remaining[k] -= int(from_top[j] - hist[k][digit])
-            prefix[k] = (prefix[k] << 16) | digit
-    return prefix
-
-
-def _key_width(source: _Source) -> int:
-    return 64 if any(d == torch.float64 for d in source.dtypes.values()) else 32
-
-
 class _TiesFold(_Fold):
     # TIES-Merging (Yadav et al., 2023): trim, elect sign, disjoint mean.
-    def __init__(self, source: _Source, density: float = 0.2, progress: bool = False) -> None:
-        super().__init__(source)
+    def __init__(self, pool: Pool, density: float = 0.2, progress: bool = False) -> None:
+        super().__init__(pool)
         if not 0 < float(density) <= 1:
             raise ValueError(f"ties density must be in (0, 1], got {density}")
-        n = builtins.sum(math.prod(source.shapes[key]) for key in source.keys)
+        n = builtins.sum(math.prod(pool.shapes[key]) for key in pool.keys)
         n_keep = min(n, max(1, int(float(density) * n + 0.5)))  # round half up
-        self.width = _key_width(source)
-        self.bounds = [max(1, key) for key in kth_largest_abs(source, [n_keep] * source.K, progress=progress)]
+        self.width = bits_width(pool)
+        self.bounds = [max(1, key) for key in kth_largest_abs(pool, [n_keep] * pool.K, progress=progress)]
 
     def add(self, t: torch.Tensor, k: int) -> None:
         if self.first:
@@ -431,7 +184,7 @@ class _TiesFold(_Fold):
         # Trim: keep |τ| >= the vector's threshold (ties at the threshold all kept;
         # the bound is at least the smallest positive key, so zeros never are).
         # Multiplying by the mask is exact (x·1 = x, x·0 = ±0) and much faster than where().
-        trimmed = t.to(self.pos_sum.dtype) * (_abs_bits(t, self.width) >= self.bounds[k])
+        trimmed = t.to(self.pos_sum.dtype) * (abs_bits(t, self.width) >= self.bounds[k])
         self.pos_sum += trimmed.clamp(min=0)
         self.neg_sum += trimmed.clamp(max=0)
         self.pos_cnt += trimmed > 0
@@ -452,16 +205,16 @@ class _TiesFold(_Fold):
         return out.to(self.dtype)
 
 
-def _run(fold_cls: type[_Fold], source: _Source, options: dict[str, Any], progress: bool,
+def _run(fold_cls: type[_Fold], pool: Pool, options: dict[str, Any], progress: bool,
          sink: Callable[[str, torch.Tensor], None] | None = None) -> dict[str, torch.Tensor]:
     """Drive a fold over every key; merged tensors go to ``sink`` if given, else into the returned dict."""
-    fold = fold_cls(source, progress=progress, **options)
+    fold = fold_cls(pool, progress=progress, **options)
     out: dict[str, torch.Tensor] = {}
-    for key in tqdm(source.keys, desc=fold_cls.__name__.strip("_").replace("Fold", "").lower(),
+    for key in tqdm(pool.keys, desc=fold_cls.__name__.strip("_").replace("Fold", "").lower(),
                     disable=not progress):
         fold.start(key)
-        for k in range(source.K):
-            fold.add(source.get(k, key), k)
+        for k in range(pool.K):
+            fold.add(pool.get(k, key), k)
         if sink is None:
             out[key] = fold.finish()
         else:
@@ -471,7 +224,8 @@ def _run(fold_cls: type[_Fold], source: _Source, options: dict[str, Any], progre
 
 def _in_memory(fold_cls: type[_Fold], task_vectors: Sequence[Mapping[str, torch.Tensor]], strict: bool,
                names: Sequence[str] | None, progress: bool, **options: Any) -> dict[str, torch.Tensor]:
-    return _run(fold_cls, _MemorySource(task_vectors, strict, names), options, progress)
+    with open_pool(task_vectors, names=names, strict=strict, files=False) as pool:
+        return _run(fold_cls, pool, options, progress)
 
 
 # -------------------------------------------------------------------- rules
@@ -606,24 +360,22 @@ def merge_files(
     rule = get(method)
     if isinstance(paths, (str, os.PathLike)):
         raise TypeError("merge_files takes a sequence of paths; wrap a single path in a list")
-    paths = list(paths)
-    if not paths:
-        raise ValueError("no task vector files to merge (K = 0); pass at least one path")
+    paths = list(paths)  # K = 0 and missing or non-safetensors files: the pool says so
     meta = {"format": "negkit.TaskVector", "negkit_version": __version__, "merge_method": method,
             "merge_options": json.dumps(options, sort_keys=True, default=str),
             "merged_files": json.dumps([Path(p).name for p in paths])}
     if pretrained is not None and not isinstance(pretrained, Mapping):
         meta["pretrained_file"] = Path(pretrained).name
-    with _FileSource(paths, pretrained, strict, include_bn_stats) as source:
-        log.debug("merge_files: %s over K=%d files, %d tensors", method, source.K, len(source.keys))
+    with open_pool(paths, pretrained=pretrained, strict=strict, include_bn_stats=include_bn_stats) as pool:
+        log.debug("merge_files: %s over K=%d files, %d tensors", method, pool.K, len(pool.keys))
         if method not in _FOLDS:
-            merged = {k: v.clone() for k, v in rule(source.mappings(), **options).items()}
+            merged = {k: v.clone() for k, v in rule(pool.mappings(), **options).items()}
             return merged if out_path is None else TaskVector(merged).save(out_path, metadata=meta)
         if out_path is None:
-            return _run(_FOLDS[method], source, options, progress)
+            return _run(_FOLDS[method], pool, options, progress)
         # Each merged tensor is written as soon as it is folded: the merged vector is
         # never in memory as a whole.
-        specs = {k: (source.shapes[k], source.dtypes[k]) for k in source.keys}
+        specs = {k: (pool.shapes[k], pool.dtypes[k]) for k in pool.keys}
         with io.safetensors_writer(out_path, specs, metadata=meta) as write:
-            _run(_FOLDS[method], source, options, progress, sink=write)
+            _run(_FOLDS[method], pool, options, progress, sink=write)
     return Path(out_path)

@@ -192,12 +192,17 @@ def test_key_and_shape_mismatch_errors(tmp_path):
     with pytest.warns(UserWarning, match="shared by all"):
         df = sign_consensus(bad, methods=(), strict=False)
     assert list(df["key"]) == ["a.weight"]
-    with pytest.raises(ValueError, match="shape mismatch for 'b'"):
-        pairwise_agreement([TVS[0], {**TVS[1], "b": torch.zeros(3)}])
+    mismatched = [TVS[0], {**TVS[1], "b": torch.zeros(3)}]
+    with pytest.raises(ValueError, match=r"disagree on 'b': shape \(2, 2\).* but \(3,\).* in tv\[1\]"):
+        pairwise_agreement(mismatched)
+    with pytest.warns(UserWarning, match="skipping 1"):  # strict=False analyses the keys that do agree
+        assert list(pairwise_agreement(mismatched, strict=False, form="long")["agreement"]) == [0.75, 0.5, 0.5, 1.0]
     with pytest.raises(FileNotFoundError, match="nope.safetensors"):
         pairwise_agreement([tmp_path / "nope.safetensors", tmp_path / "nope.safetensors"])
-    with pytest.raises(ValueError, match="sequence"):
+    with pytest.raises(TypeError, match="sequence"):
         pairwise_agreement(TVS[0])
+    with pytest.raises(ValueError, match="K = 0"):
+        consensus_vs_k([])
 
 
 def test_frac_kept_uses_the_merge_registry(tmp_path):

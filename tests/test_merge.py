@@ -314,3 +314,6 @@ def test_other_bad_inputs(tmp_path):
         merge.merge_files([legacy])
     with pytest.raises(TypeError, match="sequence"):
         merge.merge_files(tmp_path / "tv0.safetensors")
+    paths = _write(tmp_path, pool)
+    with pytest.raises(TypeError, match=r"tv\[0\] is a path.*merge_files"):  # rules do no I/O
+        merge.mean(paths)
