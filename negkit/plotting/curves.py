@@ -1,0 +1,219 @@
+"""λ-sweep figures: forget/control accuracy versus λ and the single-fine-tune sensitivity plot.
+
+Both read the tidy table of :func:`negkit.results.read_results` (columns
+:data:`negkit.results.COLUMNS`), averaging over seeds.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+
+from negkit.plotting.style import METRIC_LABELS, _axes, _label
+
+__all__ = ["coef_curve", "sensitivity"]
+
+#: A number inside a name: "4", "0.05", "1e-4", "5e-5" (the forms pool-member names use).
+_NUMBER = re.compile(r"(\d+(?:\.\d+)?(?:e[-+]?\d+)?)")
+
+
+def _numeric(name: str) -> tuple:
+    # Numbers compare by value, so "ls0.05" < "ls0.1" and "wd5e-5" < "wd1e-4"; the
+    # (0, ...) / (1, ...) tags keep numbers and text comparable within one key.
+    # Not negkit.analysis's key order: parameter paths need whole integers
+    # ("blocks.0.10" after "blocks.0.2"), which reading "0.10" as a decimal would break.
+    parts = _NUMBER.split(str(name))
+    return tuple((0, float(t), "") if i % 2 else (1, 0.0, t) for i, t in enumerate(parts) if t)
+
+
+def _mean_by(df: pd.DataFrame, by: str) -> pd.DataFrame:
+    return df.groupby(by, sort=True)["value"].agg(["mean", "std"]).fillna(0.0)
+
+
+def _pick_split(df: pd.DataFrame, wanted: str | None, candidates: Sequence[str], role: str) -> str:
+    present = list(dict.fromkeys(df["split"]))
+    if wanted is not None:
+        if wanted not in present:
+            raise ValueError(f"no {role} rows with split {wanted!r}; splits present are {present}")
+        return wanted
+    for s in candidates:
+        if s in present:
+            return s
+    raise ValueError(f"cannot tell the {role} split among {present}; pass {role}_split=...")
+
+
+def coef_curve(
+    df: pd.DataFrame,
+    method: str,
+    ax: Axes | None = None,
+    control_reference: float | None = None,
+    threshold: float = 0.95,
+    chosen: float | None = None,
+    *,
+    forget_split: str | None = None,
+    control_split: str | None = None,
+    pool_config: str | None = None,
+    metric: str = "acc",
+) -> Axes:
+    """Forget and control accuracy versus the negation coefficient λ.
+
+    The admissibility line is ``threshold × control_reference``: a λ is admissible
+    when control accuracy stays above it (e.g. 95% of the zero-shot ImageNet
+    accuracy in the task-negation protocol), and the chosen λ is marked.
+
+    Args:
+        df: Tidy results; rows of ``method`` with a finite ``coef`` and ``metric`` are drawn
+            (mean over seeds, ± std band when there are several).
+        method: Method whose sweep is drawn.
+        ax: Axes to draw on.
+        control_reference: Control accuracy of the unedited model; when None it is read
+            from ``zeroshot``/``original`` rows on the control split, if any.
+        threshold: Fraction of the reference that stays admissible.
+        chosen: λ to mark (e.g. from :func:`negkit.evaluate.select_coef`).
+        forget_split: Split of the forget curve (default ``forget``, else ``val_forget``).
+        control_split: Split of the control curve (default ``control``, ``val_control``,
+            ``retain`` or ``test``, the first present).
+        pool_config: Restrict to one pool member (for single-fine-tune Task Arithmetic).
+        metric: Metric drawn on both curves.
+    """
+    rows = df[(df["method"] == method) & (df["metric"] == metric) & df["coef"].notna()]
+    if pool_config is not None:
+        rows = rows[rows["pool_config"] == pool_config]
+    if rows.empty:
+        swept = sorted(set(df.loc[df["coef"].notna(), "method"]))
+        raise ValueError(f"no {metric!r} rows with a coefficient for method {method!r}; swept methods: {swept}")
+    setups = rows[["setting", "model", "dataset", "scenario", "pool_config"]].drop_duplicates()
+    if len(setups) > 1:
+        raise ValueError(f"{len(setups)} different setups (dataset/scenario/model/pool_config) in the rows of "
+                         f"{method!r}; filter df to one, e.g. df[df.dataset == 'cars'] or pool_config=...")
+    f_split = _pick_split(rows, forget_split, ("forget", "val_forget"), "forget")
+    c_split = _pick_split(rows, control_split, ("control", "val_control", "retain", "test"), "control")
+    ax = _axes(ax)
+    # Forget above control, small dots on larger squares: where the curves coincide
+    # (e.g. both at 100 % when no λ forgets anything) both stay visible.
+    styles = {"forget": dict(marker="o", ms=3, zorder=3), "control": dict(marker="s", ms=5, zorder=2)}
+    for split, role in ((f_split, "forget"), (c_split, "control")):
+        stats = _mean_by(rows[rows["split"] == split], "coef")
+        (line,) = ax.plot(stats.index, stats["mean"], label=f"{role} ({split})", **styles[role])
+        if (stats["std"] > 0).any():
+            ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
+                            color=line.get_color(), alpha=0.2, lw=0)
+    if control_reference is None:
+        setup = setups.iloc[0]
+        ref = df[df["method"].isin(["zeroshot", "original"]) & (df["metric"] == metric)
+                 & (df["split"] == c_split) & (df["dataset"] == setup["dataset"])]
+        control_reference = float(ref["value"].mean()) if not ref.empty else None
+    if control_reference is not None:
+        ax.axhline(threshold * control_reference, ls="--", color="0.4", lw=1,
+                   label=f"{threshold:.0%} of control reference")
+    if chosen is not None:
+        ax.axvline(chosen, ls=":", color="k", lw=1, label=f"chosen λ = {chosen:g}")
+    ax.set_xlabel("λ (negation coefficient)")
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    ax.set_title(_label(method) + (f" · {pool_config}" if pool_config else ""))
+    ax.legend(fontsize="small")
+    return ax
+
+
+def _one_coef(rows: pd.DataFrame, what: str) -> None:
+    # Seeds may pick different λ; several λ within one seed mean a whole sweep was passed.
+    n = int(rows.groupby("seed")["coef"].nunique(dropna=False).max())
+    if n > 1:
+        raise ValueError(f"{what} has rows at {n} coefficients; keep only the chosen one "
+                         "(e.g. filter df by coef or note) before plotting")
+
+
+def sensitivity(
+    df: pd.DataFrame,
+    x: str = "pool_config",
+    metric: str = "avg_gap",
+    reference_methods: Sequence[str] = ("negmerge", "mean", "ties", "magmax"),
+    ax: Axes | None = None,
+    *,
+    point_method: str = "task_arithmetic",
+    order: Sequence[str] | None = None,
+    split: str | None = None,
+) -> Axes:
+    """Each single fine-tune's Task Arithmetic result against the merges (NegMerge, Fig. 1).
+
+    Points are the ``point_method`` rows, one per value of ``x`` (a pool member),
+    mean ± std over seeds. Each method of ``reference_methods`` present in ``df`` is a
+    horizontal line, each with its own dash pattern so coinciding lines stay
+    distinguishable; the legend sits outside the axes, right of them. When every
+    point and line has the same value (e.g. every method chose λ = 0) the panel says
+    so in its middle.
+
+    Args:
+        df: Tidy results, filtered to one setup and to the chosen coefficients.
+        x: Column naming the single fine-tunes.
+        metric: Metric on the y axis.
+        reference_methods: Merges drawn as horizontal lines (absent ones are skipped).
+        ax: Axes to draw on.
+        point_method: Method of the per-fine-tune points.
+        order: Order of the x values, e.g. the pool's own order
+            (``benchmark.pool_frame(cfg).pool_config``). Default: by the numbers in the
+            names, compared by value (``e4_wd5e-5_ls0.05`` before ``e4_wd1e-4_ls0``, ``ls0.05``
+            before ``ls0.1``).
+        split: Keep only this split (needed when ``metric`` is measured on several, e.g. ``acc``).
+
+    Raises:
+        ValueError: If ``metric`` has several splits and ``split`` is None, a fine-tune has rows
+            at several coefficients, or ``order`` misses a value of ``x``.
+    """
+    rows = df[df["metric"] == metric]
+    if split is not None:
+        rows = rows[rows["split"] == split]
+    elif rows["split"].nunique() > 1:
+        raise ValueError(f"{metric!r} is measured on several splits {sorted(set(rows['split']))}; pass split=...")
+    points = rows[(rows["method"] == point_method) & (rows[x] != "")]
+    if points.empty:
+        raise ValueError(f"no {point_method!r} rows with metric {metric!r} and a non-empty {x!r}")
+    for name, part in points.groupby(x):
+        _one_coef(part, f"{point_method} / {name}")
+    stats = _mean_by(points, x)
+    if order is None:
+        order = sorted(stats.index, key=_numeric)
+    else:
+        order = [o for o in dict.fromkeys(order) if o in stats.index]
+        missing = sorted(set(stats.index) - set(order), key=_numeric)
+        if missing:
+            raise ValueError(f"order lacks {len(missing)} value(s) of {x!r} present in df: {missing[:5]}; "
+                             f"pass every member, e.g. order=benchmark.pool_frame(cfg).{x}")
+    stats = stats.loc[order]
+    ax = _axes(ax, (max(4.5, 0.3 * len(stats) + 2.5), 3.2))
+    pos = np.arange(len(stats))
+    ax.errorbar(pos, stats["mean"], yerr=stats["std"] if (stats["std"] > 0).any() else None, fmt="o",
+                color="0.25", ms=4, capsize=2, zorder=3, label=f"{_label(point_method)} (single fine-tune)")
+    palette = sns.color_palette("colorblind", len(reference_methods))
+    dashes = ["-", (0, (5, 2)), (0, (1, 1.5)), (0, (6, 2, 1, 2)), (0, (3, 3))]
+    values, coefs = list(stats["mean"]), list(points["coef"])
+    for i, (color, m) in enumerate(zip(palette, reference_methods)):
+        ref = rows[(rows["method"] == m) & (rows["pool_config"] == "")]
+        if ref.empty:
+            continue
+        _one_coef(ref, m)
+        ax.axhline(ref["value"].mean(), color=color, lw=1.6, ls=dashes[i % len(dashes)], label=_label(m))
+        values.append(float(ref["value"].mean()))
+        coefs += list(ref["coef"])
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    if hi - lo <= 1e-9 * max(1.0, abs(hi)):
+        # Degenerate panel: one value everywhere. Say so rather than let matplotlib
+        # zoom into a ±0.05 band that suggests a spread.
+        pad = max(1.0, 0.1 * abs(hi))
+        ax.set_ylim(max(hi - pad, 0.0) if hi >= 0 else hi - pad, hi + pad)  # gaps, accuracies: not below 0
+        why = " (every method chose λ = 0)" if coefs and all(c == 0 for c in coefs) else ""
+        ax.text(0.5, 0.2, f"all single fine-tunes and merges: {hi:.3g}{why}", transform=ax.transAxes,
+                ha="center", va="center", fontsize="small",
+                bbox=dict(boxstyle="round", facecolor="white", edgecolor="0.7", alpha=0.9))
+    ax.set_xticks(pos, [str(i) for i in stats.index], rotation=60, ha="right", rotation_mode="anchor",
+                  fontsize="small")
+    ax.set_xlim(-0.7, len(stats) - 0.3)
+    ax.set_xlabel("fine-tuning configuration" if x == "pool_config" else x)
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    # Outside on the right: with 27 members the points fill the whole width.
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return ax

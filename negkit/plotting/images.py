@@ -1,0 +1,149 @@
+"""Forget-vector figures: per-class accuracy bars and a grid of perturbations δ (or images)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from negkit.plotting.style import _axes
+
+__all__ = ["per_class_bars", "image_grid"]
+
+
+def per_class_bars(
+    df: pd.DataFrame | pd.Series,
+    ax: Axes | None = None,
+    *,
+    columns: Sequence[str] | None = None,
+    forgotten: Sequence[Any] = (),
+    classnames: Sequence[str] | None = None,
+    ylabel: str = "accuracy (%)",
+) -> Axes:
+    """Per-class accuracy bars, one bar per input variant (e.g. without δ, with δ).
+
+    Args:
+        df: One row per class (the index), one column per variant, values in %: e.g.
+            ``pd.DataFrame({"original": per_class_accuracy(model, test),
+            "with δ": per_class_accuracy(model, test, input_transform=fv)})``.
+            A Series (one variant) is drawn as one bar per class.
+        ax: Axes to draw on.
+        columns: Variants drawn, in this order (default: all columns).
+        forgotten: Classes (index values) being forgotten: shaded, their tick labels bold.
+        classnames: Tick labels, indexed by position in ``df`` (default: the index values).
+        ylabel: Y-axis label.
+
+    Raises:
+        ValueError: If a column of ``columns`` or a class of ``forgotten`` is not in ``df``.
+    """
+    table = df.to_frame() if isinstance(df, pd.Series) else df
+    columns = list(table.columns) if columns is None else list(columns)
+    unknown = [c for c in columns if c not in table.columns]
+    if unknown:
+        raise ValueError(f"columns {unknown} not in df; its columns are {list(table.columns)}")
+    absent = [c for c in forgotten if c not in table.index]
+    if absent:
+        raise ValueError(f"forgotten classes {absent} are not in df's index {list(table.index)}")
+    if classnames is not None and len(classnames) != len(table):
+        raise ValueError(f"got {len(classnames)} classnames for {len(table)} classes")
+    n, k = len(table), len(columns)
+    ax = _axes(ax, (max(4.5, 0.22 * n * max(k, 2) + 2.5), 2.8))
+    pos = np.arange(n)
+    width = 0.8 / max(k, 1)
+    palette = sns.color_palette("colorblind", k)
+    for i, (col, color) in enumerate(zip(columns, palette)):
+        ax.bar(pos + (i - (k - 1) / 2) * width, table[col].to_numpy(dtype=float), width, color=color,
+               label=str(col), zorder=2)
+    shown = [str(c) for c in (classnames if classnames is not None else table.index)]
+    ax.set_xticks(pos, shown)
+    marked = set(forgotten)
+    for j, c in enumerate(table.index):
+        if c in marked:
+            ax.axvspan(j - 0.5, j + 0.5, color="0.9", zorder=0, lw=0)
+            ax.get_xticklabels()[j].set_fontweight("bold")
+    ax.set_xlim(-0.5, n - 0.5)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("class" + (" (shaded: forgotten)" if len(forgotten) else ""))
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return ax
+
+
+def image_grid(
+    images: torch.Tensor | np.ndarray | Sequence[Any],
+    titles: Sequence[str] | None = None,
+    ax: Axes | Sequence[Axes] | None = None,
+    *,
+    fig: Figure | None = None,
+    ncols: int | None = None,
+    shared_scale: bool = True,
+    cmap: str = "RdBu_r",
+    colorbar: bool = True,
+) -> np.ndarray:
+    """Show perturbations δ (or images) in a grid, one panel each.
+
+    1-channel images are drawn symmetric around 0 with a diverging colormap
+    (white = 0, limits ±max|δ|); RGB images are min–max rescaled to [0, 1].
+    With ``shared_scale`` the limits are taken over all images, so panels compare
+    in magnitude; otherwise each panel is scaled on its own.
+
+    Args:
+        images: (N, C, H, W) or (N, H, W) tensor/array, or a list of (C, H, W)/(H, W) items; C is 1 or 3.
+        titles: One title per image.
+        ax: Axes to draw on, one per image (at least N); a new figure when None.
+        fig: Figure to fill with a new grid of subplots (ignored when ``ax`` is given).
+        ncols: Grid columns (default min(N, 8)).
+        shared_scale: One colour scale for all panels.
+        cmap: Diverging colormap of 1-channel images.
+        colorbar: Add a colorbar (1-channel, shared scale only).
+
+    Returns:
+        The array of Axes used (unused grid cells are hidden).
+    """
+    items = [np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
+             for x in images]
+    items = [x[None] if x.ndim == 2 else x for x in items]
+    if not items:
+        raise ValueError("image_grid got no images")
+    if any(x.ndim != 3 or x.shape[0] not in (1, 3) for x in items):
+        raise ValueError(f"images must be (C, H, W) with C in (1, 3); got shapes {[x.shape for x in items]}; "
+                         "select channels first, e.g. images[:, :3]")
+    if titles is not None and len(titles) != len(items):
+        raise ValueError(f"got {len(titles)} titles for {len(items)} images")
+    n = len(items)
+    if ax is not None:
+        axes = np.ravel(np.asarray(ax, dtype=object))
+        if len(axes) < n:
+            raise ValueError(f"got {len(axes)} axes for {n} images")
+    else:
+        ncols = ncols or min(n, 8)
+        nrows = -(-n // ncols)
+        fig = fig or plt.figure(figsize=(1.6 * ncols + (0.6 if colorbar else 0), 1.7 * nrows), layout="constrained")
+        axes = np.ravel(fig.subplots(nrows, ncols, squeeze=False))
+    lim = max(float(np.abs(x).max()) for x in items)
+    lo, hi = min(float(x.min()) for x in items), max(float(x.max()) for x in items)
+    im = None
+    for i, a in enumerate(axes):
+        a.set_xticks([])
+        a.set_yticks([])
+        if i >= n:
+            a.set_visible(False)
+            continue
+        x = items[i]
+        if x.shape[0] == 1:
+            m = (lim if shared_scale else float(np.abs(x).max())) or 1.0
+            im = a.imshow(x[0], cmap=cmap, vmin=-m, vmax=m, interpolation="nearest")
+        else:
+            xmin, xmax = (lo, hi) if shared_scale else (float(x.min()), float(x.max()))
+            a.imshow(np.transpose((x - xmin) / ((xmax - xmin) or 1.0), (1, 2, 0)), interpolation="nearest")
+        if titles is not None:
+            a.set_title(str(titles[i]), fontsize="small")
+    if colorbar and shared_scale and im is not None and all(x.shape[0] == 1 for x in items):
+        axes[0].get_figure().colorbar(im, ax=list(axes[:n]), shrink=0.8, label="δ")
+    return axes
