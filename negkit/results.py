@@ -6,8 +6,8 @@ appends :class:`Record` rows to a :class:`ResultsLog` as runs finish; notebooks,
 plots and widgets read them back as one pandas DataFrame with
 :func:`read_results`. The log is JSON Lines: each record is written with a
 single ``write`` of one whole line and flushed, so an interrupted run loses at
-most the record in flight, and a torn last line is skipped (with a warning)
-when reading.
+most the record in flight: a torn last line is skipped (with a warning)
+when reading, and cut off before the next append.
 """
 from __future__ import annotations
 
@@ -97,8 +97,30 @@ class ResultsLog:
         if not lines:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._drop_torn_tail()
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(lines)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def _drop_torn_tail(self) -> None:
+        """Cut a torn last line (an append interrupted mid-write) before appending after it.
+
+        Appending behind the fragment would glue the next record onto it: that record
+        would be unreadable, and the line no longer last, so the whole log would fail to read.
+        """
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        with open(self.path, "rb+") as fh:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) == b"\n":
+                return
+            fh.seek(0)
+            data = fh.read()
+            keep = data.rfind(b"\n") + 1  # 0 when the fragment is the only line
+            warnings.warn(f"{self.path}: dropping a torn last record ({len(data) - keep} bytes, an interrupted "
+                          "write) before appending", stacklevel=3)
+            fh.truncate(keep)
             fh.flush()
             os.fsync(fh.fileno())
 

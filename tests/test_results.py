@@ -54,3 +54,18 @@ def test_folder_of_logs_concatenates(tmp_path):
 def test_unknown_names_rejected(field, value):
     with pytest.raises(ValueError, match=f"unknown {field}"):
         _rec(**{field: value})
+
+
+def test_append_after_a_torn_last_line_drops_the_torn_record_and_keeps_the_new_ones(tmp_path):
+    # An append cut short leaves a line without "\n". The next append must not glue its first
+    # record onto that fragment (the new record would be lost, and the log unreadable after one more append).
+    log = ResultsLog(tmp_path / "r.jsonl")
+    log.append(_rec())
+    with open(log.path, "a") as fh:
+        fh.write('{"setting": "standard", "mod')
+    with pytest.warns(UserWarning, match="torn"):
+        log.append([_rec(metric="UA", value=10.0), _rec(metric="RA", value=99.0)])
+    log.append(_rec(metric="MIA", value=50.0))
+    df = log.read()
+    assert list(df.metric) == ["TA", "UA", "RA", "MIA"]
+    assert log.path.read_text().endswith("\n") and log.path.read_text().count("\n") == 4
