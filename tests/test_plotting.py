@@ -13,9 +13,10 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.collections import QuadMesh  # noqa: E402
-
 from negkit import plotting  # noqa: E402
 from negkit.analysis import consensus_by_layer_vs_k, consensus_vs_k, pairwise_agreement  # noqa: E402
+from negkit.plotting import consensus, curves, images, style  # noqa: E402
+from negkit.plotting import results as result_plots  # noqa: E402
 from negkit.results import COLUMNS, Record  # noqa: E402
 
 
@@ -40,6 +41,34 @@ def _pool(k=4):
              "visual.transformer.resblocks.1.mlp.c_fc.weight": torch.randn(6, 2, generator=g)} for _ in range(k)]
 
 
+def _results():
+    rows = []
+    for seed in (0, 1):
+        for m, base in (("negmerge", 10), ("ties", 20), ("retrain", 5)):
+            for metric in ("UA", "RA", "TA", "MIA", "avg_gap"):
+                rows.append(dict(method=m, metric=metric, value=base + seed, seed=seed, coef=0.3))
+        for i, cfg in enumerate(("lr1e-5_rs10", "lr1e-5_rs2", "lr3e-5_rs2")):
+            rows.append(dict(method="task_arithmetic", pool_config=cfg, metric="avg_gap", value=i, seed=seed))
+    return _records(rows)
+
+
+def _legend_outside(ax):
+    fig = ax.get_figure()
+    fig.canvas.draw()
+    return ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1
+
+
+def test_package_reexports_every_public_name_of_its_modules():
+    modules = (style, consensus, curves, result_plots, images)
+    for module in modules:
+        for name in module.__all__:
+            assert getattr(plotting, name) is getattr(module, name), f"{module.__name__}.{name}"
+    assert sorted(plotting.__all__) == sorted(n for m in modules for n in m.__all__)
+
+
+# --------------------------------------------------------------------------- style
+
+
 def test_save_figure_writes_png_and_pdf_atomically(tmp_path):
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
@@ -61,6 +90,9 @@ def test_save_figure_leaves_no_temp_files_on_failure(tmp_path, monkeypatch, with
     with pytest.raises(ValueError):
         plotting.save_figure(fig, tmp_path / "b", formats=("png", "nosuchformat"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pdf", "a.png", "b.png"]
+
+
+# --------------------------------------------------------------------------- consensus
 
 
 def test_consensus_heatmap_from_analysis_table():
@@ -100,6 +132,9 @@ def test_consensus_curve_lines_and_bands():
         plotting.consensus_curve(df, groups=["nope"])
 
 
+# --------------------------------------------------------------------------- curves
+
+
 def _sweep():
     rows = []
     for seed in (0, 1):
@@ -125,17 +160,6 @@ def test_coef_curve_draws_curves_threshold_and_choice():
         plotting.coef_curve(_sweep(), "ties")
 
 
-def _results():
-    rows = []
-    for seed in (0, 1):
-        for m, base in (("negmerge", 10), ("ties", 20), ("retrain", 5)):
-            for metric in ("UA", "RA", "TA", "MIA", "avg_gap"):
-                rows.append(dict(method=m, metric=metric, value=base + seed, seed=seed, coef=0.3))
-        for i, cfg in enumerate(("lr1e-5_rs10", "lr1e-5_rs2", "lr3e-5_rs2")):
-            rows.append(dict(method="task_arithmetic", pool_config=cfg, metric="avg_gap", value=i, seed=seed))
-    return _records(rows)
-
-
 def test_sensitivity_points_and_reference_lines():
     ax = plotting.sensitivity(_results(), reference_methods=("negmerge", "mean", "ties"))
     assert [t.get_text() for t in ax.get_xticklabels()] == ["lr1e-5_rs2", "lr1e-5_rs10", "lr3e-5_rs2"]
@@ -154,32 +178,6 @@ def test_sensitivity_points_and_reference_lines():
     bad = pd.concat([_results(), _records([dict(method="negmerge", metric="avg_gap", coef=0.9, value=1)])])
     with pytest.raises(ValueError, match="2 coefficients"):
         plotting.sensitivity(bad)
-
-
-def test_results_bars_and_table():
-    df = _results()
-    ax = plotting.results_bars(df[df.pool_config == ""])
-    bars = [b for c in ax.containers for b in c]  # ax.patches also holds seaborn's legend proxies
-    assert len(ax.containers) == 5 and len(bars) == 3 * 5  # one container per metric, a bar per method
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["Retrain", "TIES", "NegMerge"]
-    heights = sorted(b.get_height() for b in bars)
-    assert heights == [5.5] * 5 + [10.5] * 5 + [20.5] * 5  # mean over the two seeds
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["UA", "RA", "TA", "MIA-efficacy", "Avg. gap ↓"]
-    table = plotting.results_table(df)
-    assert list(table.index) == ["retrain", "task_arithmetic", "ties", "negmerge"]
-    assert list(table.columns) == ["UA", "RA", "TA", "MIA", "avg_gap"]
-    assert table.loc["negmerge", "UA"] == 10.5 and math.isnan(table.loc["task_arithmetic", "UA"])
-    assert table.loc["task_arithmetic", "avg_gap"] == 1.0
-    with pytest.warns(UserWarning, match=r"negmerge / UA has rows for several split values \['test', 'val'\]"):
-        plotting.results_table(pd.concat([df, _records([dict(method="negmerge", metric="UA", split="val")])]))
-    shown = plotting.results_table(df, metrics=("UA",), methods=["negmerge"], show_std=True)
-    assert shown.loc["negmerge", "UA"] == "10.50 ± 0.71"
-
-
-def _legend_outside(ax):
-    fig = ax.get_figure()
-    fig.canvas.draw()
-    return ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1
 
 
 def test_sensitivity_orders_pool_members_by_value_and_keeps_legend_outside():
@@ -212,6 +210,29 @@ def test_sensitivity_degenerate_panel_says_so():
     assert len(ref) == 2 and ref[0].get_linestyle() != ref[1].get_linestyle()  # coinciding lines stay apart
 
 
+# --------------------------------------------------------------------------- results
+
+
+def test_results_bars_and_table():
+    df = _results()
+    ax = plotting.results_bars(df[df.pool_config == ""])
+    bars = [b for c in ax.containers for b in c]  # ax.patches also holds seaborn's legend proxies
+    assert len(ax.containers) == 5 and len(bars) == 3 * 5  # one container per metric, a bar per method
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["Retrain", "TIES", "NegMerge"]
+    heights = sorted(b.get_height() for b in bars)
+    assert heights == [5.5] * 5 + [10.5] * 5 + [20.5] * 5  # mean over the two seeds
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["UA", "RA", "TA", "MIA-efficacy", "Avg. gap ↓"]
+    table = plotting.results_table(df)
+    assert list(table.index) == ["retrain", "task_arithmetic", "ties", "negmerge"]
+    assert list(table.columns) == ["UA", "RA", "TA", "MIA", "avg_gap"]
+    assert table.loc["negmerge", "UA"] == 10.5 and math.isnan(table.loc["task_arithmetic", "UA"])
+    assert table.loc["task_arithmetic", "avg_gap"] == 1.0
+    with pytest.warns(UserWarning, match=r"negmerge / UA has rows for several split values \['test', 'val'\]"):
+        plotting.results_table(pd.concat([df, _records([dict(method="negmerge", metric="UA", split="val")])]))
+    shown = plotting.results_table(df, metrics=("UA",), methods=["negmerge"], show_std=True)
+    assert shown.loc["negmerge", "UA"] == "10.50 ± 0.71"
+
+
 def test_results_table_reads_benchmark_summary():
     from negkit.benchmark import summary
 
@@ -229,6 +250,9 @@ def test_results_table_reads_benchmark_summary():
         plotting.results_table(s)
     with pytest.raises(ValueError, match="lacks column"):
         plotting.results_table(s.drop(columns="value"))
+
+
+# --------------------------------------------------------------------------- images
 
 
 def test_per_class_bars():
