@@ -238,3 +238,34 @@ def test_record_method_and_summary(done_run, tmp_path):
     assert h.n_pool.iloc[0] == 4
     assert h.task_arithmetic_best.iloc[0] <= h.task_arithmetic_median.iloc[0] <= h.task_arithmetic_worst.iloc[0]
     assert np.isfinite(h.negmerge.iloc[0])
+
+
+def test_val_selected_member_survives_duplicate_curve_rows(tmp_path):
+    # A resumed step re-appends the records of an append that was cut short, so the log can hold
+    # exact duplicates; choosing "Task Arithmetic (val)" from it must not trip over them.
+    import dataclasses
+    import types
+
+    from negkit.results import Record
+
+    log = ResultsLog(tmp_path / "r.jsonl")
+    setup = types.SimpleNamespace(scenario="class_3", log=log,
+                                  cfg=types.SimpleNamespace(model="small_resnet", dataset="digits", seed=0),
+                                  retrain_metrics={"UA": 100.0, "RA": 99.0, "TA": 98.0, "MIA": 90.0})
+    base = dict(setting="standard", model="small_resnet", dataset="digits", scenario="class_3",
+                method="task_arithmetic", seed=0)
+    rows = []
+    for name, (val_forget, ua) in {"a": (10.0, 91.0), "b": (20.0, 81.0)}.items():
+        for coef in (0.0, 0.5):
+            rows += [Record(**base, pool_config=name, coef=coef, split="val_forget", metric="acc",
+                            value=val_forget if coef else 99.0),
+                     Record(**base, pool_config=name, coef=coef, split="val_control", metric="acc", value=95.0)]
+        rows += [Record(**base, pool_config=name, coef=0.5, split=s, metric=m, value=v) for s, m, v in
+                 [("forget", "UA", ua), ("retain", "RA", 97.0), ("test", "TA", 96.0), ("forget", "MIA", 80.0),
+                  ("all", "avg_gap", 3.0)]]
+    df = pd.DataFrame([dataclasses.asdict(r) for r in rows])
+    df = pd.concat([df, df.iloc[:4]], ignore_index=True)  # member a's curve written twice
+    pipeline._select_single(df, setup, ["a", "b"])
+    sel = read_results(log.path)
+    assert (sel.pool_config == "").all() and (sel.note == "val-selected pool member a").all()
+    assert sel.set_index("metric").value["UA"] == 91.0 and (sel.coef == 0.5).all()

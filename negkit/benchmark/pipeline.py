@@ -147,6 +147,7 @@ def _negate(setup: Setup, method: str, tau: TaskVector | Mapping[str, torch.Tens
 def _select_single(df: pd.DataFrame, setup: Setup, names: list[str]) -> None:
     """Record "Task Arithmetic (val)": the pool member with the lowest val forget accuracy at its λ."""
     d = df[(df.scenario == setup.scenario) & (df.method == "task_arithmetic") & df.pool_config.isin(names)]
+    d = d.drop_duplicates()  # a step resumed after a cut-short append re-writes its records
     candidates = []
     for name in names:
         rows = d[d.pool_config == name]
