@@ -126,7 +126,7 @@ def run_task_negation(
         results: Log the records are appended to (and read from, to resume).
         methods: Merge rules of :mod:`negkit.merge` applied to the pool.
         single: Also negate every member alone (Task Arithmetic rows, ``pool_config`` = member).
-        merge_options: Per-method keyword options, e.g. ``{"ties": {"k": 0.2}}``.
+        merge_options: Per-method keyword options, e.g. ``{"ties": {"density": 0.2}}``.
         coefs: λ grid (default 0..1 by 0.05).
         threshold: Fraction of zero-shot control (val) accuracy a λ must keep.
         head_cache: Folder of cached zero-shot heads.
