@@ -120,11 +120,12 @@ class ForgetVectorState:
         plotting.image_grid(torch.stack([d.detach().cpu() for d in deltas]), titles=titles,
                             ax=[fig.add_subplot(top[0, i]) for i in range(len(deltas))])
         ax = fig.add_subplot(top[1, :])
-        t = self.per_class_accuracy().set_index("name")
-        t[["acc_without", "acc_with"]].rename(columns={"acc_without": "without δ", "acc_with": "with δ(w)"}) \
-            .plot.bar(ax=ax, width=0.8, color=["0.65", "tab:red"])
-        ax.set_ylabel("accuracy (%)")
-        ax.set_xlabel("class (forgotten: " + ", ".join(self.classnames[c] for c in self.selected) + ")")
-        ax.tick_params(axis="x", rotation=0)
+        t = self.per_class_accuracy().set_index("class")
+        bars = t[["acc_without", "acc_with"]].rename(columns={"acc_without": "without δ", "acc_with": "with δ(w)"})
+        # Only classes with images have a row; a selected class without any has no bar to shade.
+        plotting.per_class_bars(bars, ax=ax, classnames=list(t["name"]),
+                                forgotten=[c for c in self.selected if c in t.index])
+        ax.set_xlabel("class (forgotten, shaded: " + ", ".join(self.classnames[c] for c in self.selected) + ")")
+        # Above the axes rather than right of them: the bars keep the figure's full width.
         ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.01), ncols=2, frameon=False)
         return fig
