@@ -150,3 +150,36 @@ def test_saved_task_vectors_and_streamed_merge_match_in_memory(world, tmp_path):
     streamed = negkit.merge.merge_files(list(files.values()), "negmerge")
     for k in merged:
         torch.testing.assert_close(streamed[k], merged[k], rtol=0, atol=0)
+
+
+def test_paper_table_task_arithmetic_member_chosen_on_validation():
+    # "best" picks the member with the lowest *test* forget accuracy (an oracle); "val" must pick the
+    # member whose selected λ gives the lowest *validation* forget accuracy, as the protocol allows.
+    import dataclasses
+
+    import pandas as pd
+
+    from negkit.results import Record
+
+    base = dict(setting="clip", model="tiny", dataset="mnist", scenario="task", metric="acc", seed=0)
+    rows = [Record(**base, method="negmerge", pool_config="", coef=0.5, split=s, value=v)
+            for s, v in (("test_forget", 30.0), ("test_control", 60.0))]
+    # member: (chosen λ, val forget at λ, val control at λ, test forget, test control)
+    members = {"m0": (0.5, 10.0, 58.0, 25.0, 59.0), "m1": (1.0, 20.0, 58.0, 5.0, 50.0),
+               "m2": (0.5, 10.0, 57.0, 1.0, 40.0)}
+    for name, (lam, vf, vc, tf, tc) in members.items():
+        for coef in (0.0, 0.5, 1.0):
+            rows += [Record(**base, method="task_arithmetic", pool_config=name, coef=coef, split="val_forget",
+                            value=vf if coef == lam else 90.0),
+                     Record(**base, method="task_arithmetic", pool_config=name, coef=coef, split="val_control",
+                            value=vc if coef == lam else 61.0)]
+        rows += [Record(**base, method="task_arithmetic", pool_config=name, coef=lam, split="test_forget", value=tf),
+                 Record(**base, method="task_arithmetic", pool_config=name, coef=lam, split="test_control", value=tc)]
+    df = pd.DataFrame([dataclasses.asdict(r) for r in rows])
+    val = cn.paper_table(df, task_arithmetic="val")
+    assert (val.loc["task_arithmetic", ("mnist", "forget")], val.loc["task_arithmetic", ("mnist", "control")]) == (
+        25.0, 59.0)  # m0: lowest val forget, tie with m2 broken by higher val control
+    assert cn.paper_table(df, task_arithmetic="best").loc["task_arithmetic", ("mnist", "forget")] == 1.0
+    assert cn.paper_table(df).loc["task_arithmetic", ("mnist", "forget")] == pytest.approx(31.0 / 3)
+    with pytest.raises(ValueError, match="'mean', 'val' or 'best'"):
+        cn.paper_table(df, task_arithmetic="oracle")
