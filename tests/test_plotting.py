@@ -290,3 +290,22 @@ def test_image_grid_scales_and_layout():
     assert arr.shape == (4, 4, 3) and arr.min() == 0.0 and arr.max() == 1.0
     with pytest.raises(ValueError, match="C in \\(1, 3\\)"):
         plotting.image_grid(torch.zeros(2, 2, 4, 4))
+
+
+def test_save_figure_is_byte_reproducible(tmp_path):
+    # Re-running make demo must not churn committed figures: same drawing -> same bytes (PDF too).
+    import matplotlib.pyplot as plt
+
+    from negkit.plotting import save_figure
+
+    import time
+
+    outputs = []
+    for run in ("a", "b"):
+        time.sleep(1.1)  # a PDF creation date has one-second resolution: make the two saves differ in time
+        fig, ax = plt.subplots()
+        ax.plot([0, 1], [1, 0])
+        paths = save_figure(fig, tmp_path / run / "fig")
+        plt.close(fig)
+        outputs.append([p.read_bytes() for p in paths])
+    assert outputs[0] == outputs[1]

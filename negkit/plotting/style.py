@@ -102,6 +102,8 @@ def save_figure(
     for fmt in formats:
         path = stem.with_name(f"{stem.name}.{fmt}")  # not with_suffix: stems may contain dots
         with _atomic(path) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
+            # No creation date in PDFs: a re-run that draws the same figure writes the same bytes.
+            metadata = {"CreationDate": None} if fmt == "pdf" else None
+            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", metadata=metadata)
         paths.append(path)
     return paths
