@@ -90,6 +90,9 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     ),
 }
 
+# MNIST and SVHN label digits 0-9 by their value.
+_DIGITS = tuple(str(d) for d in range(10))
+
 #: Class names for datasets whose names are not taken from the data itself, in label order.
 CLASSNAMES: dict[str, tuple[str, ...]] = {
     "eurosat": (
@@ -149,18 +152,7 @@ CLASSNAMES: dict[str, tuple[str, ...]] = {
         "white circle with gray strike bar indicating no passing for cars has ended",
         "white circle with gray strike bar indicating no passing for trucks has ended",
     ),
-    "mnist": (
-        "0",
-        "1",
-        "2",
-        "3",
-        "4",
-        "5",
-        "6",
-        "7",
-        "8",
-        "9",
-    ),
+    "mnist": _DIGITS,
     "resisc45": (
         "airplane",
         "airport",
@@ -208,16 +200,5 @@ CLASSNAMES: dict[str, tuple[str, ...]] = {
         "thermal power station",
         "wetland",
     ),
-    "svhn": (
-        "0",
-        "1",
-        "2",
-        "3",
-        "4",
-        "5",
-        "6",
-        "7",
-        "8",
-        "9",
-    ),
+    "svhn": _DIGITS,
 }
