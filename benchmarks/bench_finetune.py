@@ -20,7 +20,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 
@@ -29,7 +28,7 @@ import torch
 from negkit.clip import model as cm
 from negkit.clip.heads import build_head
 from negkit.data import TensorImageDataset
-from negkit.evaluate import coef_grid
+from negkit.evaluate import coef_grid, resolve_device
 from negkit.train import TrainConfig, train
 
 
@@ -68,7 +67,7 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     torch.manual_seed(0)
     backbone = cm.load_clip(args.model, None, device="cpu")
     head = build_head(backbone, [f"class {i}" for i in range(10)], ["a photo of a {}."], device="cpu")

@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from negkit.config import from_dict
+from negkit.evaluate import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -190,12 +191,6 @@ def _num_classes(model: nn.Module, dataset: Dataset) -> int:
     return int(out.shape[-1])
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
-
-
 def saliency_mask(
     model: nn.Module,
     forget: Dataset,
@@ -225,7 +220,7 @@ def saliency_mask(
         raise ValueError(f"saliency fraction must be in (0, 1], got {fraction}")
     if len(forget) == 0:
         raise ValueError("saliency_mask got an empty forget set")
-    device = _resolve_device(device)
+    device = resolve_device(device)
     model = copy.deepcopy(model).to(device).eval()
     params = dict(model.named_parameters())
     for p in params.values():

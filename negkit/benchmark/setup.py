@@ -34,7 +34,7 @@ from negkit.config import to_dict
 from negkit.data import DatasetBundle, labels_of
 from negkit.data import get as get_dataset
 from negkit.data.splits import ForgetSplit, class_mask, make_forget_split, subset, without_classes
-from negkit.evaluate import evaluate
+from negkit.evaluate import evaluate, resolve_device
 from negkit.metrics import avg_gap, unlearning_metrics
 from negkit.models import get as get_model
 from negkit.results import Record, ResultsLog
@@ -86,10 +86,6 @@ class Setup:
         return self.run_dir / self.scenario
 
 
-def _device(device: str | None) -> str:
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _check_run_dir(cfg: BenchmarkConfig, run_dir: Path) -> None:
     """Refuse to mix artefacts of different configs in one run_dir (method lists may differ)."""
     ignore = {"scenarios", "merge_methods", "baselines"}
@@ -132,7 +128,7 @@ def prepare(cfg: BenchmarkConfig, run_dir: str | Path, scenario: str, *, device:
     Raises:
         ValueError: Unknown dataset/model/scenario, a bad split, or a run_dir of another config.
     """
-    run_dir, device = Path(run_dir), _device(device)
+    run_dir, device = Path(run_dir), str(resolve_device(device))
     spec = parse_scenario(scenario)
     bundle = get_dataset(cfg.dataset, root=cfg.data_root, **cfg.data_options)
     labels = labels_of(bundle.train)

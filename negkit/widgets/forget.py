@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from negkit.evaluate import resolve_device
 from negkit.widgets.live import _as_tensors
 
 __all__ = ["ForgetVectorState"]
@@ -38,7 +39,7 @@ class ForgetVectorState:
         if not vectors:
             raise ValueError("no forget vectors given; pass the class-wise {class: ForgetVector} "
                              "mapping from negkit.forget_vectors.learn_classwise")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.vectors = {int(c): v.to(self.device) for c, v in vectors.items()}
         x, y = _as_tensors(data)

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from negkit.evaluate import coef_grid, resolve_device, select_coef, true_class_confidence
 from negkit.widgets.negation import RunKey, curve_records
 
 __all__ = ["LiveNegation"]
@@ -60,8 +61,6 @@ class LiveNegation:
                  method_options: Mapping[str, Mapping[str, Any]] | None = None, coefs: Sequence[float] | None = None,
                  threshold: float = 0.95, forget_split: str = "val_forget", control_split: str = "val_control",
                  run: RunKey | None = None, device: str | torch.device | None = None, mia: bool = True) -> None:
-        from negkit.evaluate import coef_grid
-
         for name in (forget_split, control_split):
             if name not in splits:
                 raise ValueError(f"splits lack {name!r} (needed for the λ curve); given: {sorted(splits)}")
@@ -72,7 +71,7 @@ class LiveNegation:
 
             for m in methods:
                 merge.get(m)  # unknown rule -> ValueError listing the registry, before anything is computed
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.pretrained = {k: v.detach().to(self.device) for k, v in pretrained.items()}
         self.task_vectors = {n: {k: v.detach().to(self.device) for k, v in tv.items()}
@@ -139,8 +138,6 @@ class LiveNegation:
 
     def chosen_coef(self, run: RunKey, method: str, pool_config: str = "") -> float | None:
         """λ chosen on the curve by :func:`negkit.evaluate.select_coef` (None: none admissible)."""
-        from negkit.evaluate import select_coef
-
         curve = self.curve(run, method, pool_config)
         forget = curve[curve["split"] == self.forget_split].sort_values("coef")["value"].tolist()
         control = curve[curve["split"] == self.control_split].sort_values("coef")["value"].tolist()
@@ -187,7 +184,6 @@ class LiveNegation:
     def evaluate(self, method: str, pool_config: str, coef: float,
                  splits: Sequence[str] | None = None) -> dict[str, float]:
         """Accuracy (%) per split of the negated model at λ=``coef``; with all splits also UA/RA/TA/MIA."""
-        from negkit.evaluate import true_class_confidence
         from negkit.metrics import accuracy, mia_efficacy
 
         coef = round(float(coef), 6)
