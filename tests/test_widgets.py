@@ -5,7 +5,6 @@ import math
 import re
 
 import matplotlib
-import pandas as pd
 import pytest
 import torch
 from torch import nn

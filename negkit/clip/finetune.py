@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torchvision import transforms as T
