@@ -142,9 +142,8 @@ def run_task_negation(
     """
     device = resolve_device(device)
     coefs = [float(c) for c in (coefs if coefs is not None else coef_grid(0.0, 1.0, 0.05))]
-    unknown = [m for m in methods if m not in negkit.merge.list_methods()]
-    if unknown:
-        raise ValueError(f"unknown merge method {unknown[0]!r}; valid methods are {negkit.merge.list_methods()}")
+    for m in methods:
+        negkit.merge.get(m)  # unknown rule -> ValueError listing the registry, before anything is computed
     base = dict(setting="clip", model=backbone.name, dataset=forget.name, scenario="task", seed=seed)
     sets = {"val_forget": forget.val, "val_control": control.val, "test_forget": forget.test,
             "test_control": control.test}
@@ -177,15 +176,16 @@ def run_task_negation(
                               value=zs[split]))
 
     candidates = [(m, "") for m in methods] + ([("task_arithmetic", n) for n in finetuned] if single else [])
-    pre_cpu = backbone.visual_state_dict()
-    pre_cpu = {k: v.cpu() for k, v in pre_cpu.items()}
+    pre_cpu = {k: v.cpu() for k, v in backbone.visual_state_dict().items()}
     summary = []
     for method, member in candidates:
         rows = existing[(existing.dataset == forget.name) & (existing.method == method)
                         & (existing.pool_config == member)]
         done = rows[rows.split == "test_forget"]
         if len(done):
-            summary.append(_summary(method, member, rows, zs))
+            test = {r.split: r for r in rows[rows.split.isin(["test_forget", "test_control"])].itertuples()}
+            summary.append(_summary(method, member, test["test_forget"].coef, test["test_forget"].value,
+                                    test["test_control"].value, zs))
             continue
         if method == "task_arithmetic":
             tau = TaskVector.from_state_dicts(pre_cpu, nkio.load_state_dict(finetuned[member]))
@@ -194,10 +194,7 @@ def run_task_negation(
             opts = dict((merge_options or {}).get(method, {}))
             tau = TaskVector(negkit.merge.merge_files(list(finetuned.values()), method, pretrained=pre_cpu, **opts))
         tau = tau.to(device)
-        accs = {("val_forget", c): v for c, v in zip(rows[rows.split == "val_forget"].coef,
-                                                      rows[rows.split == "val_forget"].value)}
-        accs.update({("val_control", c): v for c, v in zip(rows[rows.split == "val_control"].coef,
-                                                           rows[rows.split == "val_control"].value)})
+        accs = {(r.split, r.coef): r.value for r in rows[rows.split.isin(["val_forget", "val_control"])].itertuples()}
         for c in coefs:
             todo = [s for s in ("val_forget", "val_control") if (s, c) not in accs]
             if todo and c != 0.0:
@@ -223,17 +220,16 @@ def run_task_negation(
         results.append(new)
         if chosen is None:
             log.warning("%s %s%s: %s", forget.name, method, f" ({member})" if member else "", NO_COEF_NOTE)
-        summary.append({"method": method, "pool_config": member, "coef": new[0].coef,
-                        "test_forget": new[0].value, "test_control": new[1].value,
-                        "zeroshot_forget": zs["test_forget"], "zeroshot_control": zs["test_control"]})
+        summary.append(_summary(method, member, new[0].coef, new[0].value, new[1].value, zs))
     return pd.DataFrame(summary)
 
 
-def _summary(method: str, member: str, rows: pd.DataFrame, zs: Mapping[str, float]) -> dict[str, Any]:
-    test = {r.split: r for r in rows[rows.split.isin(["test_forget", "test_control"])].itertuples()}
-    return {"method": method, "pool_config": member, "coef": float(test["test_forget"].coef),
-            "test_forget": float(test["test_forget"].value), "test_control": float(test["test_control"].value),
-            "zeroshot_forget": zs["test_forget"], "zeroshot_control": zs["test_control"]}
+def _summary(method: str, member: str, coef: float, test_forget: float, test_control: float,
+             zs: Mapping[str, float]) -> dict[str, Any]:
+    """One row of :func:`run_task_negation`'s table, for a fresh or a resumed candidate."""
+    return {"method": method, "pool_config": member, "coef": float(coef), "test_forget": float(test_forget),
+            "test_control": float(test_control), "zeroshot_forget": zs["test_forget"],
+            "zeroshot_control": zs["test_control"]}
 
 
 def paper_table(df: pd.DataFrame, *, model: str | None = None, task_arithmetic: str = "mean") -> pd.DataFrame:
