@@ -16,12 +16,12 @@ With ``out_dir`` a run is restartable: each epoch ends with an atomic checkpoint
 (model, optimiser, schedule position, RNG states — safetensors + JSON, no
 pickle), an interrupted run resumes from its last epoch with bitwise the same
 result on CPU, and a finished run (``model.safetensors`` + ``done.json``) is
-loaded instead of retrained.
+loaded instead of retrained. The run folder's files and their format belong to
+:mod:`negkit.checkpoint`.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -38,7 +38,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from negkit import io as nkio
+from negkit import checkpoint
+from negkit.checkpoint import CHECKPOINT
 from negkit.config import from_dict, to_dict
 from negkit.evaluate import resolve_device
 
@@ -47,7 +48,6 @@ __all__ = ["TrainConfig", "TrainResult", "train", "lr_factor"]
 logger = logging.getLogger(__name__)
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, float], Any]
-CHECKPOINT = "checkpoint.safetensors"
 # Fields that change how a run executes but not what it computes; a resumed run may differ in them.
 _RUNTIME_FIELDS = ("num_workers",)
 
@@ -174,85 +174,6 @@ def _default_loss(cfg: TrainConfig) -> LossFn:
     return loss
 
 
-def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    np_state = np.random.get_state()
-    tensors = {"rng.torch": torch.get_rng_state(),
-               "rng.numpy_keys": torch.from_numpy(np_state[1].astype(np.int64))}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = s
-    py = random.getstate()
-    scalars = {"numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
-               "python": [py[0], list(py[1]), py[2]]}
-    return tensors, scalars
-
-
-def _set_rng_state(tensors: Mapping[str, torch.Tensor], scalars: Mapping[str, Any]) -> None:
-    torch.set_rng_state(tensors["rng.torch"].to(torch.uint8))
-    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("rng.cuda.")),
-                                       key=lambda k: int(k.split(".")[-1]))]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.to(torch.uint8) for s in cuda])
-    name, pos, has_gauss, gauss = scalars["numpy"]
-    np.random.set_state((name, tensors["rng.numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, state, gauss_next = scalars["python"]
-    random.setstate((version, tuple(state), gauss_next))
-
-
-def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """One safetensors file: model, optimiser tensors, RNG tensors; scalars as JSON in its metadata."""
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    osd = opt.state_dict()
-    opt_scalars: dict[str, dict[str, Any]] = {}
-    for pid, pstate in osd["state"].items():
-        for k, v in pstate.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"optim.{pid}.{k}"] = v
-            else:
-                opt_scalars.setdefault(str(pid), {})[k] = v
-    rng_tensors, rng_scalars = _rng_state()
-    tensors.update(rng_tensors)
-    meta = {**state, "optim_scalars": opt_scalars, "param_groups": osd["param_groups"], "rng": rng_scalars}
-    nkio.save_state_dict(tensors, path, metadata={"negkit_checkpoint": json.dumps(meta)})
-
-
-def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
-    meta = json.loads(nkio.read_metadata(path)["negkit_checkpoint"])
-    tensors = nkio.load_state_dict(path)
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-    state: dict[int, dict[str, Any]] = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, pid, name = k.split(".", 2)
-            state.setdefault(int(pid), {})[name] = v
-    for pid, scalars in meta["optim_scalars"].items():
-        state.setdefault(int(pid), {}).update(scalars)
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    _set_rng_state({k: v for k, v in tensors.items() if k.startswith("rng.")}, meta["rng"])
-    return meta
-
-
-def _same_config(saved: Mapping[str, Any], cfg: TrainConfig, where: Path) -> None:
-    now = to_dict(cfg)
-    diff = sorted(k for k in set(saved) | set(now) if k not in _RUNTIME_FIELDS and saved.get(k) != now.get(k))
-    if diff:
-        raise ValueError(
-            f"{where} holds a run with a different TrainConfig (differs in {diff}: saved "
-            f"{ {k: saved.get(k) for k in diff} }, now { {k: now.get(k) for k in diff} }); "
-            "use another out_dir or delete that folder to retrain"
-        )
-
-
-def _load_finished(out: Path, model: nn.Module, cfg: TrainConfig, device: torch.device) -> TrainResult:
-    _same_config(nkio.load_json(out / "config.json"), cfg, out)
-    model.load_state_dict(nkio.load_state_dict(out / "model.safetensors"))
-    model.to(device)
-    metrics = nkio.load_json(out / "metrics.json")
-    history = nkio.load_json(out / "history.json") if (out / "history.json").exists() else []
-    logger.info("train: %s is finished; loaded its weights instead of retraining", out)
-    return TrainResult(model=model, metrics=metrics, history=history)
-
-
 def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig | Mapping[str, Any], *,
           device: str | torch.device | None = None, out_dir: str | os.PathLike | None = None,
           loss_fn: LossFn | None = None, param_mask: Mapping[str, torch.Tensor] | None = None,
@@ -288,8 +209,10 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig | Mapping[str, An
     cfg = from_dict(TrainConfig, cfg)
     device = resolve_device(device)
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None and (out / "model.safetensors").exists() and (out / "done.json").exists():
-        return _load_finished(out, model, cfg, device)
+    if out is not None and checkpoint.is_finished(out):
+        metrics, history = checkpoint.load_finished(out, model, to_dict(cfg), ignore=_RUNTIME_FIELDS)
+        logger.info("train: %s is finished; loaded its weights instead of retraining", out)
+        return TrainResult(model=model.to(device), metrics=metrics, history=history)
 
     # Seed every global RNG a dataset transform may draw from (timm's RandAugment uses `random`).
     torch.manual_seed(cfg.seed)
@@ -322,11 +245,10 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig | Mapping[str, An
     start_epoch, step, history, seconds = 0, 0, [], 0.0
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        if (out / CHECKPOINT).exists():
-            saved = json.loads(nkio.read_metadata(out / CHECKPOINT)["negkit_checkpoint"])["config"]
-            _same_config(saved, cfg, out)  # before touching the model
-            meta = _load_checkpoint(out / CHECKPOINT, model, opt)
-            start_epoch, step, history, seconds = meta["epoch"], meta["step"], meta["history"], meta["seconds"]
+        if (out / CHECKPOINT).exists():  # the config is checked before the model is touched
+            state = checkpoint.load_training_state(out / CHECKPOINT, model, opt, config=to_dict(cfg),
+                                                   ignore=_RUNTIME_FIELDS)
+            start_epoch, step, history, seconds = state.epoch, state.step, state.history, state.seconds
             logger.info("train: resuming %s after epoch %d", out, start_epoch)
     kept = {n: params[n].detach().clone() for n in masks}  # exact values of the masked-out elements
 
@@ -379,9 +301,8 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig | Mapping[str, An
             history.append(entry)
             bar.set_postfix(loss=f"{entry['train_loss']:.3f}")
             if out is not None:
-                _save_checkpoint(out / CHECKPOINT, model, opt, {
-                    "epoch": epoch + 1, "step": step, "history": history, "seconds": seconds,
-                    "config": to_dict(cfg)})
+                checkpoint.save_training_state(out / CHECKPOINT, model, opt, checkpoint.TrainingState(
+                    epoch=epoch + 1, step=step, history=history, seconds=seconds, config=to_dict(cfg)))
     finally:
         bar.close()
         for n, p in model.named_parameters():
@@ -390,7 +311,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig | Mapping[str, An
     metrics = {k: v for k, v in history[-1].items() if k != "epoch"}
     metrics.update(epochs=cfg.epochs, steps=step)
     if out is not None:
-        _finish(out, model, cfg, metrics, history)
+        checkpoint.save_finished(out, model, to_dict(cfg), metrics, history)
     return TrainResult(model=model, metrics=metrics, history=history)
 
 
@@ -414,14 +335,3 @@ def _optimizer_step(opt: torch.optim.Optimizer, plist: list[nn.Parameter], param
             p = params[name]
             p.copy_(torch.where(m, p, kept[name]))  # momentum / weight decay must not move them
 
-
-def _finish(out: Path, model: nn.Module, cfg: TrainConfig, metrics: dict[str, Any],
-            history: list[dict[str, Any]]) -> None:
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    nkio.save_state_dict(sd, out / "model.safetensors",
-                         metadata={"format": "negkit.train", "config": json.dumps(to_dict(cfg))})
-    nkio.save_json(to_dict(cfg), out / "config.json")
-    nkio.save_json(metrics, out / "metrics.json")
-    nkio.save_json(history, out / "history.json")
-    nkio.save_json({"done": True, "epochs": cfg.epochs, "steps": metrics["steps"]}, out / "done.json")
-    (out / CHECKPOINT).unlink(missing_ok=True)
