@@ -7,10 +7,8 @@ with :data:`METHOD_LABELS` / :data:`METRIC_LABELS`, and is written to disk with
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,8 @@ import numpy as np
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
+from negkit.io import atomic_write
 
 __all__ = ["set_style", "save_figure", "METHOD_LABELS", "METRIC_LABELS"]
 
@@ -49,24 +49,6 @@ def _axes(ax: Axes | None, figsize: tuple[float, float] = (4.5, 3.2)) -> Axes:
 
 def _label(method: str) -> str:
     return METHOD_LABELS.get(method, method)
-
-
-@contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    try:  # the kit's helper when it is there; the same temp-file + rename otherwise
-        from negkit.io import atomic_write
-    except ImportError:
-        atomic_write = None
-    if atomic_write is not None:
-        with atomic_write(path) as tmp:
-            yield Path(tmp)
-        return
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_figure(
@@ -101,7 +83,7 @@ def save_figure(
     paths = []
     for fmt in formats:
         path = stem.with_name(f"{stem.name}.{fmt}")  # not with_suffix: stems may contain dots
-        with _atomic(path) as tmp:
+        with atomic_write(path) as tmp:
             # No creation date in PDFs: a re-run that draws the same figure writes the same bytes.
             metadata = {"CreationDate": None} if fmt == "pdf" else None
             fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", metadata=metadata)
