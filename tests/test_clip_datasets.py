@@ -142,3 +142,17 @@ def test_hf_source_reads_the_local_cache_offline(tmp_path, monkeypatch):
     assert calls[-1][4] == before and calls[-1][5] is False  # download=True: no offline switch
     with pytest.raises(FileNotFoundError, match="could not load 'missing/id'.*download=True"):
         negkit.data.get("svhn", root=tmp_path, source="hf", hf_id="missing/id")
+
+
+def test_training_images_scanned_once_without_augmentation(digits_root, monkeypatch):
+    calls = []
+    load = cd._load
+    monkeypatch.setattr(cd, "_load", lambda name, source, root, train, *a: calls.append(train) or load(
+        name, source, root, train, *a))
+    b = negkit.data.get("mnist", root=digits_root, source="imagefolder", image_size=32)
+    assert calls == [True, False]  # train folder once (train and val share it), test folder once
+    assert b.train.dataset is b.val.dataset
+    calls.clear()
+    train_tf = cd.randaugment_transform(cd.clip_transform(32), magnitude=1, num_ops=1)
+    b = negkit.data.get("mnist", root=digits_root, source="imagefolder", image_size=32, train_transform=train_tf)
+    assert calls == [True, True, False] and b.train.dataset is not b.val.dataset
