@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from negkit import merge
 from negkit.pool import Pool, Source, open_pool
 
 __all__ = [
@@ -114,7 +115,6 @@ def _resolve_methods(methods: Sequence[str] | Mapping[str, Any]) -> dict[str, Ca
     rules = {}
     for label, rule in items:
         if isinstance(rule, str):
-            from negkit import merge  # lazy: merge depends on taskvec, analysis is importable alone
             rule = merge.get(rule)
         rules[str(label)] = rule
     return rules
