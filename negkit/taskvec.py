@@ -15,6 +15,16 @@ running variance or statistics far outside what the layer ever saw, which breaks
 the negated model. They are therefore excluded by default and the pretrained
 statistics are kept by :meth:`TaskVector.apply_to`; ``include_bn_stats=True``
 keeps them for analyses that want every floating-point tensor.
+
+Other floating-point buffers are constants of the architecture, e.g. the mean and
+std of the :class:`negkit.models.Normalize` input layer. Fine-tuning never moves
+them, so τ holds exact zeros there: harmless for negation, but they inflate
+:meth:`TaskVector.numel` and count as "no sign consensus" in
+:mod:`negkit.analysis`. ``keys=`` restricts τ to chosen entries, and
+:meth:`TaskVector.from_models` with ``params_only=True`` (its default) to the
+model's parameters, the weights that training actually updates::
+
+    tau = TaskVector.from_models(original, finetuned)   # parameters only
 """
 from __future__ import annotations
 
@@ -22,15 +32,19 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator, Union
 
 import torch
+from torch import nn
 
 from negkit import __version__, io
 
-__all__ = ["TaskVector", "BN_STAT_SUFFIXES", "is_bn_stat", "difference"]
+__all__ = ["TaskVector", "BN_STAT_SUFFIXES", "is_bn_stat", "difference", "KeySelection"]
 
 BN_STAT_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+#: Which state-dict entries τ covers: names, a predicate on names, or None (all of them).
+KeySelection = Union[Iterable[str], Callable[[str], bool], None]
 
 
 def is_bn_stat(key: str) -> bool:
@@ -75,6 +89,7 @@ class TaskVector(Mapping):
         finetuned: Mapping[str, torch.Tensor],
         *,
         include_bn_stats: bool = False,
+        keys: KeySelection = None,
     ) -> "TaskVector":
         """τ = θ_ft − θ_pre over the floating-point entries of two state dicts.
 
@@ -83,25 +98,42 @@ class TaskVector(Mapping):
 
         Args:
             pretrained: θ_pre.
-            finetuned: θ_ft, with the same keys and shapes.
+            finetuned: θ_ft, with the same keys and shapes (among the selected ones).
             include_bn_stats: Also subtract ``running_mean``/``running_var``.
+            keys: Restrict τ to these entries: a collection of names (each must be a
+                floating-point entry of both state dicts, and a BatchNorm statistic only
+                with ``include_bn_stats``) or a predicate ``name -> bool`` (applied on
+                top of the rules above). Entries not selected need not match between
+                the two state dicts (e.g. a replaced classification head). τ keeps
+                ``pretrained``'s order. None: every entry.
 
         Raises:
-            KeyError: A key is in one state dict only.
-            ValueError: A tensor has different shapes in the two.
+            KeyError: A selected key is in one state dict only.
+            ValueError: A tensor has different shapes in the two; ``keys`` names an
+                entry that cannot be part of τ.
+            TypeError: ``keys`` is a single string.
         """
-        only_pre = [k for k in pretrained if k not in finetuned]
-        only_ft = [k for k in finetuned if k not in pretrained]
+        select, named = cls._selection(keys, pretrained, finetuned)
+        only_pre = [k for k in pretrained if select(k) and k not in finetuned]
+        only_ft = [k for k in finetuned if select(k) and k not in pretrained]
         if only_pre or only_ft:
             k, where = (only_pre[0], "the pretrained") if only_pre else (only_ft[0], "the fine-tuned")
             raise KeyError(
                 f"key {k!r} is only in {where} state dict ({len(only_pre) + len(only_ft)} unmatched keys); "
-                "drop extra entries (e.g. a new classification head) from both before forming τ"
+                "drop extra entries (e.g. a new classification head) from both before forming τ, "
+                "or leave them out with keys="
             )
         vector = {}
         for key, pre in pretrained.items():
+            if not select(key):
+                continue
             ft = finetuned[key]
             if not pre.is_floating_point() or (is_bn_stat(key) and not include_bn_stats):
+                if named:
+                    why = (f"a {pre.dtype} tensor; task vectors hold floating-point tensors only"
+                           if not pre.is_floating_point() else
+                           "a BatchNorm running statistic; pass include_bn_stats=True to include it")
+                    raise ValueError(f"keys names {key!r}, which is {why}")
                 continue
             if pre.shape != ft.shape:
                 raise ValueError(
@@ -111,6 +143,61 @@ class TaskVector(Mapping):
             vector[key] = difference(pre, ft)
         return cls(vector)
 
+    @staticmethod
+    def _selection(keys: KeySelection, pretrained: Mapping[str, torch.Tensor],
+                   finetuned: Mapping[str, torch.Tensor]) -> tuple[Callable[[str], bool], bool]:
+        """``keys`` as a predicate, and whether it was an explicit list of names (checked here)."""
+        if keys is None:
+            return (lambda k: True), False
+        if callable(keys):
+            return keys, False
+        if isinstance(keys, (str, bytes)):
+            raise TypeError(f"keys={keys!r} is a single string; pass a list of names, e.g. keys=[{keys!r}]")
+        wanted = set(keys)
+        for k in sorted(wanted):
+            for sd, where in ((pretrained, "pretrained"), (finetuned, "fine-tuned")):
+                if k not in sd:
+                    raise KeyError(f"keys names {k!r}, which is not in the {where} state dict; "
+                                   f"its keys start with {list(sd)[:5]}")
+        return wanted.__contains__, True
+
+    @classmethod
+    def from_models(
+        cls,
+        pretrained: nn.Module,
+        finetuned: nn.Module,
+        *,
+        params_only: bool = True,
+        include_bn_stats: bool = False,
+        device: str | torch.device = "cpu",
+    ) -> "TaskVector":
+        """τ = θ_ft − θ_pre between two models of the same architecture.
+
+        Args:
+            pretrained: The model before fine-tuning.
+            finetuned: The fine-tuned model.
+            params_only: τ over ``pretrained.named_parameters()`` only (the weights
+                training moves); buffers, including constant ones such as the
+                Normalize layer's mean/std, are left out (see the module docstring).
+                False: every floating-point state-dict entry, as :meth:`from_state_dicts`.
+            include_bn_stats: With ``params_only=False``, also the BatchNorm statistics.
+            device: Where τ is computed and kept.
+
+        Raises:
+            ValueError: ``params_only`` together with ``include_bn_stats`` (statistics are buffers).
+            KeyError, ValueError: As :meth:`from_state_dicts`.
+        """
+        if params_only and include_bn_stats:
+            raise ValueError("BatchNorm statistics are buffers, not parameters: pass params_only=False "
+                             "together with include_bn_stats=True")
+        # remove_duplicate=False: a tied weight is in τ under every name the state dict uses for it.
+        names = {n for n, _ in pretrained.named_parameters(remove_duplicate=False)} if params_only else None
+
+        def state(model: nn.Module) -> dict[str, torch.Tensor]:
+            return {k: v.detach().to(device) for k, v in model.state_dict().items() if names is None or k in names}
+
+        return cls.from_state_dicts(state(pretrained), state(finetuned), include_bn_stats=include_bn_stats)
+
     @classmethod
     def from_files(
         cls,
@@ -118,12 +205,16 @@ class TaskVector(Mapping):
         finetuned_path: io.PathLike,
         *,
         include_bn_stats: bool = False,
+        keys: KeySelection = None,
         device: str | torch.device = "cpu",
     ) -> "TaskVector":
-        """τ from two checkpoint files (read with :func:`negkit.io.load_state_dict`)."""
+        """τ from two checkpoint files (read with :func:`negkit.io.load_state_dict`).
+
+        ``include_bn_stats`` and ``keys`` are those of :meth:`from_state_dicts`.
+        """
         pre = io.load_state_dict(pretrained_path, device=device)
         ft = io.load_state_dict(finetuned_path, device=device)
-        tv = cls.from_state_dicts(pre, ft, include_bn_stats=include_bn_stats)
+        tv = cls.from_state_dicts(pre, ft, include_bn_stats=include_bn_stats, keys=keys)
         tv.metadata["pretrained_file"] = Path(pretrained_path).name
         tv.metadata["finetuned_file"] = Path(finetuned_path).name
         return tv

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import negkit
+import negkit.models as models
 from negkit import io
 from negkit.taskvec import TaskVector, is_bn_stat
 
@@ -145,3 +146,67 @@ def test_from_files_reads_safetensors_and_legacy(tmp_path, pre_ft):
     tv = TaskVector.from_files(tmp_path / "pre.safetensors", tmp_path / "ft.pt")
     assert _equal(tv, TaskVector.from_state_dicts(pre, ft))
     assert tv.metadata["finetuned_file"] == "ft.pt"
+
+
+def test_keys_restricts_tau_by_names_or_predicate(pre_ft):
+    pre, ft = pre_ft
+    by_name = TaskVector.from_state_dicts(pre, ft, keys=["3.weight", "0.bias"])
+    assert list(by_name) == ["0.bias", "3.weight"]  # pretrained's order
+    assert torch.equal(by_name["3.weight"], ft["3.weight"] - pre["3.weight"])
+    by_pred = TaskVector.from_state_dicts(pre, ft, keys=lambda k: k.startswith("1."))
+    assert list(by_pred) == ["1.weight", "1.bias"]  # the predicate still skips BN statistics
+    both = TaskVector.from_state_dicts(pre, ft, keys=lambda k: k.startswith("1."), include_bn_stats=True)
+    assert list(both) == ["1.weight", "1.bias", "1.running_mean", "1.running_var"]
+    # Unselected entries need not match: a new head is left out instead of dropped by hand.
+    new_head = {**ft, "3.weight": torch.zeros(7, 64), "head.weight": torch.ones(2)}
+    body = TaskVector.from_state_dicts(pre, new_head, keys=lambda k: not k.startswith(("3.", "head.")))
+    assert sorted(body) == ["0.bias", "0.weight", "1.bias", "1.weight"]
+    with pytest.raises(KeyError, match="'head.weight' is only in the fine-tuned.*keys="):
+        TaskVector.from_state_dicts(pre, new_head, keys=lambda k: not k.startswith("3."))
+
+
+def test_keys_named_explicitly_must_exist_and_be_weights(pre_ft):
+    pre, ft = pre_ft
+    with pytest.raises(KeyError, match="'fc.weight', which is not in the pretrained"):
+        TaskVector.from_state_dicts(pre, ft, keys=["0.weight", "fc.weight"])
+    with pytest.raises(KeyError, match="'0.weight', which is not in the fine-tuned"):
+        TaskVector.from_state_dicts(pre, {k: v for k, v in ft.items() if k != "0.weight"}, keys=["0.weight"])
+    with pytest.raises(ValueError, match="'1.running_var', which is a BatchNorm.*include_bn_stats=True"):
+        TaskVector.from_state_dicts(pre, ft, keys=["1.running_var"])
+    assert list(TaskVector.from_state_dicts(pre, ft, keys=["1.running_var"], include_bn_stats=True)) == ["1.running_var"]
+    with pytest.raises(ValueError, match="'1.num_batches_tracked', which is a torch.int64"):
+        TaskVector.from_state_dicts(pre, ft, keys=["1.num_batches_tracked"], include_bn_stats=True)
+    with pytest.raises(TypeError, match=r"single string.*keys=\['0.weight'\]"):
+        TaskVector.from_state_dicts(pre, ft, keys="0.weight")
+
+
+def test_from_models_leaves_constant_buffers_out():
+    """A Normalize layer's mean/std are float buffers that never train: from_state_dicts gives all-zero entries."""
+    torch.manual_seed(0)
+    pre = models.get("small_resnet", 3, in_channels=1, mean=(0.5,), std=(0.25,), widths=(4, 8))
+    ft = models.get("small_resnet", 3, in_channels=1, mean=(0.5,), std=(0.25,), widths=(4, 8))  # other init
+    buffers = {k for k, _ in pre.named_buffers()}
+    constant = [k for k, v in pre.state_dict().items() if k in buffers and v.is_floating_point() and not is_bn_stat(k)]
+    assert constant  # the model does carry constant float buffers ...
+    everything = TaskVector.from_state_dicts(pre.state_dict(), ft.state_dict())
+    assert all(torch.count_nonzero(everything[k]) == 0 for k in constant)  # ... which become zeros in τ
+    tv = TaskVector.from_models(pre, ft)
+    assert list(tv) == [k for k, _ in pre.named_parameters()]
+    assert _equal(tv, {k: everything[k] for k in tv})
+    assert tv.numel() == sum(p.numel() for p in pre.parameters()) < everything.numel()
+    assert all(t.device.type == "cpu" for t in tv.values())
+    assert _equal(TaskVector.from_models(pre, ft, params_only=False), everything)
+    with_bn = TaskVector.from_models(pre, ft, params_only=False, include_bn_stats=True)
+    assert any(is_bn_stat(k) for k in with_bn)
+    with pytest.raises(ValueError, match="params_only=False"):
+        TaskVector.from_models(pre, ft, include_bn_stats=True)
+    with pytest.raises(KeyError, match="only in the pretrained"):  # another architecture
+        TaskVector.from_models(pre, models.get("small_resnet", 3, in_channels=1, widths=(4,)))
+
+
+def test_from_files_accepts_keys(tmp_path, pre_ft):
+    pre, ft = pre_ft
+    io.save_state_dict(pre, tmp_path / "pre.safetensors")
+    io.save_state_dict(ft, tmp_path / "ft.safetensors")
+    tv = TaskVector.from_files(tmp_path / "pre.safetensors", tmp_path / "ft.safetensors", keys=["3.bias"])
+    assert list(tv) == ["3.bias"] and torch.equal(tv["3.bias"], ft["3.bias"] - pre["3.bias"])

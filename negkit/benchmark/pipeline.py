@@ -50,22 +50,20 @@ __all__ = ["pool_task_vectors", "negated_model", "negation_sweep", "negated_metr
 def pool_task_vectors(setup: Setup, *, progress: bool = False) -> dict[str, TaskVector]:
     """Fine-tune θ_o on D_f with every pool config (skipped when done) and return τ_k = θ_k − θ_o.
 
-    τ_k covers the model's parameters (not its buffers).
+    τ_k covers the model's parameters only (:meth:`TaskVector.from_models`, on CPU):
+    BatchNorm running statistics would break the negated model, and constant buffers
+    (the Normalize layer's mean/std) never move and would only add zeros that count as
+    "no sign consensus" in the analysis.
 
     Each τ_k is also saved as ``<scenario>/task_vectors/<name>.safetensors`` (for
     streaming analysis and the explorer widget).
     """
-    # τ covers the model's parameters only: BatchNorm running statistics would break the negated
-    # model, and constant buffers (the Normalize layer's mean/std) never move and would only add
-    # zeros that count as "no sign consensus" in the analysis.
-    keys = [k for k, _ in setup.original.named_parameters()]
-    pre = {k: v.detach().cpu() for k, v in setup.original.state_dict().items() if k in set(keys)}
     out: dict[str, TaskVector] = {}
     members = pool_configs(setup.cfg)
     for name, tc in tqdm(members, desc=f"pool {setup.scenario}", disable=not progress):
         ft = train(copy.deepcopy(setup.original), setup.forget, tc, device=setup.device,
                    out_dir=setup.scenario_dir / "pool" / name, progress=False).model
-        tv = TaskVector.from_state_dicts(pre, {k: v.detach().cpu() for k, v in ft.state_dict().items() if k in pre})
+        tv = TaskVector.from_models(setup.original, ft, params_only=True, device="cpu")
         path = setup.scenario_dir / "task_vectors" / f"{name}.safetensors"
         if not path.exists():
             tv.save(path, metadata={"architecture": setup.cfg.model, "pretrained": "original", "pool_config": name,
