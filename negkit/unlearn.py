@@ -53,7 +53,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from negkit.config import from_dict
+from negkit.data import labels_of
 from negkit.evaluate import resolve_device
+from negkit.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +167,6 @@ class RandomLabels(Dataset):
     def __init__(self, dataset: Dataset, num_classes: int, seed: int = 0) -> None:
         if num_classes < 2:
             raise ValueError(f"random labels need at least 2 classes, got num_classes={num_classes}")
-        from negkit.data import labels_of
-
         self.dataset = dataset
         labels = np.asarray(labels_of(dataset), dtype=np.int64)
         shift = np.random.default_rng(seed).integers(1, num_classes, size=len(labels))
@@ -244,9 +244,7 @@ def saliency_mask(
     return masks
 
 
-def _train_cfg(cfg: UnlearnConfig, epochs: int) -> Any:
-    from negkit.train import TrainConfig
-
+def _train_cfg(cfg: UnlearnConfig, epochs: int) -> TrainConfig:
     return from_dict(TrainConfig, dict(
         epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer="sgd",
         momentum=cfg.momentum, weight_decay=cfg.weight_decay, label_smoothing=0.0,
@@ -260,8 +258,6 @@ def _stage(
     param_mask: Mapping[str, Tensor] | None = None,
 ) -> nn.Module:
     """One call of the kit's training loop; returns the trained model."""
-    from negkit.train import train
-
     if len(dataset) == 0:
         raise ValueError(f"unlearning stage {stage!r} got an empty dataset")
     sub = None if out_dir is None else Path(out_dir) / stage
@@ -269,7 +265,7 @@ def _stage(
         model, dataset, _train_cfg(cfg, epochs), device=device, out_dir=sub,
         loss_fn=loss_fn, param_mask=param_mask, progress=progress,
     )
-    return getattr(result, "model", model)
+    return result.model
 
 
 def _prepare(model: nn.Module, cfg: UnlearnConfig | Mapping[str, Any] | None, method: str
