@@ -94,7 +94,8 @@ def test_reads_a_checkpoint_written_directly_in_the_documented_format(tmp_path):
     opt = _optimizer(src, "sgd")
     _step(src, opt, 0)
     tensors = {f"model.{k}": v.contiguous() for k, v in src.state_dict().items()}
-    tensors.update({f"optim.{pid}.momentum_buffer": s["momentum_buffer"] for pid, s in opt.state_dict()["state"].items()})
+    for pid, s in opt.state_dict()["state"].items():
+        tensors[f"optim.{pid}.momentum_buffer"] = s["momentum_buffer"]
     torch.manual_seed(21)
     np_state, py_state = np.random.get_state(), random.getstate()
     tensors["rng.torch"] = torch.get_rng_state()
