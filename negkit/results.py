@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-__all__ = ["Record", "ResultsLog", "read_results", "COLUMNS", "METRICS", "METHODS"]
+__all__ = ["Record", "ResultsLog", "read_results", "method_rank", "COLUMNS", "METRICS", "METHODS"]
 
 #: Metric names used throughout the kit (``acc`` is a plain accuracy in %, used
 #: for per-coefficient curves such as forget/control accuracy of a λ sweep).
@@ -33,6 +33,15 @@ METHODS = (
     "negmerge", "ft", "ga", "rl", "l1_sparse", "salun", "forget_vector",
     "forget_vector_arithmetic",
 )
+
+
+
+def method_rank(method: str) -> int:
+    """Position of ``method`` in :data:`METHODS` (the kit's display order); unknown names sort last."""
+    try:
+        return METHODS.index(method)
+    except ValueError:
+        return len(METHODS)
 
 
 @dataclasses.dataclass(frozen=True)

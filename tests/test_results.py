@@ -69,3 +69,11 @@ def test_append_after_a_torn_last_line_drops_the_torn_record_and_keeps_the_new_o
     df = log.read()
     assert list(df.metric) == ["TA", "UA", "RA", "MIA"]
     assert log.path.read_text().endswith("\n") and log.path.read_text().count("\n") == 4
+
+
+def test_method_rank_follows_methods_and_puts_unknown_last():
+    from negkit.results import METHODS, method_rank
+
+    assert [method_rank(m) for m in METHODS] == list(range(len(METHODS)))
+    assert method_rank("retrain") < method_rank("negmerge") < method_rank("forget_vector")
+    assert method_rank("not-a-method") == len(METHODS)

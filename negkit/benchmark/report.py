@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from negkit.benchmark.config import UNLEARNING_METRICS
-from negkit.results import METHODS, METRICS, read_results
+from negkit.results import METRICS, method_rank, read_results
 
 __all__ = ["load_results", "summary", "headline"]
 
@@ -15,11 +15,6 @@ def load_results(run_dir: str | Path) -> pd.DataFrame:
     """The run's records (``run_dir/results.jsonl``), exact duplicates dropped."""
     df = read_results(Path(run_dir) / "results.jsonl")
     return df.drop_duplicates(ignore_index=True)
-
-
-def _method_order(methods: pd.Series) -> pd.Series:
-    order = {m: i for i, m in enumerate(METHODS)}
-    return methods.map(lambda m: order.get(m, len(order)))
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
@@ -32,7 +27,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     d = df[(df.pool_config == "") & df.metric.isin(UNLEARNING_METRICS + ("avg_gap",))]
     out = d.groupby(["dataset", "scenario", "method", "metric"], as_index=False, sort=False).value.mean()
     metric_order = {m: i for i, m in enumerate(UNLEARNING_METRICS + ("avg_gap",))}
-    out = out.assign(_m=_method_order(out.method), _k=out.metric.map(metric_order))
+    out = out.assign(_m=out.method.map(method_rank), _k=out.metric.map(metric_order))
     return out.sort_values(["dataset", "scenario", "_m", "_k"]).drop(columns=["_m", "_k"]).reset_index(drop=True)
 
 

@@ -14,7 +14,7 @@ import seaborn as sns
 from matplotlib.axes import Axes
 
 from negkit.plotting.style import _axes, _label
-from negkit.results import METHODS
+from negkit.results import method_rank
 
 __all__ = ["results_bars", "results_table"]
 
@@ -48,8 +48,7 @@ _LEGEND_METRICS = {"MIA": "MIA-efficacy", "avg_gap": "Avg. gap ↓"}
 
 
 def _method_order(methods: Sequence[str]) -> list[str]:
-    rank = {m: i for i, m in enumerate(METHODS)}
-    return sorted(dict.fromkeys(methods), key=lambda m: (rank.get(m, len(rank)), m))
+    return sorted(dict.fromkeys(methods), key=lambda m: (method_rank(m), m))
 
 
 def results_bars(
