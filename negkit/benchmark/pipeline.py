@@ -35,9 +35,10 @@ from negkit import merge, unlearn
 from negkit.benchmark.config import (EDGE, NO_COEF, SETTING, UNLEARNING_METRICS, BenchmarkConfig,
                                      pool_configs)
 from negkit.benchmark.report import load_results
-from negkit.benchmark.setup import Setup, _done_steps, _metrics, prepare, record_method
+from negkit.benchmark.setup import Setup, _done_steps, prepare, record_method
 from negkit.config import to_dict
 from negkit.evaluate import select_coef, sweep_coefs
+from negkit.metrics import unlearning_metrics
 from negkit.results import COLUMNS, Record
 from negkit.taskvec import TaskVector
 from negkit.train import train
@@ -119,7 +120,8 @@ def negation_sweep(setup: Setup, tau: TaskVector | Mapping[str, torch.Tensor], *
 
 def negated_metrics(setup: Setup, tau: TaskVector | Mapping[str, torch.Tensor], coef: float) -> dict[str, float]:
     """UA, RA, TA, MIA of θ_o − λτ on the scenario's forget, retain and test sets."""
-    return _metrics(negated_model(setup, tau, coef), setup.forget, setup.retain, setup.test, setup.device)
+    return unlearning_metrics(negated_model(setup, tau, coef), setup.forget, setup.retain, setup.test,
+                              device=setup.device)
 
 
 def _negate(setup: Setup, method: str, tau: TaskVector | Mapping[str, torch.Tensor], *,
@@ -186,7 +188,8 @@ def _baseline(setup: Setup, method: str) -> None:
     cfg = unlearn.default_config(method, **setup.cfg.baseline_configs.get(method, {}))
     model = unlearn.get(method)(setup.original, setup.forget, setup.retain, cfg, device=setup.device,
                                 out_dir=setup.scenario_dir / "baselines" / method, progress=False)
-    record_method(setup.log, setup, method, _metrics(model, setup.forget, setup.retain, setup.test, setup.device))
+    record_method(setup.log, setup, method,
+                  unlearning_metrics(model, setup.forget, setup.retain, setup.test, device=setup.device))
 
 
 def _run_scenario(setup: Setup, *, progress: bool) -> None:

@@ -107,10 +107,6 @@ def _new_model(cfg: BenchmarkConfig, bundle: DatasetBundle) -> nn.Module:
                      mean=bundle.mean, std=bundle.std, **cfg.model_options)
 
 
-def _metrics(model: nn.Module, forget: Dataset, retain: Dataset, test: Dataset, device: str) -> dict[str, float]:
-    return {k: float(v) for k, v in unlearning_metrics(model, forget, retain, test, device=device).items()}
-
-
 def prepare(cfg: BenchmarkConfig, run_dir: str | Path, scenario: str, *, device: str | None = None,
             progress: bool = False) -> Setup:
     """Data, split, Original and Retrain of one scenario (trained once, reused on rerun).
@@ -161,8 +157,8 @@ def prepare(cfg: BenchmarkConfig, run_dir: str | Path, scenario: str, *, device:
         cfg=cfg, run_dir=run_dir, scenario=split.name, device=device, bundle=bundle, split=split,
         forget=forget, retain=retain, test=test, val=bundle.val, val_forget=val_forget,
         val_control=val_control, original=original, retrain=retrain,
-        original_metrics=_metrics(original, forget, retain, test, device),
-        retrain_metrics=_metrics(retrain, forget, retain, test, device),
+        original_metrics=unlearning_metrics(original, forget, retain, test, device=device),
+        retrain_metrics=unlearning_metrics(retrain, forget, retain, test, device=device),
         control_reference=float(evaluate(original, val_control, device=device,
                                           batch_size=cfg.eval_batch_size)["acc"]),
     )

@@ -102,9 +102,8 @@ def run_benchmark(setup: Any, cfg: ForgetVectorConfig | Mapping[str, Any] | None
         learn = lambda: learn_arithmetic(setup.original, vectors, setup.forget, setup.retain, cfg,  # noqa: E731
                                          device=device, progress=progress, meta=meta)
     fv = _cached(Path(setup.scenario_dir) / "forget_vectors" / f"{method}.safetensors", cfg, learn, vectors)
-    metrics = {k: float(v) for k, v in unlearning_metrics(
-        setup.original, setup.forget, setup.retain, setup.test, device=device, input_transform=fv,
-        seed=setup.cfg.seed).items()}
+    metrics = unlearning_metrics(setup.original, setup.forget, setup.retain, setup.test, device=device,
+                                 input_transform=fv, seed=setup.cfg.seed)
     if not setup.log.has(scenario=setup.scenario, method=method, metric="avg_gap"):
         from negkit.benchmark import record_method  # benchmark imports the whole pipeline; load it lazily
 
