@@ -14,7 +14,10 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from negkit import merge
 from negkit.evaluate import coef_grid, resolve_device, select_coef, true_class_confidence
+from negkit.metrics import accuracy, mia_efficacy
+from negkit.taskvec import TaskVector
 from negkit.widgets.negation import RunKey, curve_records
 
 __all__ = ["LiveNegation"]
@@ -169,23 +172,22 @@ class LiveNegation:
                 if method not in self.merge_methods:
                     raise ValueError(f"method {method!r} is not offered; available: "
                                      f"{['task_arithmetic', *self.merge_methods]}")
-                from negkit import merge
-
                 rule = merge.get(method)
                 self._vectors[key] = rule(list(self.task_vectors.values()), **self.method_options.get(method, {}))
         return self._vectors[key]
 
     def state_dict(self, method: str, pool_config: str, coef: float) -> dict[str, Tensor]:
-        """θ_pre − λ·τ; keys τ lacks (e.g. BatchNorm statistics) are kept from θ_pre."""
-        tau = self.vector(method, pool_config)
-        return {k: (v - coef * tau[k].to(v.dtype)) if k in tau else v for k, v in self.pretrained.items()}
+        """θ_pre − λ·τ; keys τ lacks (e.g. BatchNorm statistics) are kept from θ_pre.
+
+        Built by :meth:`TaskVector.apply_to`, the same arithmetic the benchmark records,
+        so live and recorded curves agree exactly.
+        """
+        return TaskVector(self.vector(method, pool_config)).apply_to(self.pretrained, -coef)
 
     @torch.inference_mode()
     def evaluate(self, method: str, pool_config: str, coef: float,
                  splits: Sequence[str] | None = None) -> dict[str, float]:
         """Accuracy (%) per split of the negated model at λ=``coef``; with all splits also UA/RA/TA/MIA."""
-        from negkit.metrics import accuracy, mia_efficacy
-
         coef = round(float(coef), 6)
         key = (method, pool_config, coef)
         want = list(splits or self.splits)
