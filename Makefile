@@ -21,7 +21,7 @@ DEMO_NOTEBOOKS := 01_quickstart 02_sensitivity 03_sign_agreement 04_forget_vecto
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,browser]'
+	$(PY) -m pip install --quiet -e '.[test,browser,ray]'
 	@touch $(STAMP)
 
 install: $(STAMP)

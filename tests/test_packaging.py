@@ -10,7 +10,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 # conda-forge names that differ from the PyPI names.
-CONDA_NAME = {"torch": "pytorch"}
+CONDA_NAME = {"torch": "pytorch", "ray": "ray-core"}
 
 
 def _name_and_spec(req: str) -> tuple[str, str]:
@@ -22,7 +22,8 @@ def _name_and_spec(req: str) -> tuple[str, str]:
 
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pip_reqs = project["dependencies"] + project["optional-dependencies"]["test"]
+    extras = project["optional-dependencies"]
+    pip_reqs = project["dependencies"] + extras["test"] + extras["ray"]
     want = dict(_name_and_spec(r) for r in pip_reqs)
 
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
