@@ -43,33 +43,51 @@ def _as_column(x: torch.Tensor | np.ndarray | Sequence[float], what: str) -> np.
     return arr
 
 
+def _balanced(retain: np.ndarray, test: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Members and non-members of equal count for the attacker's training set.
+
+    With at least as many retain as test samples this is SalUn's choice, the first
+    ``len(test)`` retain samples (``Subset(retain, range(len(test)))`` in its
+    ``main_forget.py``). With fewer retain samples (a large forget set, or a small
+    training set against a full test set) SalUn's code fails; here a seeded uniform
+    subsample of ``len(retain)`` test samples, drawn without replacement and kept in
+    order, takes their place.
+    """
+    n_r, n_t = retain.shape[0], test.shape[0]
+    if n_r >= n_t:
+        return retain[:n_t], test
+    keep = np.sort(np.random.default_rng(seed).choice(n_t, size=n_r, replace=False))
+    return retain, test[keep]
+
+
 def mia_efficacy(retain_conf: torch.Tensor | np.ndarray, test_conf: torch.Tensor | np.ndarray,
                  forget_conf: torch.Tensor | np.ndarray, *, seed: int = 0) -> float:
     """MIA-efficacy (%) of SalUn's confidence-based SVC attack.
 
-    The attacker is ``SVC(C=3, kernel="rbf", gamma="auto")`` fitted on the
-    true-class confidences of the first ``len(test_conf)`` retain samples (members,
-    label 1) and of the test samples (non-members, label 0). The efficacy is the
-    percentage of forget samples it predicts to be non-members.
+    The attacker is ``SVC(C=3, kernel="rbf", gamma="auto")`` fitted on an equal number
+    of member (retain, label 1) and non-member (test, label 0) true-class confidences.
+    The efficacy is the percentage of forget samples it predicts to be non-members.
+
+    The two sides are balanced to ``n = min(N_r, N_test)``: if ``N_r >= N_test`` the
+    members are the first ``N_test`` retain samples, exactly as in SalUn's code; if
+    ``N_r < N_test`` all retain samples are used and the non-members are a uniform
+    subsample of ``N_r`` test samples drawn with ``numpy.random.default_rng(seed)``
+    (SalUn's code has no such case).
 
     Args:
-        retain_conf: True-class confidences on D_r, shape (N_r,), ``N_r >= N_test``.
+        retain_conf: True-class confidences on D_r, shape (N_r,).
         test_conf: True-class confidences on the test set, shape (N_test,).
         forget_conf: True-class confidences on D_f, shape (N_f,).
-        seed: ``random_state`` of the SVC.
+        seed: ``random_state`` of the SVC and seed of the test subsample.
 
     Raises:
-        ValueError: An empty input, or fewer retain than test samples.
+        ValueError: An empty input.
     """
     retain, test, forget = (_as_column(retain_conf, "retain"), _as_column(test_conf, "test"),
                             _as_column(forget_conf, "forget"))
-    if retain.shape[0] < test.shape[0]:
-        raise ValueError(
-            f"mia_efficacy needs at least as many retain samples as test samples to balance the attack's "
-            f"training set; got {retain.shape[0]} retain and {test.shape[0]} test. Pass a smaller test set."
-        )
-    x = np.concatenate([retain[: test.shape[0]], test])
-    y = np.concatenate([np.ones(test.shape[0]), np.zeros(test.shape[0])])
+    members, non_members = _balanced(retain, test, seed)
+    x = np.concatenate([members, non_members])
+    y = np.concatenate([np.ones(members.shape[0]), np.zeros(non_members.shape[0])])
     clf = SVC(C=3, kernel="rbf", gamma="auto", random_state=seed).fit(x, y)
     return 100.0 * float((clf.predict(forget) == 0).mean())
 

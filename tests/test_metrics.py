@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from negkit.data import TensorImageDataset
-from negkit.metrics import accuracy, avg_gap, mia_efficacy, unlearning_metrics
+from negkit.metrics import _balanced, accuracy, avg_gap, mia_efficacy, unlearning_metrics
 
 
 def test_accuracy_in_percent():
@@ -36,11 +36,34 @@ def test_mia_uses_only_as_many_retain_samples_as_test_samples():
     assert mia_efficacy(retain, test, np.full(5, 0.99)) == 0.0
 
 
-def test_mia_rejects_empty_inputs_and_too_few_retain_samples():
+def test_mia_rejects_empty_inputs():
     with pytest.raises(ValueError, match="forget confidences are empty"):
         mia_efficacy([0.9, 0.8], [0.1], [])
-    with pytest.raises(ValueError, match="at least as many retain"):
-        mia_efficacy([0.9], [0.1, 0.2], [0.5])
+    with pytest.raises(ValueError, match="retain confidences are empty"):
+        mia_efficacy([], [0.1, 0.2], [0.5])
+
+
+def test_mia_with_fewer_retain_than_test_samples_subsamples_the_test_side():
+    # 10 members against 1000 non-members: without balancing, the SVC would call everything
+    # a non-member. With a balanced subsample of 10 test points it separates the two groups.
+    rng = np.random.default_rng(1)
+    members = rng.uniform(0.95, 1.0, 10)
+    non_members = rng.uniform(0.1, 0.4, 1000)
+    assert mia_efficacy(members, non_members, rng.uniform(0.96, 1.0, 20)) == 0.0
+    assert mia_efficacy(members, non_members, rng.uniform(0.15, 0.35, 20)) == 100.0
+    # The subsample is the documented default_rng(seed) draw, kept in order.
+    retain = np.full(4, 0.98)
+    forget = np.array([0.2, 0.99])
+    test = np.arange(12.0) / 12
+    for seed in range(3):
+        keep = np.sort(np.random.default_rng(seed).choice(12, size=4, replace=False))
+        members, non_members = _balanced(retain[:, None], test[:, None], seed)
+        np.testing.assert_array_equal(members[:, 0], retain)
+        np.testing.assert_array_equal(non_members[:, 0], test[keep])
+        assert mia_efficacy(retain, test, forget, seed=seed) == mia_efficacy(retain, test[keep], forget, seed=seed)
+    # With more retain samples the members are the first len(test) of them (SalUn's Subset).
+    members, non_members = _balanced(np.arange(5.0)[:, None], np.zeros((3, 1)), 0)
+    np.testing.assert_array_equal(members[:, 0], [0.0, 1.0, 2.0])
 
 
 def test_avg_gap_is_mean_absolute_difference():
