@@ -7,8 +7,9 @@ pixels in [0, 1], shape (C, H, W), and ``label`` an ``int``. Normalisation is
 them in its first layer (:class:`negkit.models.Normalize`), so that forget
 vectors act on raw pixels (docs/architecture.md).
 
-Built in: ``digits`` (sklearn, offline, :mod:`negkit.data.digits`) and
-``cifar10`` / ``cifar100`` (torchvision's on-disk format, :mod:`negkit.data.cifar`).
+Built in: ``digits`` (sklearn, offline, :mod:`negkit.data.digits`),
+``cifar10`` / ``cifar100`` (torchvision's on-disk format, :mod:`negkit.data.cifar`) and
+``fashion_mnist`` / ``mnist`` / ``kmnist`` (official IDX files, :mod:`negkit.data.mnist`).
 """
 from __future__ import annotations
 
@@ -178,4 +179,4 @@ def labels_of(dataset: Dataset) -> np.ndarray:
 
 
 # Built-in datasets register themselves on import.
-from negkit.data import cifar, digits  # noqa: E402,F401
+from negkit.data import cifar, digits, mnist  # noqa: E402,F401
