@@ -195,3 +195,84 @@ def test_clip_tasks_are_registered_without_importing_negkit_clip_first():
     import negkit.data as data
 
     assert {"cars", "dtd", "eurosat", "gtsrb", "mnist", "resisc45", "sun397", "svhn", "imagenet"} <= set(data.list_datasets())
+
+
+# --- MNIST-format IDX datasets (fashion_mnist, mnist, kmnist) ---------------------------------
+
+def _write_idx(path, array: np.ndarray, gz: bool) -> None:
+    import gzip
+    code = {np.dtype(np.uint8): 0x08}[array.dtype]
+    head = bytes([0, 0, code, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    opener = gzip.open if gz else open
+    with opener(str(path) + (".gz" if gz else ""), "wb") as fh:
+        fh.write(head + array.tobytes())
+
+
+def _fake_idx(folder, n_train=60, n_test=20, gz=True):
+    """Tiny IDX files: image i is filled with the value i % 256, label i % 10."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        imgs = np.stack([np.full((28, 28), i % 256, np.uint8) for i in range(n)])
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte", imgs, gz)
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels, gz)
+
+
+def test_read_idx_reads_header_and_values_and_refuses_a_truncated_file(tmp_path):
+    from negkit.data.mnist import read_idx
+    arr = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    _write_idx(tmp_path / "a", arr, gz=False)
+    _write_idx(tmp_path / "b", arr, gz=True)
+    assert np.array_equal(read_idx(tmp_path / "a"), arr) and np.array_equal(read_idx(tmp_path / "b.gz"), arr)
+    (tmp_path / "c").write_bytes((tmp_path / "a").read_bytes()[:-1])
+    with pytest.raises(ValueError, match="truncated"):
+        read_idx(tmp_path / "c")
+    (tmp_path / "d").write_bytes(b"\x1f\x8b\x08\x00rest")
+    with pytest.raises(ValueError, match="not an IDX file"):
+        read_idx(tmp_path / "d")
+
+
+@pytest.mark.parametrize("layout,gz", [("torchvision", True), ("flat", False)])
+def test_fashion_mnist_reads_both_layouts_and_splits_stratified(tmp_path, layout, gz):
+    folder = tmp_path / "FashionMNIST" / "raw" if layout == "torchvision" else tmp_path
+    _fake_idx(folder, gz=gz)
+    b = data.get("fashion_mnist", root=tmp_path, val_size=10)
+    assert (len(b.train), len(b.val), len(b.test)) == (50, 10, 20) and b.input_shape == (1, 28, 28)
+    assert b.classnames[0] == "T-shirt/top" and b.num_classes == 10
+    assert np.bincount(labels_of(b.val), minlength=10).tolist() == [1] * 10  # stratified
+    # Train and val partition the official training set: the pixel value identifies the image.
+    ids = [int(round(float(ds[i][0][0, 0, 0]) * 255)) for ds in (b.train, b.val) for i in range(len(ds))]
+    assert sorted(ids) == list(range(60))
+    img, label = b.test[13]
+    assert label == 3 and torch.allclose(img, torch.full((1, 28, 28), 13 / 255))
+    again = data.get("fashion_mnist", root=tmp_path, val_size=10)
+    assert torch.equal(again.val.tensors[0], b.val.tensors[0])  # seeded
+    other = data.get("fashion_mnist", root=tmp_path, val_size=10, seed=1)
+    assert not torch.equal(other.val.tensors[0], b.val.tensors[0])
+
+
+def test_fashion_mnist_options_subset_resize_channels(tmp_path):
+    _fake_idx(tmp_path / "FashionMNIST" / "raw")
+    b = data.get("fashion_mnist", root=tmp_path, val_size=10, train_size=20, size=14, channels=3)
+    assert len(b.train) == 20 and b.input_shape == (3, 14, 14) and b.meta["sizes"]["train"] == 20
+    assert np.bincount(labels_of(b.train), minlength=10).tolist() == [2] * 10
+    assert torch.allclose(b.test[7][0], torch.full((3, 14, 14), 7 / 255))  # resizing a flat image keeps it
+    with pytest.raises(ValueError, match="train_size"):
+        data.get("fashion_mnist", root=tmp_path, val_size=10, train_size=51)
+    with pytest.raises(ValueError, match="val_size"):
+        data.get("fashion_mnist", root=tmp_path, val_size=60)
+
+
+def test_mnist_format_datasets_explain_missing_files(tmp_path):
+    from negkit.data.mnist import idx_bundle
+    with pytest.raises(FileNotFoundError, match=r"apt-get install dataset-fashion-mnist.*FashionMNIST\(root="):
+        data.get("fashion_mnist", root=tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"torchvision.datasets.KMNIST"):
+        data.get("kmnist", root=tmp_path)
+    with pytest.raises(FileNotFoundError, match="pass root="):
+        data.get("kmnist")
+    _fake_idx(tmp_path / "MNIST" / "raw", gz=False)
+    assert len(idx_bundle("mnist", root=tmp_path, val_size=10).test) == 20
+    with pytest.raises(ValueError, match="valid names"):
+        idx_bundle("emnist", root=tmp_path)
+    assert {"fashion_mnist", "kmnist"} <= set(data.list_datasets())
