@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from negkit import checkpoint
 from negkit.checkpoint import CHECKPOINT
-from negkit.config import from_dict, to_dict
+from negkit.config import check, from_dict, to_dict
 from negkit.evaluate import resolve_device
 
 __all__ = ["TrainConfig", "TrainResult", "train", "lr_factor"]
@@ -96,7 +96,12 @@ class TrainConfig:
     fused: bool = False
     compile: bool = False
 
+    RANGES = {"epochs": ">= 1", "batch_size": ">= 1", "grad_accum": ">= 1", "lr": ">= 0",
+              "momentum": "[0, 1)", "weight_decay": ">= 0", "label_smoothing": "[0, 1)", "warmup_steps": ">= 0",
+              "grad_clip": "> 0", "seed": ">= 0", "num_workers": ">= 0"}
+
     def __post_init__(self) -> None:
+        check(self)  # types and RANGES (negkit.config), before the checks below
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; valid optimizers are ['sgd', 'adamw']")
         if self.schedule not in ("cosine", "constant"):

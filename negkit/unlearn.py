@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from negkit.config import from_dict
+from negkit.config import check, from_dict
 from negkit.data import labels_of
 from negkit.evaluate import resolve_device
 from negkit.train import TrainConfig, train
@@ -97,7 +97,12 @@ class UnlearnConfig:
     grad_clip: float | None = None
     seed: int = 0
 
+    RANGES = {"epochs": ">= 1", "lr": ">= 0", "batch_size": ">= 1", "momentum": "[0, 1)", "weight_decay": ">= 0",
+              "l1_gamma": ">= 0", "saliency_fraction": "(0, 1]", "retain_epochs": ">= 0", "grad_clip": "> 0",
+              "seed": ">= 0"}
+
     def __post_init__(self) -> None:
+        check(self)  # types and RANGES (negkit.config)
         if self.epochs < 1:
             raise ValueError(f"UnlearnConfig.epochs must be >= 1, got {self.epochs}")
         if not 0.0 < self.saliency_fraction <= 1.0:

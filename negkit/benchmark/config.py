@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from negkit import merge, unlearn
-from negkit.config import from_dict, to_dict
+from negkit.config import check, check_options, from_dict, to_dict
 from negkit.evaluate import coef_grid
 from negkit.train import TrainConfig
 
@@ -50,6 +50,12 @@ class PoolSpec:
     batch_size: int = 32
     momentum: float = 0.9
     schedule: str = "cosine"
+
+    RANGES = {"epochs": ">= 1", "weight_decays": ">= 0", "label_smoothings": "[0, 1)", "lr": ">= 0",
+              "batch_size": ">= 1", "momentum": "[0, 1)"}
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,11 +102,16 @@ class BenchmarkConfig:
     eval_batch_size: int = 512
     smoke: bool = False
 
+    RANGES = {"seed": ">= 0", "threshold": "(0, 1]", "eval_batch_size": ">= 1"}
+
     def __post_init__(self) -> None:
+        check(self)  # types and RANGES (negkit.config) first: scenarios='class_3' is a str, not a tuple
         for name in self.scenarios:
             parse_scenario(name)
         for m in self.merge_methods:
             merge.get(m)
+        for m, opts in self.merge_options.items():
+            check_options(merge.get(m), opts, f"merge_options[{m!r}]")
         for m in self.baselines:
             unlearn.get(m)
         for m, over in self.baseline_configs.items():

@@ -29,7 +29,7 @@ from negkit import io as nkio
 from negkit.clip.datasets import randaugment_transform
 from negkit.clip.heads import get_head
 from negkit.clip.model import ClipBackbone, ImageClassifier
-from negkit.config import from_dict, to_dict
+from negkit.config import check, from_dict, to_dict
 from negkit.train import TrainConfig, train
 
 __all__ = ["PoolConfig", "EPOCHS", "EPOCHS_RANDAUG", "paper_pool", "smoke_pool", "resolve_pool", "finetune",
@@ -85,7 +85,12 @@ class PoolConfig:
     fused: bool = True
     compile: bool = False
 
+    RANGES = {"epochs": ">= 1", "lr": ">= 0", "weight_decay": ">= 0", "label_smoothing": "[0, 1)",
+              "batch_size": ">= 1", "grad_accum": ">= 1", "warmup_steps": ">= 0", "grad_clip": "> 0",
+              "rand_m": ">= 0", "rand_n": ">= 1", "rand_mstd": ">= 0", "seed": ">= 0"}
+
     def __post_init__(self) -> None:
+        check(self)  # types and RANGES (negkit.config)
         if (self.rand_m is None) != (self.rand_n is None):
             raise ValueError(f"PoolConfig {self.name!r}: set both rand_m and rand_n, or neither (no RandAugment)")
         if self.batch_size % self.grad_accum:

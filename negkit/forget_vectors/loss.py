@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from negkit.config import check
 from negkit.forget_vectors.vector import BOUNDS
 
 __all__ = ["INITS", "ForgetVectorConfig", "margin_loss", "forget_vector_loss"]
@@ -73,7 +74,12 @@ class ForgetVectorConfig:
     init: str = "zeros"
     seed: int = 0
 
+    RANGES = {"alpha": ">= 0", "beta": ">= 0", "tau": ">= 0", "lam": ">= 0", "lr": ">= 0", "momentum": "[0, 1)",
+              "weight_decay": ">= 0", "gamma": "(0, 1]", "epochs": ">= 1", "steps_per_epoch": ">= 1",
+              "forget_batch_size": ">= 1", "retain_batch_size": ">= 1", "eps": ">= 0", "seed": ">= 0"}
+
     def __post_init__(self) -> None:
+        check(self)  # types and RANGES (negkit.config)
         if self.bound not in BOUNDS:
             raise ValueError(f"unknown bound {self.bound!r}; valid bounds are {list(BOUNDS)}")
         if self.bound != "none" and not self.eps > 0:
