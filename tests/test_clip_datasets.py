@@ -68,7 +68,7 @@ def test_missing_data_errors_say_what_to_fetch(tmp_path):
         negkit.data.get("dtd", root=tmp_path, source="imagefolder")
     with pytest.raises(FileNotFoundError, match="no root given"):
         negkit.data.get("svhn")
-    with pytest.raises(ValueError, match="resisc45 has no torchvision dataset class.*imagefolder"):
+    with pytest.raises(FileNotFoundError, match=r"resisc45-train.txt does not exist.*NWPU-RESISC45"):
         negkit.data.get("resisc45", root=tmp_path)
     with pytest.raises(ValueError, match="unknown source 'web'.*torchvision"):
         negkit.data.get("mnist", root=tmp_path, source="web")
@@ -150,9 +150,83 @@ def test_training_images_scanned_once_without_augmentation(digits_root, monkeypa
     monkeypatch.setattr(cd, "_load", lambda name, source, root, train, *a: calls.append(train) or load(
         name, source, root, train, *a))
     b = negkit.data.get("mnist", root=digits_root, source="imagefolder", image_size=32)
-    assert calls == [True, False]  # train folder once (train and val share it), test folder once
+    assert calls == ["train", "test"]  # train folder once (train and val share it), test folder once
     assert b.train.dataset is b.val.dataset
     calls.clear()
     train_tf = cd.randaugment_transform(cd.clip_transform(32), magnitude=1, num_ops=1)
     b = negkit.data.get("mnist", root=digits_root, source="imagefolder", image_size=32, train_transform=train_tf)
-    assert calls == [True, True, False] and b.train.dataset is not b.val.dataset
+    assert calls == ["train", "train", "test"] and b.train.dataset is not b.val.dataset
+
+
+def test_reference_val_split_is_task_vectors_random_split():
+    from torch.utils.data import random_split
+
+    from negkit.data.splits import reference_val_split
+
+    train, val = reference_val_split(60_000)  # MNIST: 6,000 capped at 5,000
+    assert (len(train), len(val)) == (55_000, 5_000) and train[0] == 36044
+    assert not np.intersect1d(train, val).size and len(np.union1d(train, val)) == 60_000
+    for n, fraction, cap, seed in [(57, 0.1, 5000, 0), (140, 0.25, 20, 3)]:
+        v = min(int(fraction * n), cap)  # floor, as the reference: int(len * val_fraction)
+        ref = random_split(range(n), [n - v, v], generator=torch.Generator().manual_seed(seed))
+        got = reference_val_split(n, fraction, cap, seed)
+        assert got[0].tolist() == ref[0].indices and got[1].tolist() == ref[1].indices
+    assert len(reference_val_split(19, 0.1)[1]) == 1  # floor(1.9) = 1, where round() would hold out 2
+    with pytest.raises(ValueError, match="cannot hold out 0 of 9"):
+        reference_val_split(9)
+
+
+def _folder_images(folder, per_class, names=None):
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (folder / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            name = names(c, i) if names else f"{c}{i}.png"
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(folder / c / name)
+
+
+def test_reference_layouts_eurosat_dtd_resisc45(tmp_path):
+    kw = dict(image_size=8)
+    # EuroSAT: EuroSAT_splits/{train,val,test}; validation is its own folder and all of train fine-tunes.
+    for split, k in [("train", 5), ("val", 2), ("test", 3)]:
+        _folder_images(tmp_path / "EuroSAT_splits" / split, k)
+    b = negkit.data.get("eurosat", root=tmp_path, source="imagefolder", **kw)
+    assert b.meta["sizes"] == {"train": 10, "val": 4, "test": 6}
+    assert b.val.root.endswith("EuroSAT_splits/val") and "val folder" in b.meta["val"]
+    # DTD: the reference tests on dtd/val (a dtd/test folder is not read).
+    for split, k in [("train", 10), ("val", 3), ("test", 4)]:
+        _folder_images(tmp_path / "dtd" / split, k)
+    b = negkit.data.get("dtd", root=tmp_path, source="imagefolder", **kw)
+    assert b.test.root.endswith("dtd/val") and b.meta["sizes"] == {"train": 18, "val": 2, "test": 6}
+    # RESISC45: the images named in resisc45-{train,test}.txt, the rest of the folder ignored.
+    res = tmp_path / "resisc45"
+    _folder_images(res / "NWPU-RESISC45", 12, names=lambda c, i: f"{c}_{i:03d}.jpg")
+    (res / "resisc45-train.txt").write_text("".join(f"{c}_{i:03d}.jpg\n" for c in "ab" for i in range(10)))
+    (res / "resisc45-test.txt").write_text("a_010.jpg\nb_011.jpg\n")
+    b = negkit.data.get("resisc45", root=tmp_path, **kw)
+    assert b.meta["sizes"] == {"train": 18, "val": 2, "test": 2} and b.classnames == ("a", "b")
+    assert [p.rsplit("/", 1)[1] for p, _ in b.test.samples] == ["a_010.jpg", "b_011.jpg"]
+
+
+def test_timm_train_transform_is_the_reference_recipe():
+    from PIL import Image
+
+    tf = cd.timm_train_transform(16, magnitude=9, num_ops=2)
+    rrc, flip, ra = tf.transforms[:3]
+    assert type(rrc).__name__ == "RandomResizedCropAndInterpolation" and rrc.scale == (0.08, 1.0)
+    assert rrc.size == (16, 16) and len(rrc.interpolation) == 2  # bilinear or bicubic, drawn per image
+    assert isinstance(flip, cd.T.RandomHorizontalFlip) and flip.p == 0.5
+    assert type(ra).__name__ == "RandAugment" and ra.num_layers == 2
+    assert {op.magnitude for op in ra.ops} == {9} and {op.magnitude_std for op in ra.ops} == {0.5}
+    assert sum(op.aug_fn is cd._posterize for op in ra.ops) == 1
+    assert not any(isinstance(t, cd.T.Normalize) for t in tf.transforms)  # the model normalises
+    # RandAugment fills uncovered pixels with the CLIP mean (0-255), not ImageNet's
+    assert ra.ops[0].hparams["img_mean"] == (123, 117, 104)
+    random.seed(0)
+    torch.manual_seed(0)
+    img = Image.new("RGB", (24, 20), (255, 255, 255))
+    outs = [tf(img) for _ in range(8)]
+    assert all(x.dtype == torch.float32 and x.shape == (3, 16, 16) for x in outs)
+    assert all(0.0 <= float(x.min()) and float(x.max()) <= 1.0 for x in outs)
+    assert any(float(x.max()) == 1.0 for x in outs)  # 255 -> 1.0: scaled like ToTensor, not left at 255

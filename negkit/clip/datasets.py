@@ -10,13 +10,27 @@ from one of three sources (``source=``):
 * ``"hf"``: a Hugging Face dataset id (``pip install datasets``), read from the
   local Hugging Face cache unless ``download=True``.
 
-Splits follow the task-vector papers: ``{dataset}Val`` is 10 % of the training
-images capped at 5,000 (seeded, seed 0), the rest trains; for ImageNet this gives
-the 5,000 held-out training images of ImageNetVal; ``test`` is the dataset's test
-split (ImageNet: its official validation set). Datasets without an official test
-split in torchvision (EuroSAT, SUN397) get a seeded held-out test part, recorded
-in ``bundle.meta``. Images are open_clip's preprocessing *without* Normalize, so
-pixels stay in [0, 1]; ``bundle.mean/std`` are CLIP's, applied inside the model.
+Splits follow the task-vector code (task_vectors, reused by NegMerge):
+``{dataset}Val`` is :func:`negkit.data.splits.reference_val_split`, i.e.
+``random_split(train, [n - v, v], generator=torch.Generator().manual_seed(0))`` with
+v = min(⌊0.1·n⌋, 5000), the first part trains and the second validates (for
+ImageNet: the 5,000 held-out training images of ImageNetVal); ``test`` is the
+dataset's test split (ImageNet: its official validation set). Three datasets have
+their own layout in the reference, reproduced here:
+
+* EuroSAT (``source="imagefolder"``): ``root/EuroSAT_splits/{train,val,test}``;
+  validation is the separate ``val`` folder and fine-tuning uses *all* of ``train``.
+* DTD (``source="imagefolder"``): ``root/dtd/{train,val}``; the reference tests on
+  ``dtd/val``. With ``source="torchvision"`` the test split is torchvision's ``test``
+  (partition 1), which is what the reference falls back to without the folders.
+* RESISC45 (default source): ``root/resisc45/NWPU-RESISC45/<class>/*.jpg`` with the
+  fixed split files ``root/resisc45/resisc45-{train,test}.txt`` (18,900 / 6,300
+  images; the 6,300 of ``resisc45-val.txt`` are not used, as in the reference).
+
+Datasets without an official test split in torchvision (EuroSAT, SUN397) get a
+seeded held-out test part, recorded in ``bundle.meta``. Images are open_clip's
+preprocessing *without* Normalize, so pixels stay in [0, 1]; ``bundle.mean/std``
+are CLIP's, applied inside the model (:class:`negkit.models.Normalize`).
 """
 from __future__ import annotations
 
@@ -36,11 +50,12 @@ from torchvision import transforms as T
 
 from negkit import io as nkio
 from negkit.data import DatasetBundle, register_dataset
+from negkit.data.splits import reference_val_split
 from negkit.clip import prompts
 from negkit.clip.model import strip_normalize
 
 __all__ = [
-    "CLIP_DATASETS", "SOURCES", "HF_IDS", "clip_transform", "randaugment_transform",
+    "CLIP_DATASETS", "SOURCES", "HF_IDS", "clip_transform", "timm_train_transform", "randaugment_transform",
     "holdout_split", "write_digits_imagefolder", "write_smoke_data", "HFImageDataset",
 ]
 
@@ -66,7 +81,8 @@ _WHERE = {
     "eurosat": "EuroSAT RGB (torchvision layout root/eurosat/2750/<class>/...)",
     "gtsrb": "GTSRB (torchvision layout root/gtsrb/GTSRB/...)",
     "mnist": "MNIST (torchvision layout root/MNIST/raw/...)",
-    "resisc45": "NWPU-RESISC45 as an ImageFolder (root/train/<class>, root/test/<class>)",
+    "resisc45": "NWPU-RESISC45 with the split files of task_vectors/torchgeo (root/resisc45/NWPU-RESISC45/"
+                "<class>/*.jpg and root/resisc45/resisc45-{train,test}.txt)",
     "sun397": "SUN397 (torchvision layout root/SUN397/...)",
     "svhn": "SVHN cropped digits (torchvision layout root/train_32x32.mat, root/test_32x32.mat)",
     "imagenet": "ILSVRC-2012 (torchvision ImageNet layout: root/ILSVRC2012_devkit_t12.tar.gz + train/val tars)",
@@ -74,6 +90,10 @@ _WHERE = {
 _TO_TENSOR = (T.ToTensor, open_clip.transform.MaybeToTensor)
 # Test fraction for torchvision datasets that ship no test split.
 _TEST_FRACTION = {"eurosat": 0.1, "sun397": 0.5}
+# ImageFolder layouts of the reference: folder of each split under the dataset folder, the dataset
+# folder's name when it is not the registry name, and datasets validated on a folder of their own.
+_FOLDERS = {"imagenet": {"test": "val"}, "dtd": {"test": "val"}, "eurosat": {"val": "val"}}
+_BASE = {"eurosat": "EuroSAT_splits"}
 
 
 def clip_transform(image_size: int = 224) -> T.Compose:
@@ -81,10 +101,37 @@ def clip_transform(image_size: int = 224) -> T.Compose:
     return strip_normalize(open_clip.image_transform(image_size, is_train=False))
 
 
+def timm_train_transform(image_size: int, magnitude: int, num_ops: int, mstd: float = 0.5,
+                         mean: Sequence[float] = tuple(open_clip.OPENAI_DATASET_MEAN)) -> T.Compose:
+    """The reference's training augmentation, built by timm's own factory (PIL -> [0, 1] tensor).
+
+    NegMerge's pool fine-tunes on ``timm.data.create_transform(is_training=True, ...)``:
+    RandomResizedCrop(image_size, scale 0.08–1, ratio 3/4–4/3, bilinear or bicubic at
+    random), horizontal flip p = 0.5, RandAugment ``rand-m{m}-n{n}-mstd{mstd}`` (no colour
+    jitter: timm drops it under RandAugment), then normalisation. Here timm is asked for
+    ``normalize=False`` and the uint8 tensor it ends with is scaled to [0, 1]: the kit's
+    models normalise as their first layer, so the result equals the reference's input
+    after that layer. ``mean`` still matters before that: timm fills the pixels that
+    rotations and translations uncover with it.
+    """
+    from timm.data import auto_augment, create_transform  # timm is slow to import; only here
+
+    tf = create_transform(int(image_size), is_training=True, scale=(0.08, 1.0), hflip=0.5,
+                          auto_augment=f"rand-m{int(magnitude)}-n{int(num_ops)}-mstd{mstd}", interpolation="random",
+                          mean=tuple(mean), normalize=False)
+    for step in tf.transforms:
+        for op in getattr(step, "ops", ()):
+            if op.aug_fn is auto_augment.posterize:
+                op.aug_fn = _posterize
+    return T.Compose([*tf.transforms, T.ConvertImageDtype(torch.float32)])
+
+
 def randaugment_transform(preprocess: T.Compose, magnitude: int, num_ops: int, mstd: float = 0.5) -> T.Compose:
     """``preprocess`` with timm's RandAugment ``rand-m{m}-n{n}-mstd{mstd}`` before the tensor conversion.
 
-    This is the augmentation that makes the 30 members of NegMerge's pool differ.
+    An alternative to the reference's :func:`timm_train_transform`: the images are resized
+    and centre-cropped as for evaluation, then RandAugmented, with no random crop and no
+    flip (a less diverse pool; ``PoolConfig(augment="center")``).
     """
     steps = list(preprocess.transforms)
     size = next((getattr(t, "size") for t in steps if isinstance(t, T.CenterCrop)), (224, 224))
@@ -161,8 +208,22 @@ def _missing(name: str, source: str, root: Any, detail: str) -> FileNotFoundErro
     )
 
 
+def _resisc45_split(root: Path, split: str, transform: Callable) -> tuple[Dataset, Sequence[str]]:
+    """RESISC45 as the reference reads it: ImageFolder over ``NWPU-RESISC45`` keeping the split file's images."""
+    base = root / "resisc45"
+    listing = base / f"resisc45-{split}.txt"
+    if not listing.is_file():
+        raise FileNotFoundError(f"split file {listing} does not exist")
+    keep = {line.strip() for line in listing.read_text().splitlines() if line.strip()}
+    ds = tvd.ImageFolder(str(base / "NWPU-RESISC45"), transform=transform,
+                         is_valid_file=lambda path: os.path.basename(path) in keep)
+    return ds, ds.classes
+
+
 def _load_torchvision(name: str, root: Path, train: bool, transform: Callable) -> tuple[Dataset, Sequence[str]]:
     split = "train" if train else "test"
+    if name == "resisc45":
+        return _resisc45_split(root, split, transform)
     if name == "cars":
         ds = tvd.StanfordCars(root, split=split, transform=transform, download=False)
         return ds, ds.classes
@@ -185,10 +246,7 @@ def _load_torchvision(name: str, root: Path, train: bool, transform: Callable) -
         cls = tvd.EuroSAT if name == "eurosat" else tvd.SUN397
         ds = cls(root, transform=transform, download=False)
         return ds, ds.classes
-    raise ValueError(
-        f"{name} has no torchvision dataset class; use source='imagefolder' (root/train/<class>, "
-        f"root/test/<class>) or source='hf' (default id {HF_IDS[name][0]!r})"
-    )
+    raise ValueError(f"unknown dataset {name!r}; valid datasets are {list(CLIP_DATASETS)}")
 
 
 @contextlib.contextmanager
@@ -208,8 +266,10 @@ def _hf_offline(hfd: Any) -> Iterator[None]:
             setattr(mod, attr, value)
 
 
-def _load(name: str, source: str, root: Any, train: bool, transform: Callable, hf_id: str | None,
+def _load(name: str, source: str, root: Any, split: str, transform: Callable, hf_id: str | None,
           download: bool) -> tuple[Dataset, Sequence[str]]:
+    """One split (``"train"``, ``"test"``, or for EuroSAT's folders ``"val"``) of ``name`` from ``source``."""
+    train = split == "train"
     if source == "torchvision":
         if root is None:
             raise _missing(name, source, root, "no root given")
@@ -220,8 +280,8 @@ def _load(name: str, source: str, root: Any, train: bool, transform: Callable, h
     if source == "imagefolder":
         if root is None:
             raise _missing(name, source, root, "no root given")
-        base = Path(root) if (Path(root) / "train").is_dir() else Path(root) / name
-        folder = base / ("train" if train else ("val" if name == "imagenet" else "test"))
+        base = Path(root) if (Path(root) / "train").is_dir() else Path(root) / _BASE.get(name, name)
+        folder = base / _FOLDERS.get(name, {}).get(split, split)
         if not folder.is_dir():
             raise _missing(name, source, root, f"folder {folder} does not exist")
         ds = tvd.ImageFolder(str(folder), transform=transform)
@@ -254,28 +314,38 @@ def _build(name: str, root: str | os.PathLike | None = None, *, source: str = "t
     train_transform = train_transform or transform
     # Two views of the training images: augmented for training, plain for {dataset}Val. Without
     # augmentation they are one dataset, loaded once (for ImageNet, one scan of 1.28 M files instead of two).
-    train_all, found = _load(name, source, root, True, train_transform, hf_id, download)
-    plain_all = train_all if train_transform is transform else _load(name, source, root, True, transform, hf_id,
+    train_all, found = _load(name, source, root, "train", train_transform, hf_id, download)
+    plain_all = train_all if train_transform is transform else _load(name, source, root, "train", transform, hf_id,
                                                                       download)[0]
     meta: dict[str, Any] = {"source": source, "root": None if root is None else str(root), "seed": seed,
-                            "val": f"{val_fraction:.0%} of train capped at {val_cap}, seed {seed}"}
+                            "val": (f"reference random_split: min(floor({val_fraction:g}·n), {val_cap}) of train, "
+                                    f"torch.Generator seed {seed}")}
     if source == "torchvision" and name in _TEST_FRACTION:
         pool_idx, test_idx = holdout_split(len(train_all), _TEST_FRACTION[name], None, seed)
         test = Subset(plain_all, test_idx.tolist())
         meta["test"] = f"seeded {_TEST_FRACTION[name]:.0%} of all images (torchvision has no test split)"
     else:
         pool_idx = np.arange(len(train_all))
-        test, _ = _load(name, source, root, False, transform, hf_id, download)
-        meta["test"] = "official validation set" if name == "imagenet" else "official test split"
-    rest, val = holdout_split(len(pool_idx), val_fraction, val_cap, seed)
-    train_idx, val_idx = pool_idx[rest], pool_idx[val]
+        test, _ = _load(name, source, root, "test", transform, hf_id, download)
+        meta["test"] = {"imagenet": "official validation set", "resisc45": "split file resisc45-test.txt"}.get(
+            name, "official test split")
+        if source == "imagefolder" and name == "dtd":
+            meta["test"] = "the dtd/val folder (as the reference)"
+    if source == "imagefolder" and "val" in _FOLDERS.get(name, {}):
+        # EuroSAT in the reference: its own val folder, and fine-tuning on all of train.
+        val_set, _ = _load(name, source, root, "val", transform, hf_id, download)
+        train_set = train_all
+        meta["val"] = "the separate val folder (as the reference); all of train fine-tunes"
+    else:
+        rest, val = reference_val_split(len(pool_idx), val_fraction, val_cap, seed)
+        train_set, val_set = Subset(train_all, pool_idx[rest].tolist()), Subset(plain_all, pool_idx[val].tolist())
     if name == "imagenet":
         where = (hf_id or HF_IDS[name][0]) if source == "hf" else str(root)
         meta["variant"] = (f"ILSVRC-2012 (1,000 classes) via {source} from {where}; test = its official 50k "
                            "validation set, ImageNetVal = 5,000 held-out training images")
-    meta["sizes"] = {"train": len(train_idx), "val": len(val_idx), "test": len(test)}
+    meta["sizes"] = {"train": len(train_set), "val": len(val_set), "test": len(test)}
     return DatasetBundle(
-        name=name, train=Subset(train_all, train_idx.tolist()), val=Subset(plain_all, val_idx.tolist()), test=test,
+        name=name, train=train_set, val=val_set, test=test,
         classnames=_classnames(name, found),
         mean=tuple(open_clip.OPENAI_DATASET_MEAN), std=tuple(open_clip.OPENAI_DATASET_STD), meta=meta,
     )

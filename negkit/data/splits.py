@@ -15,11 +15,13 @@ import dataclasses
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset, Subset
 
 from negkit.data import labels_of
 
-__all__ = ["ForgetSplit", "make_forget_split", "subset", "class_mask", "without_classes", "SCENARIOS"]
+__all__ = ["ForgetSplit", "make_forget_split", "subset", "class_mask", "without_classes", "SCENARIOS",
+           "reference_val_split"]
 
 SCENARIOS = ("random", "class")
 
@@ -137,3 +139,35 @@ def class_mask(labels: Sequence[int] | np.ndarray, classes: Iterable[int]) -> np
 def without_classes(dataset: Dataset, classes: Iterable[int]) -> Subset:
     """The items of ``dataset`` whose label is not in ``classes`` (test set for class-wise forgetting)."""
     return subset(dataset, np.flatnonzero(~class_mask(labels_of(dataset), classes)))
+
+
+def reference_val_split(n: int, fraction: float = 0.1, cap: int | None = 5000,
+                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The ``{dataset}Val`` split of the task-vector code: (train indices, validation indices).
+
+    The reference (task_vectors' ``datasets/common.py``, also used by NegMerge) holds out
+    ``v = min(floor(fraction * n), cap)`` training images with
+    ``torch.utils.data.random_split(train, [n - v, v], generator=torch.Generator().manual_seed(seed))``
+    and validates on the second part. This reproduces those indices exactly, in the same
+    (permuted, unsorted) order: for MNIST (n = 60000) the training part starts with 36044.
+
+    Args:
+        n: Number of training images.
+        fraction: Fraction held out for validation (before the cap).
+        cap: Largest validation size (None: no cap).
+        seed: Seed of the ``torch.Generator``.
+
+    Returns:
+        ``(train_idx, val_idx)``: disjoint int64 arrays of lengths ``n - v`` and ``v``.
+
+    Raises:
+        ValueError: When the validation or training part would be empty.
+    """
+    v = int(fraction * n)
+    v = min(v, cap) if cap is not None else v
+    if not 0 < v < n:
+        raise ValueError(f"cannot hold out {v} of {n} images for validation (fraction={fraction}, cap={cap}); "
+                         "use a larger dataset or fraction")
+    # random_split draws one randperm of all n indices and cuts it at n - v.
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy().astype(np.int64)
+    return perm[: n - v], perm[n - v:]
