@@ -17,7 +17,8 @@ from negkit.config import from_dict
 from negkit.data import TensorImageDataset
 from negkit.forget_vectors import ForgetVector, ForgetVectorConfig
 
-FAST = ForgetVectorConfig(epochs=5, steps_per_epoch=8, forget_batch_size=8, retain_batch_size=24, lr=0.05)
+# Joint batches of 32 on clean views: crops and flips of 4x4 toy images would be other images.
+FAST = ForgetVectorConfig(epochs=5, steps_per_epoch=8, batch_size=32, augment="none", lr=0.05)
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -104,7 +105,7 @@ def toy():
 def test_package_reexports_every_public_name_of_its_modules():
     import importlib
 
-    for mod in ("vector", "loss", "learn", "arithmetic", "report"):
+    for mod in ("vector", "loss", "learn", "select", "arithmetic", "report"):
         sub = importlib.import_module(f"negkit.forget_vectors.{mod}")
         for name in sub.__all__:
             assert name in fvs.__all__, f"{mod}.{name} is not re-exported by negkit.forget_vectors"
@@ -290,20 +291,25 @@ def test_save_load_round_trip(tmp_path, classwise):
 
 
 def test_cached_vectors_from_earlier_runs_are_reused(tmp_path, toy):
-    # The on-disk cache key is the JSON of the config, keys sorted: files written by earlier
-    # versions of the kit (e.g. under runs/) must keep being reused, not relearned.
+    # The on-disk cache key is the JSON of the config, keys sorted. Files written before the
+    # batching / augmentation / arithmetic-penalty options existed (e.g. under runs/) carry the
+    # old fields only; a config that learns the same way (mixed batches, clean images, the δ
+    # penalty) must keep finding them, and the new defaults must not.
     import json
 
-    from negkit.config import to_dict
-
     model, data = toy
+    old_fields = dict(alpha=1.0, beta=5.0, tau=1.0, lam=1.0, lr=0.05, momentum=0.9, weight_decay=5e-4, gamma=0.9,
+                      epochs=5, steps_per_epoch=8, forget_batch_size=8, retain_batch_size=24, bound="none",
+                      eps=0.0, clip=False, init="zeros", seed=0)
+    legacy = from_dict(ForgetVectorConfig, old_fields, batching="mixed", augment="none", arithmetic_penalty="delta")
     old = ForgetVector(torch.full((1, 4, 4), 0.123), meta={"task": "class_1", "classes": "1", "method": "forget_vector",
-                                                           "config": json.dumps(to_dict(FAST), sort_keys=True)})
+                                                           "config": json.dumps(old_fields, sort_keys=True)})
     old.save(tmp_path / "class_1.safetensors")
-    got = fvs.learn_classwise(model, data, [1], FAST, cache_dir=tmp_path, device="cpu")[1]
+    got = fvs.learn_classwise(model, data, [1], legacy, cache_dir=tmp_path, device="cpu")[1]
     assert torch.equal(got.delta, old.delta) and got.meta == old.meta
-    with pytest.raises(ValueError, match="another ForgetVectorConfig"):
-        fvs.learn_classwise(model, data, [1], from_dict(ForgetVectorConfig, FAST, tau=2.0), cache_dir=tmp_path)
+    for other in (from_dict(ForgetVectorConfig, legacy, tau=2.0), from_dict(ForgetVectorConfig, old_fields)):
+        with pytest.raises(ValueError, match="another ForgetVectorConfig"):
+            fvs.learn_classwise(model, data, [1], other, cache_dir=tmp_path)
 
 
 # ----------------------------------------------------------------------------- report.py

@@ -6,7 +6,9 @@ of classes, or random data inside some classes (:func:`split_within_classes`) �
     δ(w) = Σ_c w_c δ_c,
 
 either with hand-set weights (:func:`combine`) or with only the K weights w learned by
-the same objective as δ (:func:`learn_arithmetic`), the class-wise vectors staying fixed.
+the objective of δ (:func:`learn_arithmetic`), the class-wise vectors staying fixed. As in
+the authors' code the norm term then regularises the weights, λ‖w‖₂ (not divided by the
+batch size); ``arithmetic_penalty="delta"`` keeps λ‖δ(w)‖₂ / B as an option.
 """
 from __future__ import annotations
 
@@ -101,9 +103,10 @@ def learn_arithmetic(model: nn.Module, vectors: Mapping[int, ForgetVector], forg
                      cfg: ForgetVectorConfig | Mapping[str, Any] | None = None, *,
                      init: str | Sequence[float] = "zeros", device: str | torch.device | None = None,
                      progress: bool = False, meta: Mapping[str, Any] | None = None) -> ForgetVector:
-    """Learn the K weights of δ(w) = Σ_c w_c δ_c for a new task with the same loss as δ.
+    """Learn the K weights of δ(w) = Σ_c w_c δ_c for a new task with the loss of δ.
 
-    Only w (K numbers) is optimised; the class-wise vectors stay fixed. With a bound
+    Only w (K numbers) is optimised; the class-wise vectors stay fixed. The norm term is
+    λ‖w‖₂ (reference; ``cfg.arithmetic_penalty="delta"`` for λ‖δ(w)‖₂ / B). With a bound
     in ``cfg``, δ(w) is projected onto it inside the forward pass.
 
     Args:
@@ -144,7 +147,7 @@ def learn_arithmetic(model: nn.Module, vectors: Mapping[int, ForgetVector], forg
         return project(torch.einsum("k,kchw->chw", w, stack), cfg.bound, cfg.eps)
 
     history = _optimise(model, forget, retain, w, make_delta, cfg, device, progress,
-                        desc="forget-vector weights", project_param=False)
+                        desc="forget-vector weights", arithmetic=True)
     fv = combine({k: vectors[k] for k in keys}, w.detach().cpu())
     if cfg.bound != "none":
         fv = ForgetVector(project(fv.delta, cfg.bound, cfg.eps), clip=fv.clip, meta=fv.meta)

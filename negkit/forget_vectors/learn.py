@@ -1,11 +1,13 @@
 """Learning δ with the classifier frozen: one forget set, or one vector per class.
 
 :func:`learn_forget_vector` minimises the objective of ``loss.py`` over δ with SGD
-(momentum, exponential learning-rate decay per epoch), on batches that mix forget and
-retain samples, inside :func:`frozen` so the model's state dict is bitwise unchanged.
-:func:`learn_classwise` learns δ_c for each class c (forget c, keep the rest), the
-building blocks of forget-vector arithmetic (``arithmetic.py``). Learned vectors can be
-cached on disk; a cached file is reused only if it was learned with the same config.
+(momentum, exponential learning-rate decay per epoch), inside :func:`frozen` so the
+model's state dict is bitwise unchanged. Each step draws a batch with
+:func:`iterate_batches` — by default one shuffle of D_f ∪ D_r, as in the authors' code —
+and learns on :func:`crop_flip` views of it. :func:`learn_classwise` learns δ_c for each
+class c (forget c, keep the rest), the building blocks of forget-vector arithmetic
+(``arithmetic.py``). Learned vectors can be cached on disk; a cached file is reused only
+if it was learned with the same config.
 """
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from negkit.config import from_dict, replace, to_dict
@@ -30,7 +33,7 @@ from negkit.forget_vectors.vector import ForgetVector, _add, project
 
 log = logging.getLogger(__name__)
 
-__all__ = ["frozen", "learn_forget_vector", "learn_classwise"]
+__all__ = ["frozen", "crop_flip", "iterate_batches", "learn_forget_vector", "learn_classwise"]
 
 
 @contextmanager
@@ -53,12 +56,86 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def _batches(dataset: Dataset, batch_size: int, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """Endless shuffled batches (reshuffled every pass, reproducible from ``seed``)."""
-    gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(dataset, batch_size=min(batch_size, len(dataset)), shuffle=True, generator=gen)
-    while True:
+def crop_flip(x: Tensor, *, padding: int, flip: bool, generator: torch.Generator) -> Tensor:
+    """Random views of a batch: zero-pad by ``padding``, crop back to (H, W), mirror half of them.
+
+    The CIFAR training views of the reference code (RandomCrop(32, padding=4) and
+    RandomHorizontalFlip), drawn independently per image from ``generator``.
+
+    Args:
+        x: Images (B, C, H, W).
+        padding: Zero padding on every side; each crop is shifted by (i − padding, j − padding)
+            with i, j uniform in {0, ..., 2·padding}.
+        flip: Mirror each image left-right with probability 1/2 (after the crop).
+        generator: Source of the offsets and flips.
+
+    Returns:
+        (B, C, H, W) views; ``x`` itself when ``padding == 0`` and not ``flip``.
+    """
+    b, c, h, w = x.shape
+    if padding > 0:
+        padded = F.pad(x, (padding,) * 4)  # (B, C, H + 2p, W + 2p)
+        top = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+        left = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+        rows = (top[:, None] + torch.arange(h))[:, None, :, None].to(x.device)   # (B, 1, H, 1)
+        cols = (left[:, None] + torch.arange(w))[:, None, None, :].to(x.device)  # (B, 1, 1, W)
+        x = padded[torch.arange(b, device=x.device)[:, None, None, None],
+                   torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+    if flip:
+        mirror = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+        x = torch.where(mirror[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+class _Tagged(Dataset):
+    """(image, label, is_forget) items of one set."""
+
+    def __init__(self, dataset: Dataset, is_forget: bool):
+        self.dataset, self.is_forget = dataset, is_forget
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int, bool]:
+        x, y = self.dataset[i][:2]
+        return x, y, self.is_forget
+
+
+def _endless(loader: DataLoader) -> Iterator:
+    while True:  # a new pass reshuffles (the loader's generator moves on)
         yield from loader
+
+
+def iterate_batches(forget: Dataset, retain: Dataset,
+                    cfg: ForgetVectorConfig) -> tuple[int, Iterator[tuple[Tensor, Tensor, Tensor]]]:
+    """The training batches of a forget vector, endless, reproducible from ``cfg.seed``.
+
+    ``batching="joint"`` (reference): D_f ∪ D_r shuffled together, ``cfg.batch_size`` images
+    per step, so a batch holds forget images in their share of the data; an epoch is one
+    pass. ``batching="mixed"``: ``cfg.forget_batch_size`` forget images (cycling through
+    D_f) then ``cfg.retain_batch_size`` retain images per step; an epoch is one pass over D_r.
+
+    Returns:
+        ``(steps_per_epoch, batches)``; each batch is ``(x (B, C, H, W), y (B,), is_forget (B,) bool)``
+        of clean images (augmentation happens in the learning loop).
+    """
+    if cfg.batching == "joint":
+        both = ConcatDataset([_Tagged(forget, True), _Tagged(retain, False)])
+        gen = torch.Generator().manual_seed(cfg.seed)
+        loader = DataLoader(both, batch_size=min(cfg.batch_size, len(both)), shuffle=True, generator=gen)
+        steps = cfg.steps_per_epoch or math.ceil(len(both) / cfg.batch_size)
+        return steps, ((x, y, f.bool()) for x, y, f in _endless(loader))
+
+    def mixed() -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        f_iter, r_iter = (_endless(DataLoader(ds, batch_size=min(bs, len(ds)), shuffle=True,
+                                              generator=torch.Generator().manual_seed(seed)))
+                          for ds, bs, seed in ((forget, cfg.forget_batch_size, cfg.seed),
+                                               (retain, cfg.retain_batch_size, cfg.seed + 1)))
+        for (xf, yf), (xr, yr) in zip(f_iter, r_iter):
+            is_forget = torch.cat([torch.ones(len(yf), dtype=torch.bool), torch.zeros(len(yr), dtype=torch.bool)])
+            yield torch.cat([xf, xr]), torch.cat([yf, yr]), is_forget
+
+    return cfg.steps_per_epoch or math.ceil(len(retain) / cfg.retain_batch_size), mixed()
 
 
 def _image_shape(dataset: Dataset, name: str) -> tuple[int, int, int]:
@@ -73,33 +150,36 @@ def _image_shape(dataset: Dataset, name: str) -> tuple[int, int, int]:
 
 def _optimise(model: nn.Module, forget: Dataset, retain: Dataset, param: Tensor, make_delta,
               cfg: ForgetVectorConfig, device: torch.device, progress: bool, desc: str,
-              project_param: bool) -> list[dict[str, float]]:
+              arithmetic: bool, on_epoch=None) -> list[dict[str, float]]:
     """Minimise :func:`forget_vector_loss` over ``param`` with the model frozen.
 
-    ``make_delta()`` builds δ (C, H, W) from ``param`` (δ itself, or Σ w_c δ_c).
+    ``make_delta()`` builds δ (C, H, W) from ``param``: δ itself (projected onto ``cfg.bound``
+    after each step), or, with ``arithmetic``, Σ w_c δ_c from the weights w = ``param``.
+    ``on_epoch(epoch, param)``, if given, sees a copy of ``param`` after every epoch (1-based);
+    the schedule does not depend on ``cfg.epochs``, so the copy after epoch e is exactly what
+    a run of e epochs returns.
     """
     opt = torch.optim.SGD([param], lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.gamma)
-    steps = cfg.steps_per_epoch or math.ceil(len(retain) / cfg.retain_batch_size)
-    f_iter = _batches(forget, cfg.forget_batch_size, cfg.seed)
-    r_iter = _batches(retain, cfg.retain_batch_size, cfg.seed + 1)
+    steps, batches = iterate_batches(forget, retain, cfg)
+    views = torch.Generator().manual_seed(cfg.seed + 2)
     history = []
     with frozen(model):
         for epoch in tqdm(range(cfg.epochs), desc=desc, disable=not progress):
             sums = {"loss": 0.0, "retain": 0.0, "forget": 0.0, "norm": 0.0}
             for _ in range(steps):
-                xf, yf = next(f_iter)
-                xr, yr = next(r_iter)
-                x = torch.cat([xf, xr]).to(device)
-                y = torch.cat([yf, yr]).to(device).long()
+                x, y, is_forget = next(batches)
+                if cfg.augment != "none":
+                    x = crop_flip(x, padding=cfg.crop_padding, flip=cfg.augment == "crop_flip", generator=views)
+                x, y, is_forget = x.to(device), y.to(device).long(), is_forget.to(device)
                 delta = make_delta()
                 logits = model(_add(x, delta, cfg.clip))  # (B, K); δ enters before the model's Normalize
-                n = xf.shape[0]
-                terms = forget_vector_loss(logits[:n], y[:n], logits[n:], y[n:], delta, cfg)
+                terms = forget_vector_loss(logits[is_forget], y[is_forget], logits[~is_forget], y[~is_forget],
+                                           delta, cfg, weights=param if arithmetic else None)
                 opt.zero_grad(set_to_none=True)
                 terms["loss"].backward()
                 opt.step()
-                if project_param and cfg.bound != "none":
+                if not arithmetic and cfg.bound != "none":
                     with torch.no_grad():  # projected gradient descent onto the δ ball
                         param.copy_(project(param, cfg.bound, cfg.eps))
                 for k in sums:
@@ -107,13 +187,15 @@ def _optimise(model: nn.Module, forget: Dataset, retain: Dataset, param: Tensor,
             sched.step()
             history.append({"epoch": epoch, "lr": opt.param_groups[0]["lr"], **sums})
             log.debug("%s epoch %d: %s", desc, epoch, sums)
+            if on_epoch is not None:
+                on_epoch(epoch + 1, param.detach().clone())
     return history
 
 
 def learn_forget_vector(model: nn.Module, forget: Dataset, retain: Dataset,
                         cfg: ForgetVectorConfig | Mapping[str, Any] | None = None, *,
                         device: str | torch.device | None = None, progress: bool = False,
-                        meta: Mapping[str, Any] | None = None) -> ForgetVector:
+                        meta: Mapping[str, Any] | None = None, on_epoch=None) -> ForgetVector:
     """Learn δ so that the frozen ``model`` forgets ``forget`` and keeps ``retain``.
 
     Args:
@@ -125,6 +207,8 @@ def learn_forget_vector(model: nn.Module, forget: Dataset, retain: Dataset,
         device: None for cuda if available, else cpu.
         progress: Show a tqdm bar over epochs.
         meta: Strings saved with the vector (e.g. ``{"task": "class_3"}``).
+        on_epoch: Optional ``on_epoch(epoch, delta)`` called with a copy of δ after every
+            epoch (1-based); δ after epoch e equals what ``epochs=e`` returns.
 
     Returns:
         The learned :class:`ForgetVector`, with per-epoch loss terms in ``.history``.
@@ -142,7 +226,7 @@ def learn_forget_vector(model: nn.Module, forget: Dataset, retain: Dataset,
     init = torch.zeros(shape) if cfg.init == "zeros" else 1e-3 * torch.randn(shape, generator=gen)
     delta = init.to(device).requires_grad_(True)
     history = _optimise(model, forget, retain, delta, lambda: delta, cfg, device, progress,
-                        desc="forget vector", project_param=True)
+                        desc="forget vector", arithmetic=False, on_epoch=on_epoch)
     fv = ForgetVector(delta.detach(), clip=cfg.clip, meta={**(meta or {}), "method": "forget_vector"})
     fv.history = history
     return fv
@@ -185,13 +269,29 @@ def learn_classwise(model: nn.Module, data: Any, classes: Sequence[int],
     return out
 
 
-def _cached(path: Path | None, cfg: ForgetVectorConfig, learn,
-            vectors: Mapping[int, ForgetVector] | None = None) -> ForgetVector:
-    """Load the vector at ``path`` if it was learned with ``cfg`` (and ``vectors``); else learn and save it."""
+def _cache_key(cfg: ForgetVectorConfig, vectors: Mapping[int, ForgetVector] | None = None,
+               extra: Mapping[str, Any] | None = None) -> str:
+    """JSON of what a cached vector depends on: the config (its effective fields), the
+    class-wise vectors of arithmetic, and ``extra`` (e.g. a selection grid)."""
     inputs: dict[str, Any] = to_dict(cfg)
+    # Fields a setting ignores are left out; so are settings at negkit's earlier behaviour
+    # (mixed batches, clean images, the δ penalty), so vectors cached before these options
+    # existed are still found, and only by configs that learn them the same way.
+    drop = ["batching", "batch_size"] if cfg.batching == "mixed" else ["forget_batch_size", "retain_batch_size"]
+    drop += ["augment", "crop_padding"] if cfg.augment == "none" else []
+    drop += ["arithmetic_penalty"] if cfg.arithmetic_penalty == "delta" else []
+    for k in drop:
+        inputs.pop(k)
     if vectors is not None:  # arithmetic: the cached δ(w) is only valid for the same class-wise vectors
         inputs["vectors"] = {str(c): repr(float(v.delta.double().sum())) for c, v in vectors.items()}
-    key = json.dumps(inputs, sort_keys=True)
+    inputs.update(extra or {})
+    return json.dumps(inputs, sort_keys=True)
+
+
+def _cached(path: Path | None, cfg: ForgetVectorConfig, learn,
+            vectors: Mapping[int, ForgetVector] | None = None, extra: Mapping[str, Any] | None = None) -> ForgetVector:
+    """Load the vector at ``path`` if it was learned with ``cfg`` (and ``vectors``, ``extra``); else learn and save it."""
+    key = _cache_key(cfg, vectors, extra)
     if path is not None and path.exists():
         fv = ForgetVector.load(path)
         if fv.meta.get("config") == key:
