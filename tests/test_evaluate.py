@@ -1,13 +1,16 @@
 """Prediction, evaluation and the λ search helpers."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from negkit.data import TensorImageDataset
-from negkit.evaluate import coef_grid, evaluate, predict, select_coef, sweep_coefs, true_class_confidence
+from negkit.evaluate import (coef_grid, evaluate, negation_evaluator, predict, search_coef, select_coef, sweep_coefs,
+                             true_class_confidence)
 
 
 class _MeanBrightness(nn.Module):
@@ -94,3 +97,138 @@ def test_sweep_coefs_builds_one_model_per_coefficient_into_a_tidy_table():
     acc = df.set_index(["coef", "split"])["acc"]
     assert acc[(0.0, "bright")] == 100.0 and acc[(0.4, "bright")] == 0.0
     assert acc[(0.0, "all")] == pytest.approx(87.5) and acc[(0.4, "all")] == pytest.approx(62.5)
+
+
+# ------------------------------------------------------------------------------ search_coef
+class _Curves:
+    """``evaluate_coefs`` over given functions of λ, counting the coefficients and the calls."""
+
+    def __init__(self, forget, control):
+        self.forget, self.control, self.seen, self.calls = forget, control, [], 0
+
+    def __call__(self, coefs):
+        self.calls += 1
+        self.seen += list(coefs)
+        return {"val_forget": [self.forget(c) for c in coefs], "val_control": [self.control(c) for c in coefs]}
+
+
+def _grid_answer(curves, top, ref=80.0, **kw):
+    grid = coef_grid(0.0, top, 0.05)
+    return select_coef(grid, [curves.forget(c) for c in grid], [curves.control(c) for c in grid], ref, **kw)
+
+
+def test_search_returns_the_grids_lambda_on_monotone_curves_with_far_fewer_evaluations():
+    # control 80 − 10λ: admissible (≥ 76) up to λ = 0.4; forget falls 100 − 50λ.
+    c = _Curves(lambda l: 100 - 50 * l, lambda l: 80 - 10 * l)
+    res = search_coef(c, 80.0)
+    assert res.coef == 0.4 == _grid_answer(c, 1.0)
+    assert res.searched == (0.0, 1.0) and not res.hit_max and not res.exhaustive
+    assert res.n_evaluated == len(set(c.seen)) == len(c.seen) <= 7  # of 21
+    assert list(res.curve.columns) == ["coef", "split", "acc"] and len(res.curve) == 2 * res.n_evaluated
+    assert res.curve.coef.is_monotonic_increasing
+    # forget reaches 0 at λ = 0.2 and stays there: the tie goes to the smallest λ, 0.2.
+    c = _Curves(lambda l: max(0.0, 100 - 500 * l), lambda l: 80 - 10 * l)
+    assert search_coef(c, 80.0).coef == 0.2 == _grid_answer(c, 1.0)
+
+
+def test_search_extends_the_range_past_one_and_records_reaching_the_maximum():
+    c = _Curves(lambda l: 100 - 10 * l, lambda l: 80 - 1.0 * l)  # admissible up to λ = 4
+    res = search_coef(c, 80.0)
+    assert res.coef == 4.0 and res.searched == (0.0, 8.0) and not res.hit_max
+    c = _Curves(lambda l: 100 - 10 * l, lambda l: 80 - 0.6 * l)  # admissible up to 6.65
+    res = search_coef(c, 80.0)
+    assert res.coef == 6.65 == _grid_answer(c, 8.0) and res.searched == (0.0, 8.0)
+    c = _Curves(lambda l: 100 - 10 * l, lambda l: 80.0)  # never leaves the admissible set
+    res = search_coef(c, 80.0, max_coef=3.0)
+    assert res.coef == 3.0 and res.searched == (0.0, 3.0) and res.hit_max
+    # 0, 1, 2, 3, then 2.95 (its higher forget accuracy rules out a tie below 3): nothing else is needed.
+    assert c.seen == [0.0, 1.0, 2.0, 3.0, 2.95] and res.n_evaluated == 5
+
+
+def test_search_evaluates_the_bracket_where_the_curve_is_not_monotone():
+    # Control 80 − 5λ: admissible up to 0.8. Forget falls to 30 at λ = 0.5, then rises to 60 at
+    # λ = 1 with a dip to 5 at λ = 0.7. The rise between the evaluated 0.5 and 1.0 breaks
+    # monotonicity, so every grid point between them is evaluated and the dip is found.
+    forget = {round(0.05 * i, 6): v for i, v in enumerate(
+        [100, 95, 90, 80, 70, 60, 50, 45, 40, 35, 30, 35, 40, 20, 5, 45, 50, 55, 58, 59, 60])}
+    c = _Curves(forget.get, lambda l: 80 - 5 * l)
+    res = search_coef(c, 80.0)
+    assert res.coef == 0.7 == _grid_answer(c, 1.0)
+    assert set(coef_grid(0.5, 1.0, 0.05)) <= set(c.seen) and 0.25 not in c.seen
+    ex = search_coef(_Curves(forget.get, lambda l: 80 - 5 * l), 80.0, max_coef=1.0, exhaustive=True)
+    assert ex.exhaustive and ex.n_evaluated == 21 and ex.coef == 0.7 and not ex.hit_max
+
+
+def test_search_match_rule_and_exhaustive_agree_with_select_coef():
+    # Forget hits 55 at λ = 1.5; control 80 − 2λ is admissible up to 2, so the range grows to 0..4.
+    c = _Curves(lambda l: 100 - 30 * l, lambda l: 80 - 2 * l)
+    res = search_coef(c, 80.0, rule="match", target=55.0)
+    assert res.coef == 1.5 == _grid_answer(c, 4.0, rule="match", target=55.0) and res.searched == (0.0, 4.0)
+    ex = search_coef(c, 80.0, rule="match", target=55.0, exhaustive=True)
+    assert ex.coef == 1.5 and ex.n_evaluated == 81 and ex.searched == (0.0, 4.0)
+    assert res.n_evaluated < ex.n_evaluated / 3
+
+
+def test_search_with_no_admissible_coefficient_returns_none():
+    res = search_coef(_Curves(lambda l: 50.0, lambda l: 10.0), 80.0)
+    assert res.coef is None and res.searched == (0.0, 1.0) and res.n_evaluated == 2
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(threshold=95), "did you mean 0.95"),
+    (dict(threshold=0.0), r"threshold must be a fraction in \(0, 1\]"),
+    (dict(control_reference=math.nan), "control_reference must be a finite"),
+    (dict(step=1e-9), "gives 8e\\+09 coefficients"),
+    (dict(step=0.0), "step > 0"),
+    (dict(stop=2.0, max_coef=1.0), "max_coef"),
+    (dict(rule="closest"), "valid rules are"),
+    (dict(rule="match"), "needs a finite target"),
+    (dict(forget_split="forget"), "without 'forget'"),
+])
+def test_search_rejects_bad_input_before_evaluating(kwargs, match):
+    c = _Curves(lambda l: 50.0, lambda l: 80.0)
+    kwargs = {"control_reference": 80.0, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        search_coef(c, **kwargs)
+    assert c.calls == (1 if "forget_split" in kwargs else 0)
+
+
+def test_grid_and_select_coef_reject_bad_input_at_once():
+    with pytest.raises(ValueError, match="coarser step"):
+        coef_grid(0.0, 1.0, 1e-9)
+    with pytest.raises(ValueError, match="finite"):
+        coef_grid(0.0, math.nan, 0.1)
+    with pytest.raises(ValueError, match="did you mean 0.95"):
+        select_coef([0.0], [1.0], [1.0], 80.0, threshold=95)
+    with pytest.raises(ValueError, match="finite"):
+        select_coef([0.0], [1.0], [1.0], math.nan)
+    with pytest.raises(ValueError, match="no coefficients"):
+        select_coef([], [], [], 80.0)
+
+
+# ------------------------------------------------------------------------ negation_evaluator
+def test_negation_evaluator_equals_evaluate_on_each_negated_model():
+    from negkit.models import get as get_model
+    from negkit.taskvec import TaskVector
+
+    torch.manual_seed(0)
+    model = get_model("small_resnet", num_classes=3).eval()
+    x = torch.rand(40, 3, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # labels the original model gets right, so negation lowers accuracy
+    y[::4] = (y[::4] + 1) % 3
+    sets = {"a": TensorImageDataset(x[:25], y[:25].tolist()), "b": TensorImageDataset(x[25:], y[25:].tolist())}
+    pre = {k: v.clone() for k, v in model.state_dict().items()}
+    tau = {k: torch.randn_like(v) * 0.3 for k, v in model.named_parameters()}
+    coefs = [0.0, 0.5, 1.0, 2.0, 3.0]
+    batched = negation_evaluator(model, tau, sets, device="cpu", batch_size=16, chunk=2)(coefs)
+    assert set(batched) == {"a", "b"}
+    for i, c in enumerate(coefs):
+        model.load_state_dict(TaskVector(tau).apply_to(pre, -c))
+        for split, data in sets.items():
+            assert batched[split][i] == pytest.approx(evaluate(model, data, device="cpu", batch_size=7)["acc"])
+        model.load_state_dict(pre)
+    assert len({tuple(v) for v in batched.values()}) == 2 and len(set(batched["a"])) > 1
+    assert all(torch.equal(v, pre[k]) for k, v in model.state_dict().items())  # θ_o untouched
+    with pytest.raises(ValueError, match="not in the model"):
+        negation_evaluator(model, {"nope": torch.zeros(1)}, sets)
