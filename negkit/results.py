@@ -24,8 +24,10 @@ import pandas as pd
 __all__ = ["Record", "ResultsLog", "read_results", "method_rank", "COLUMNS", "METRICS", "METHODS"]
 
 #: Metric names used throughout the kit (``acc`` is a plain accuracy in %, used
-#: for per-coefficient curves such as forget/control accuracy of a λ sweep).
-METRICS = ("UA", "RA", "TA", "MIA", "avg_gap", "acc")
+#: for per-coefficient curves such as forget/control accuracy of a λ sweep;
+#: ``n_coefs`` and ``coef_max_searched`` describe a λ search: how many coefficients
+#: it evaluated and the highest λ of the range it searched).
+METRICS = ("UA", "RA", "TA", "MIA", "avg_gap", "acc", "n_coefs", "coef_max_searched")
 
 #: Method names, equal to the registry names of the methods that produce them.
 METHODS = (
