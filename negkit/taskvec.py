@@ -257,7 +257,8 @@ class TaskVector(Mapping):
             raise KeyError(
                 f"cannot compute tv {op} tv: key {k!r} is missing from {where} operand "
                 f"({len(missing) + len(extra)} keys differ); build both from the same architecture "
-                "with the same include_bn_stats, or merge the shared keys with negkit.merge(..., strict=False)"
+                "with the same include_bn_stats, or combine the shared keys with "
+                f"negkit.merge.merge('sum', [a, {'-' if op == '-' else ''}b], strict=False)"
             )
         for k, t in self.vector.items():
             if t.shape != other[k].shape:

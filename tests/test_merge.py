@@ -66,30 +66,75 @@ def test_mean_and_sum_hand_values():
 
 
 def test_magmax_hand_values_and_sign_ties():
-    # idx 1: |-2| (A) ties |2| (B) -> +2
+    # idx 1: |-2| (A) ties |2| (B) -> the later one, +2
     assert torch.equal(merge.magmax([A, C])["w"], T([3.0, -2.0, 6.0, 1.0, 5.0, 4.0]))
     assert torch.equal(merge.magmax([A, B, C])["w"], T([3.0, 2.0, 6.0, 1.0, 5.0, 4.0]))
+    assert torch.equal(merge.magmax([B, A, C])["w"], T([3.0, -2.0, 6.0, 1.0, 5.0, 4.0]))
     plus, minus = {"w": T([2.0, -2.0, 0.0])}, {"w": T([-2.0, 2.0, 0.0])}
-    # equal |value| with opposite signs: the positive one wins, whatever the order
-    assert torch.equal(merge.magmax([plus, minus])["w"], T([2.0, 2.0, 0.0]))
-    assert torch.equal(merge.magmax([minus, plus])["w"], T([2.0, 2.0, 0.0]))
-    assert torch.equal(merge.magmax([minus])["w"], minus["w"])
+    # equal |value| with opposite signs, default (the reference): the later vector wins
+    assert torch.equal(merge.magmax([plus, minus])["w"], T([-2.0, 2.0, 0.0]))
+    assert torch.equal(merge.magmax([minus, plus])["w"], T([2.0, -2.0, 0.0]))
+    # tie="positive": the positive one wins, whatever the order
+    assert torch.equal(merge.magmax([plus, minus], tie="positive")["w"], T([2.0, 2.0, 0.0]))
+    assert torch.equal(merge.magmax([minus, plus], tie="positive")["w"], T([2.0, 2.0, 0.0]))
+    for tie in ("last", "positive"):
+        assert torch.equal(merge.magmax([minus], tie=tie)["w"], minus["w"])
+        assert torch.equal(merge.magmax([A, B, C], tie=tie)["w"][[0, 2, 3, 4, 5]], T([3.0, 6.0, 1.0, 5.0, 4.0]))
+    with pytest.raises(ValueError, match=r"tie='first' is not one of \['last', 'positive'\]"):
+        merge.magmax([A], tie="first")
+
+
+NEGKIT_TIES = dict(trim="exact", sign_tie="majority")
 
 
 def test_ties_hand_values():
-    # N = 6 elements, density 0.5 -> keep the 3 largest |values| of each vector.
     a = {"w": T([1.0, -2.0, 3.0, 0.0, 5.0, 4.0])}
     b = {"w": T([2.0, 2.5, -3.5, 0.0, 1.0, 0.0])}
-    # A trimmed: [0, 0, 3, 0, 5, 4]; B trimmed: [2, 2.5, -3.5, 0, 0, 0]
-    # idx 2: 3 - 3.5 < 0 -> elected -, mean of {-3.5}
-    assert torch.equal(merge.ties([a, b], density=0.5)["w"], T([2.0, 2.5, -3.5, 0.0, 5.0, 4.0]))
+    # Reference trim, N = 6, density 0.5: keep |x| >= the (6 - int(3)) = 3rd smallest |x|,
+    # i.e. the int(3) + 1 = 4 largest. A: [0, -2, 3, 0, 5, 4]; B: [2, 2.5, -3.5, 0, 1, 0].
+    # idx 1: -2 + 2.5 > 0 -> mean {2.5}; idx 2: 3 - 3.5 < 0 -> {-3.5}; idx 4: mean(5, 1) = 3
+    assert torch.equal(merge.ties([a, b], density=0.5)["w"], T([2.0, 2.5, -3.5, 0.0, 3.0, 4.0]))
+    assert torch.equal(merge.ties([a], density=0.5)["w"], T([0.0, -2.0, 3.0, 0.0, 5.0, 4.0]))
+    # Exact trim keeps round(0.5 * 6) = 3 largest. A: [0, 0, 3, 0, 5, 4]; B: [2, 2.5, -3.5, 0, 0, 0]
+    assert torch.equal(merge.ties([a, b], density=0.5, **NEGKIT_TIES)["w"], T([2.0, 2.5, -3.5, 0.0, 5.0, 4.0]))
     # K=1: the trimmed vector
-    assert torch.equal(merge.ties([a], density=0.5)["w"], T([0.0, 0.0, 3.0, 0.0, 5.0, 4.0]))
+    assert torch.equal(merge.ties([a], density=0.5, trim="exact")["w"], T([0.0, 0.0, 3.0, 0.0, 5.0, 4.0]))
     # entries equal to the threshold are all kept: 4 entries of |value| 2 survive a top-3 trim
     c = {"w": T([2.0, -2.0, 2.0, 0.0, 1.0, -2.0])}
-    assert torch.equal(merge.ties([c], density=0.5)["w"], c["w"] * T([1, 1, 1, 0, 0, 1]))
-    # density 1 keeps every non-zero entry
-    assert torch.equal(merge.ties([a], density=1.0)["w"], a["w"])
+    for trim in ("reference", "exact"):
+        assert torch.equal(merge.ties([c], density=0.5, trim=trim)["w"], c["w"] * T([1, 1, 1, 0, 0, 1]))
+        # density 1 keeps every non-zero entry
+        assert torch.equal(merge.ties([a], density=1.0, trim=trim)["w"], a["w"])
+
+
+def test_ties_reference_trim_keeps_int_density_n_plus_one():
+    w = {"w": torch.arange(10.0, 0.0, -1.0)}  # 10, 9, ..., 1
+    # density 0.2, N = 10: the reference keeps int(2.0) + 1 = 3 entries, exact keeps round(2.0) = 2
+    assert torch.equal(merge.ties([w], density=0.2)["w"], T([10.0, 9.0, 8.0] + [0.0] * 7))
+    assert torch.equal(merge.ties([w], density=0.2, trim="exact")["w"], T([10.0, 9.0] + [0.0] * 8))
+    # density 0.05: int(0.5) + 1 = 1 kept; exact rounds 0.5 up, also 1
+    assert torch.equal(merge.ties([w], density=0.05)["w"], T([10.0] + [0.0] * 9))
+    assert torch.equal(merge.ties([w], density=0.26, trim="exact")["w"], T([10.0, 9.0, 8.0] + [0.0] * 7))
+    assert torch.equal(merge.ties([w], density=0.26)["w"], T([10.0, 9.0, 8.0] + [0.0] * 7))
+
+
+def test_ties_zero_sum_takes_the_global_elected_sign():
+    # idx 0 holds (+2, +2, -4): its trimmed values sum to exactly 0. idx 1 elects -, so the
+    # sum of elected signs over the vector is 0 + (-1) < 0 and idx 0 takes -: mean {-4} = -4.
+    # negkit's per-element majority elects + (two against one): mean(2, 2) = 2.
+    tvs = [{"w": T([2.0, -1.0])}, {"w": T([2.0, -1.0])}, {"w": T([-4.0, -1.0])}]
+    assert torch.equal(merge.ties(tvs, density=1.0)["w"], T([-4.0, -1.0]))
+    assert torch.equal(merge.ties(tvs, density=1.0, sign_tie="majority")["w"], T([2.0, -1.0]))
+    # The global sign counts every tensor of the vector: a "+" elsewhere outvotes idx 1.
+    more = [dict(tv, b=T([1.0, 1.0])) for tv in tvs]
+    assert torch.equal(merge.ties(more, density=1.0)["w"], T([2.0, -1.0]))
+    # Elected signs summing to 0 over the vector leave the tied element at 0.
+    even = [dict(tv, b=T([1.0])) for tv in tvs]
+    assert torch.equal(merge.ties(even, density=1.0)["w"], T([0.0, -1.0]))
+    with pytest.raises(ValueError, match="sign_tie='vote' is not one of"):
+        merge.ties(tvs, sign_tie="vote")
+    with pytest.raises(ValueError, match="trim='top' is not one of"):
+        merge.ties(tvs, trim="top")
 
 
 def test_ties_zero_sum_uses_majority_sign_then_zero():
@@ -99,17 +144,24 @@ def test_ties_zero_sum_uses_majority_sign_then_zero():
     # idx 0: 1 + 1 - 2 = 0 -> majority + (2 vs 1) -> mean(1, 1) = 1
     # idx 1: 1 - 1 + 0.5 = 0.5 > 0 -> mean(1, 0.5) = 0.75
     # idx 2: 1 + 2 - 3 = 0 -> majority + -> mean(1, 2) = 1.5
-    assert torch.equal(merge.ties([a, b, c], density=1.0)["w"], T([1.0, 0.75, 1.5]))
+    assert torch.equal(merge.ties([a, b, c], density=1.0, sign_tie="majority")["w"], T([1.0, 0.75, 1.5]))
     # equal counts and zero sum: no elected sign -> 0
-    assert torch.equal(merge.ties([{"w": T([1.0])}, {"w": T([-1.0])}], density=1.0)["w"], T([0.0]))
+    pair = [{"w": T([1.0])}, {"w": T([-1.0])}]
+    assert torch.equal(merge.ties(pair, density=1.0, sign_tie="majority")["w"], T([0.0]))
+    # the reference rule: idx 1 is the only elected sign (+), so idx 0 and 2 take + as well
+    assert torch.equal(merge.ties([a, b, c], density=1.0)["w"], T([1.0, 0.75, 1.5]))
+    assert torch.equal(merge.ties(pair, density=1.0)["w"], T([0.0]))  # no sign elected anywhere
 
 
 def test_ties_threshold_is_global_over_all_tensors():
     # Global top-2 of |values| are both in "big"; a per-tensor threshold would keep "small" too.
     tv = {"big": T([10.0, -9.0, 0.1]), "small": T([0.2, 0.3, -0.1])}
-    out = merge.ties([tv], density=2 / 6)
+    out = merge.ties([tv], density=2 / 6, trim="exact")
     assert torch.equal(out["big"], T([10.0, -9.0, 0.0]))
     assert torch.equal(out["small"], torch.zeros(3))
+    out = merge.ties([tv], density=2 / 6)  # the reference keeps one more: 0.3
+    assert torch.equal(out["big"], T([10.0, -9.0, 0.0]))
+    assert torch.equal(out["small"], T([0.0, 0.3, 0.0]))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
@@ -167,7 +219,7 @@ def test_single_vector_is_task_arithmetic(method):
             kept = out[k] != 0
             assert torch.equal(out[k][kept], tv[k][kept])
         n_kept = sum(int(torch.count_nonzero(t)) for t in out.values())
-        assert n_kept == int(0.2 * sum(t.numel() for t in tv.values()) + 0.5)
+        assert n_kept == int(0.2 * sum(t.numel() for t in tv.values())) + 1
     else:
         assert _equal(out, tv)
 
@@ -187,6 +239,15 @@ def test_streaming_equals_in_memory(method, tmp_path):
     pool = _pool(4, seed=7)
     paths = _write(tmp_path, pool)
     assert _equal(merge.merge_files(paths, method), merge.get(method)(pool))
+
+
+@pytest.mark.parametrize("method, options", [("ties", NEGKIT_TIES), ("ties", dict(trim="exact")),
+                                             ("ties", dict(sign_tie="majority")), ("magmax", dict(tie="positive"))])
+def test_streaming_equals_in_memory_for_every_option(method, options, tmp_path):
+    pool = _pool(4, seed=7)
+    pool[2]["fc.bias"][3] = -pool[1]["fc.bias"][3]  # a +a/-a magnitude tie
+    paths = _write(tmp_path, pool)
+    assert _equal(merge.merge_files(paths, method, **options), merge.get(method)(pool, **options))
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -317,3 +378,62 @@ def test_other_bad_inputs(tmp_path):
     paths = _write(tmp_path, pool)
     with pytest.raises(TypeError, match=r"tv\[0\] is a path.*merge_files"):  # rules do no I/O
         merge.mean(paths)
+
+
+# ------------------------------------------------------- TaskVector producer
+def test_merge_returns_a_task_vector_with_provenance():
+    merged = merge.merge("ties", [A, B, C], density=1.0, names=["a", "b", "c"])
+    assert isinstance(merged, TaskVector)
+    assert _equal(dict(merged), merge.ties([A, B, C], density=1.0))
+    assert torch.equal((-merged)["w"], -merge.ties([A, B, C], density=1.0)["w"])  # the arithmetic applies
+    assert merged.metadata["merge_method"] == "ties"
+    assert merged.metadata["merge_options"] == '{"density": 1.0}'
+    assert merged.metadata["merged_names"] == '["a", "b", "c"]'
+    pre = {"w": torch.ones(6)}
+    assert torch.equal(merge.merge("negmerge", [A, C]).apply_to(pre, -1.0)["w"], 1 - T([2.0, -1.5, 4.5, 0.0, 4.0, 3.0]))
+    with pytest.raises(ValueError, match="unknown merge method 'dare'"):
+        merge.merge("dare", [A])
+
+
+# ------------------------------------------------------ files in, files out
+def test_merge_files_refuses_to_overwrite_an_input(tmp_path):
+    pool = _pool(3)
+    paths = _write(tmp_path, pool)
+    before = paths[1].read_bytes()
+    with pytest.raises(ValueError, match=r"out_path .*tv1\.safetensors is the input tv\[1\].*new file"):
+        merge.merge_files(paths, "mean", out_path=paths[1])
+    # the same file through another spelling of its path
+    with pytest.raises(ValueError, match=r"is the input tv\[2\]"):
+        merge.merge_files(paths, "mean", out_path=tmp_path / "sub" / ".." / "tv2.safetensors")
+    pre = _write(tmp_path, [pool[0]], prefix="pre")[0]
+    with pytest.raises(ValueError, match="is the input pretrained"):
+        merge.merge_files(paths, "mean", pretrained=pre, out_path=pre)
+    assert paths[1].read_bytes() == before
+
+
+@pytest.mark.parametrize("damage", ["truncate", "header"])
+def test_merge_files_names_a_damaged_file(damage, tmp_path):
+    paths = _write(tmp_path, _pool(4))
+    data = paths[2].read_bytes()
+    if damage == "truncate":
+        paths[2].write_bytes(data[:-40])
+    else:  # valid length prefix and "{", broken JSON
+        paths[2].write_bytes(data[:9] + b"#" + data[10:])
+    with pytest.raises(ValueError, match=r"tv\[2\] \(.*tv2\.safetensors\) is a damaged safetensors file"):
+        merge.merge_files(paths, "negmerge")
+    with pytest.raises(ValueError, match=r"tv\[2\] .* is a damaged"):
+        merge.merge_files(paths, "ties", out_path=tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+@pytest.mark.parametrize("op", ["+", "-"])
+def test_taskvec_key_mismatch_suggests_a_call_that_works(op):
+    import negkit
+
+    a, b = TaskVector({"x": T([1.0, 2.0]), "z": T([1.0])}), TaskVector({"x": T([3.0, 5.0])})
+    with pytest.raises(KeyError) as err:
+        a + b if op == "+" else a - b
+    call = str(err.value).rstrip("\"'").split("shared keys with ")[1]
+    with pytest.warns(UserWarning, match="skipping 1"):
+        got = eval(call, {"negkit": negkit, "a": a, "b": b})  # noqa: S307 - the message's own suggestion
+    assert torch.equal(got["x"], T([4.0, 7.0]) if op == "+" else T([-2.0, -3.0])) and "z" not in got
