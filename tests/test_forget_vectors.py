@@ -135,6 +135,127 @@ def test_objective_terms_by_hand():
     assert math.isclose(float(t["loss"]), (2 * 2 * math.log(3) + 3 * 2.0 + 0.5 * 1.0) / b, rel_tol=1e-6)
 
 
+def test_arithmetic_penalty_is_lambda_norm_of_weights_by_hand():
+    # Reference: the arithmetic norm term is λ‖w‖₂, not divided by the batch size B.
+    lf, lr_ = torch.tensor([[3.0, 1.0, 0.0]]), torch.zeros(2, 3)     # B = 3
+    delta = torch.full((1, 2, 2), 0.5)                                 # ‖δ(w)‖₂ = 1
+    w = torch.tensor([3.0, 4.0])                                       # ‖w‖₂ = 5
+    args = (lf, torch.tensor([0]), lr_, torch.tensor([1, 2]), delta)
+    ref = fvs.forget_vector_loss(*args, ForgetVectorConfig(lam=2.0), weights=w)
+    assert math.isclose(float(ref["norm"]), 5.0, rel_tol=1e-6)
+    assert math.isclose(float(ref["loss"]), 2 * math.log(3) / 3 + 5 * 2.0 / 3 + 2.0 * 5.0, rel_tol=1e-6)
+    old = fvs.forget_vector_loss(*args, ForgetVectorConfig(lam=2.0, arithmetic_penalty="delta"), weights=w)
+    assert math.isclose(float(old["norm"]), 1.0 / 3, rel_tol=1e-6)  # negkit's earlier ‖Σ w_c δ_c‖₂ / B
+    # without weights (a class-wise δ) the norm term is ‖δ‖₂ / B whatever the option
+    assert math.isclose(float(fvs.forget_vector_loss(*args, ForgetVectorConfig())["norm"]), 1.0 / 3, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("penalty,step", [("weights", 1.0), ("delta", 1.0 / 10)])
+def test_learn_arithmetic_steps_on_the_weight_penalty_by_hand(penalty, step):
+    # A model blind to its input (zero weights): CE and margin give w no gradient, only the
+    # norm term moves it. With δ_0, δ_1 orthonormal, ‖Σ w_c δ_c‖₂ = ‖w‖₂, so one SGD step
+    # (no momentum, no decay, lr 0.5, λ 1) from w = (3, 4) is w − 0.5·(0.6, 0.8)·s, with
+    # s = 1 for λ‖w‖₂ (reference) and s = 1/B = 1/10 for λ‖δ(w)‖₂ / B.
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    nn.init.zeros_(model[1].weight)
+    data = TensorImageDataset(torch.rand(10, 1, 2, 2), [0, 0, 0, 1, 1, 1, 2, 2, 2, 1])
+    forget, retain = _split(data, 0)
+    vectors = {c: ForgetVector(torch.eye(4)[c].reshape(1, 2, 2)) for c in (0, 1)}
+    cfg = ForgetVectorConfig(epochs=1, steps_per_epoch=1, batch_size=10, augment="none", lr=0.5, momentum=0.0,
+                             weight_decay=0.0, arithmetic_penalty=penalty)
+    fv = fvs.learn_arithmetic(model, vectors, forget, retain, cfg, init=[3.0, 4.0], device="cpu")
+    w = [float(x) for x in fv.meta["weights"].split(",")]
+    assert w == pytest.approx([3.0 - 0.5 * 0.6 * step, 4.0 - 0.5 * 0.8 * step], rel=1e-6)
+
+
+def test_config_defaults_are_the_reference_settings():
+    cfg = ForgetVectorConfig()
+    assert (cfg.tau, cfg.lr, cfg.alpha, cfg.lam, cfg.beta) == (1.0, 0.2, 1.0, 1.0, 5.0)
+    assert (cfg.batching, cfg.batch_size, cfg.augment, cfg.crop_padding) == ("joint", 256, "crop_flip", 4)
+    assert cfg.arithmetic_penalty == "weights" and cfg.epochs == 60
+    assert fvs.PAPER_BETAS == (3, 4, 5, 6, 7, 8, 9, 10)
+    assert min(fvs.PAPER_EPOCHS) == 60 and max(fvs.PAPER_EPOCHS) == 190
+    for field, bad in (("batching", "interleaved"), ("augment", "rotate"), ("arithmetic_penalty", "l1")):
+        with pytest.raises(ValueError, match=f"unknown {field}"):
+            ForgetVectorConfig(**{field: bad})
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        ForgetVectorConfig(batch_size=0)
+
+
+# ----------------------------------------------------------------------------- batching and views
+def _indexed_sets(n_forget=10, n_retain=30):
+    """Image i is filled with the value i, so a batch tells which images it holds."""
+    x = torch.arange(n_forget + n_retain, dtype=torch.float32)[:, None, None, None].expand(-1, 1, 2, 2).clone()
+    data = TensorImageDataset(x, [0] * n_forget + [1] * n_retain)
+    return (Subset(data, list(range(n_forget))), Subset(data, list(range(n_forget, n_forget + n_retain))))
+
+
+def test_joint_batches_shuffle_forget_and_retain_together():
+    forget, retain = _indexed_sets()
+    steps, batches = fvs.iterate_batches(forget, retain, ForgetVectorConfig(batch_size=16))
+    assert steps == 3  # ceil(40 / 16)
+    epoch = [next(batches) for _ in range(steps)]
+    assert [len(y) for _, y, _ in epoch] == [16, 16, 8]
+    ids = torch.cat([x[:, 0, 0, 0] for x, _, _ in epoch]).long()
+    assert sorted(ids.tolist()) == list(range(40))  # every image exactly once per epoch
+    flags = torch.cat([f for _, _, f in epoch])
+    assert flags.dtype == torch.bool and int(flags.sum()) == 10  # forget images in their share, not oversampled
+    assert torch.equal(flags, ids < 10)
+    assert not torch.equal(ids, torch.arange(40))  # shuffled, forget and retain interleaved
+    second = torch.cat([next(batches)[0][:, 0, 0, 0] for _ in range(steps)]).long()
+    assert sorted(second.tolist()) == list(range(40)) and not torch.equal(second, ids)  # reshuffled per pass
+
+
+def test_mixed_batches_keep_a_fixed_forget_share():
+    forget, retain = _indexed_sets()
+    cfg = ForgetVectorConfig(batching="mixed", forget_batch_size=4, retain_batch_size=12)
+    steps, batches = fvs.iterate_batches(forget, retain, cfg)
+    assert steps == 3  # one pass over the 30 retain images, 12 at a time
+    # forget images first, 4 per step while D_f lasts (10 = 4 + 4 + 2, then it cycles); retain 12, 12, 6
+    for n_forget, n_retain in ((4, 12), (4, 12), (2, 6), (4, 12)):
+        x, _, flags = next(batches)
+        ids = x[:, 0, 0, 0].long()
+        assert flags.tolist() == [True] * n_forget + [False] * n_retain and torch.equal(flags, ids < 10)
+
+
+def test_crop_flip_by_hand():
+    x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])       # (1, 1, 2, 2)
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(fvs.crop_flip(x, padding=0, flip=False, generator=gen), x)
+    flips = fvs.crop_flip(x.expand(64, -1, -1, -1), padding=0, flip=True, generator=gen)
+    mirrored = torch.tensor([[[2.0, 1.0], [4.0, 3.0]]])
+    assert all(torch.equal(v, x[0]) or torch.equal(v, mirrored) for v in flips)
+    assert 10 < sum(torch.equal(v, mirrored) for v in flips) < 54
+    # padding 1: the 2x2 windows of [[0 0 0 0], [0 1 2 0], [0 3 4 0], [0 0 0 0]], e.g. the
+    # top-left one [[0, 0], [0, 1]] and the bottom-right one [[4, 0], [0, 0]]
+    padded = torch.zeros(4, 4)
+    padded[1:3, 1:3] = x[0, 0]
+    crops = [padded[i:i + 2, j:j + 2] for i in range(3) for j in range(3)]
+    assert torch.equal(crops[0], torch.tensor([[0.0, 0.0], [0.0, 1.0]]))
+    assert torch.equal(crops[8], torch.tensor([[4.0, 0.0], [0.0, 0.0]]))
+    views = fvs.crop_flip(x.expand(400, -1, -1, -1), padding=1, flip=False, generator=gen)[:, 0]
+    seen = [next(k for k, c in enumerate(crops) if torch.equal(v, c)) for v in views]  # StopIteration: not a crop
+    assert set(seen) == set(range(9))  # every offset is drawn
+    views = fvs.crop_flip(x.expand(400, -1, -1, -1), padding=1, flip=True, generator=gen)[:, 0]
+    candidates = crops + [c.flip(-1) for c in crops]
+    assert all(any(torch.equal(v, c) for c in candidates) for v in views)
+
+
+def test_learning_sees_crop_flip_views(toy):
+    # The model's first layer receives x' + δ where x' is a view of a training image:
+    # with augment="crop" and padding 1 some rows or columns of x' are the zero padding.
+    model, data = toy
+    forget, retain = _split(data, 0)
+    cfg = from_dict(ForgetVectorConfig, FAST, epochs=1, steps_per_epoch=1, lr=0.0, augment="crop", crop_padding=1)
+    fvs.learn_forget_vector(model, forget, retain, cfg, device="cpu")
+    seen = model[0].seen  # δ stayed 0 (lr 0): these are the views themselves
+    assert seen.shape == (32, 1, 4, 4)
+    edge_zero = torch.stack([seen[:, 0, 0, :].abs().sum(1), seen[:, 0, -1, :].abs().sum(1),
+                             seen[:, 0, :, 0].abs().sum(1), seen[:, 0, :, -1].abs().sum(1)]).eq(0).any(0)
+    assert edge_zero.float().mean() > 0.5  # 8 of 9 offsets shift the image (clean toy images have no zero edge)
+    assert not data.tensors[0].view(120, 4, 4)[:, 0, :].eq(0).all(1).any()
+
+
 # ----------------------------------------------------------------------------- vector.py and learn.py
 def test_delta_is_added_to_raw_pixels_before_normalisation(toy):
     model, data = toy
@@ -224,6 +345,48 @@ def test_empty_forget_set_is_refused(toy):
     model, data = toy
     with pytest.raises(ValueError, match="forget set is empty"):
         fvs.learn_forget_vector(model, Subset(data, []), data, FAST)
+
+
+# ----------------------------------------------------------------------------- select.py
+def test_select_classwise_picks_beta_and_epochs_on_validation(tmp_path, toy):
+    from types import SimpleNamespace
+
+    model, data = toy
+    bundle = SimpleNamespace(train=data, val=_toy_data((1, 4, 4), n_per_class=10, seed=2))
+    cfg = from_dict(ForgetVectorConfig, FAST, epochs=99)  # epochs and β come from the grids
+    vectors, grid = fvs.select_classwise(model, bundle, [0], cfg, betas=[0.0, 5.0], epochs=[3, 1], device="cpu")
+    assert sorted(zip(grid.beta, grid.epochs)) == [(0.0, 1), (0.0, 3), (5.0, 1), (5.0, 3)]
+    # the score: accuracy left on the class plus accuracy lost on the others (validation, in points)
+    assert (grid.score == grid.val_acc_c + grid.val_acc_others_original - grid.val_acc_others).all()
+    chosen = grid[grid.chosen]
+    assert len(chosen) == 1 and chosen.score.iloc[0] == grid.score.min()
+    # β = 0 has no forgetting term, so class 0 stays recognised; β = 5 forgets it
+    assert grid[grid.beta == 0.0].val_acc_c.min() > 90 and chosen.beta.iloc[0] == 5.0
+    fv = vectors[0]
+    assert (fv.meta["beta"], fv.meta["epochs"]) == ("5.0", str(int(chosen.epochs.iloc[0])))
+    # the kept snapshot is exactly δ learned for the chosen number of epochs
+    forget, retain = _split(data, 0)
+    fresh = fvs.learn_forget_vector(model, forget, retain, from_dict(ForgetVectorConfig, cfg, beta=5.0,
+                                    epochs=int(chosen.epochs.iloc[0])), device="cpu")
+    assert torch.equal(fv.delta, fresh.delta)
+
+    # ties go to fewer epochs: with α = β = λ = 0 the loss is 0, δ stays 0 and every epoch scores the same
+    tied, tgrid = fvs.select_classwise(model, bundle, [1], from_dict(ForgetVectorConfig, FAST, lam=0.0, alpha=0.0),
+                                       betas=[0.0], epochs=[1, 2], device="cpu")
+    assert tgrid.chosen.tolist() == [True, False] and tied[1].meta["epochs"] == "1"
+
+    cached, cgrid = fvs.select_classwise(model, bundle, [0], cfg, betas=[0.0, 5.0], epochs=[1, 3],
+                                         cache_dir=tmp_path, device="cpu")
+    assert torch.equal(cached[0].delta, fv.delta) and cgrid.round(6).equals(grid.round(6))
+    again, agrid = fvs.select_classwise(model, bundle, [0], cfg, betas=[0.0, 5.0], epochs=[1, 3],
+                                        cache_dir=tmp_path, device="cpu")  # from disk: same vector and grid
+    assert torch.equal(again[0].delta, fv.delta) and agrid.round(6).equals(grid.round(6))
+    with pytest.raises(ValueError, match="another ForgetVectorConfig"):
+        fvs.select_classwise(model, bundle, [0], cfg, betas=[5.0], epochs=[1, 3], cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="no validation set"):
+        fvs.select_classwise(model, data, [0], cfg, betas=[5.0], epochs=[1])
+    with pytest.raises(ValueError, match="at least one"):
+        fvs.select_classwise(model, bundle, [0], cfg, betas=[], epochs=[1])
 
 
 # ----------------------------------------------------------------------------- learn_classwise and arithmetic.py
