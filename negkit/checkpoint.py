@@ -18,8 +18,9 @@ The checkpoint is a single safetensors file (no pickle) whose tensors are
 and whose metadata entry ``negkit_checkpoint`` is a JSON object with the
 :class:`TrainingState` fields (``epoch``, ``step``, ``history``, ``seconds``,
 ``config``), the optimiser's non-tensor per-parameter entries (``optim_scalars``)
-and ``param_groups``, and the scalar parts of numpy's and python's RNG states
-(``rng``). The learning-rate schedule is a pure function of ``step``
+and ``param_groups``, the scalar parts of numpy's and python's RNG states
+(``rng``), and the run environment (``environment``: thread count, torch and
+negkit versions, device; a resume in another environment warns). The learning-rate schedule is a pure function of ``step``
 (:func:`negkit.train.lr_factor`), so ``step`` is its whole state. Restoring model,
 optimiser, RNGs and step makes a resumed run bitwise identical on CPU to one that
 never stopped.
@@ -28,8 +29,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -38,6 +41,7 @@ import torch
 from torch import nn
 
 from negkit import io as nkio
+from negkit.lock import environment
 
 __all__ = ["CHECKPOINT", "MODEL_FILE", "DONE_FILE", "TrainingState", "save_training_state",
            "read_training_state", "load_training_state", "check_config", "is_finished", "save_finished",
@@ -119,8 +123,13 @@ def save_training_state(path: str | os.PathLike, model: nn.Module, optimizer: to
     rng_tensors, rng_scalars = _rng_state()
     tensors.update(rng_tensors)
     meta = {**dataclasses.asdict(state), "optim_scalars": opt_scalars, "param_groups": osd["param_groups"],
-            "rng": rng_scalars}
+            "rng": rng_scalars, "environment": environment(_device_of(model))}
     return nkio.save_state_dict(tensors, path, metadata={_META_KEY: json.dumps(meta)})
+
+
+def _device_of(model: nn.Module) -> torch.device | None:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else None
 
 
 def _read_meta(path: str | os.PathLike) -> dict[str, Any]:
@@ -128,17 +137,57 @@ def _read_meta(path: str | os.PathLike) -> dict[str, Any]:
     if raw is None:
         raise ValueError(f"{path} is not a negkit training checkpoint (no {_META_KEY!r} metadata); "
                          "delete it to train that run from the start")
-    return json.loads(raw)
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        meta = None
+    missing = [f.name for f in dataclasses.fields(TrainingState)] if not isinstance(meta, dict) else \
+        [k for k in (*[f.name for f in dataclasses.fields(TrainingState)], "optim_scalars", "param_groups", "rng")
+         if k not in meta]
+    if missing:
+        raise ValueError(f"{path}: damaged training checkpoint metadata (missing {missing}); "
+                         "delete it to train that run from the start")
+    return meta
+
+
+def _state_of(meta: Mapping[str, Any], path: str | os.PathLike, *, epochs: int | None = None,
+              steps_per_epoch: int | None = None) -> TrainingState:
+    """The :class:`TrainingState` in ``meta``, range-checked, so a tampered resume fails before any training."""
+    st = TrainingState(**{f.name: meta[f.name] for f in dataclasses.fields(TrainingState)})
+    problems = []
+    if not (isinstance(st.epoch, int) and not isinstance(st.epoch, bool) and st.epoch >= 0):
+        problems.append(f"epoch={st.epoch!r} (must be an int >= 0)")
+    elif epochs is not None and st.epoch > epochs:
+        problems.append(f"epoch={st.epoch} is beyond the config's {epochs} epochs")
+    if not (isinstance(st.step, int) and not isinstance(st.step, bool) and st.step >= 0):
+        problems.append(f"step={st.step!r} (must be an int >= 0)")
+    elif steps_per_epoch is not None and isinstance(st.epoch, int) and st.step != st.epoch * steps_per_epoch:
+        problems.append(f"step={st.step} does not match epoch {st.epoch} × {steps_per_epoch} steps per epoch")
+    if not isinstance(st.history, list) or (isinstance(st.epoch, int) and len(st.history) != st.epoch):
+        problems.append(f"history has {len(st.history) if isinstance(st.history, list) else 'no'} entries "
+                        f"for epoch={st.epoch!r}")
+    if not (isinstance(st.seconds, (int, float)) and math.isfinite(st.seconds) and st.seconds >= 0):
+        problems.append(f"seconds={st.seconds!r}")
+    if not isinstance(st.config, dict):
+        problems.append(f"config is a {type(st.config).__name__}, not a dict")
+    if problems:
+        raise ValueError(f"{path}: inconsistent training checkpoint ({'; '.join(problems)}); "
+                         "delete it to train that run from the start")
+    return st
 
 
 def read_training_state(path: str | os.PathLike) -> TrainingState:
-    """The :class:`TrainingState` of a checkpoint, read from its metadata only (no tensors loaded)."""
-    meta = _read_meta(path)
-    return TrainingState(**{f.name: meta[f.name] for f in dataclasses.fields(TrainingState)})
+    """The :class:`TrainingState` of a checkpoint, read from its metadata only (no tensors loaded).
+
+    Raises:
+        ValueError: The metadata is missing, damaged or out of range.
+    """
+    return _state_of(_read_meta(path), path)
 
 
 def load_training_state(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer, *,
-                        config: Mapping[str, Any] | None = None, ignore: Iterable[str] = ()) -> TrainingState:
+                        config: Mapping[str, Any] | None = None, ignore: Iterable[str] = (),
+                        steps_per_epoch: int | None = None) -> TrainingState:
     """Restore a checkpoint into ``model`` and ``optimizer`` (in place) and the global RNGs.
 
     Args:
@@ -148,16 +197,25 @@ def load_training_state(path: str | os.PathLike, model: nn.Module, optimizer: to
         config: If given, compared with the saved config *before* anything is touched
             (see :func:`check_config`).
         ignore: Config fields allowed to differ (runtime-only settings).
+        steps_per_epoch: If given, the saved ``step`` must equal ``epoch × steps_per_epoch``.
 
     Returns:
         The saved :class:`TrainingState`.
 
     Raises:
-        ValueError: The file is no training checkpoint, or its config differs from ``config``.
+        ValueError: The file is no training checkpoint, its epoch/step/history are
+            inconsistent, or its config differs from ``config``.
+
+    Warns:
+        RuntimeWarning: The checkpoint was written with another thread count, device
+            or torch/negkit version: the resumed run may differ from an uninterrupted one.
     """
     meta = _read_meta(path)
     if config is not None:
         check_config(meta["config"], config, Path(path).parent, ignore=ignore)
+    epochs = config.get("epochs") if isinstance(config, Mapping) else None
+    state = _state_of(meta, path, epochs=epochs if isinstance(epochs, int) else None, steps_per_epoch=steps_per_epoch)
+    _check_resume_environment(meta.get("environment"), model, path)
     tensors = nkio.load_state_dict(path)
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     per_param: dict[int, dict[str, Any]] = {}
@@ -169,7 +227,19 @@ def load_training_state(path: str | os.PathLike, model: nn.Module, optimizer: to
         per_param.setdefault(int(pid), {}).update(scalars)
     optimizer.load_state_dict({"state": per_param, "param_groups": meta["param_groups"]})
     _set_rng_state({k: v for k, v in tensors.items() if k.startswith("rng.")}, meta["rng"])
-    return TrainingState(**{f.name: meta[f.name] for f in dataclasses.fields(TrainingState)})
+    return state
+
+
+def _check_resume_environment(saved: Any, model: nn.Module, path: str | os.PathLike) -> None:
+    if not isinstance(saved, dict):
+        return  # written before environments were recorded
+    now = environment(_device_of(model))
+    diff = {k: (saved.get(k), v) for k, v in now.items() if k in saved and saved[k] != v}
+    if diff:
+        text = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items())
+        warnings.warn(f"resuming {path} in another environment ({text}); the result will differ from an "
+                      "uninterrupted run (set e.g. torch.set_num_threads to the recorded value)",
+                      RuntimeWarning, stacklevel=3)
 
 
 def check_config(saved: Mapping[str, Any], now: Mapping[str, Any], where: str | os.PathLike, *,
@@ -196,9 +266,22 @@ def check_config(saved: Mapping[str, Any], now: Mapping[str, Any], where: str | 
 
 
 def is_finished(out: str | os.PathLike) -> bool:
-    """True when the run folder holds final weights and its done-marker."""
+    """True when the run folder holds final weights and a done-marker saying ``{"done": true, ...}``.
+
+    Raises:
+        ValueError: ``done.json`` exists but is not a done-marker (the message says to delete it).
+    """
     out = Path(out)
-    return (out / MODEL_FILE).exists() and (out / DONE_FILE).exists()
+    marker = out / DONE_FILE
+    if not ((out / MODEL_FILE).exists() and marker.exists()):
+        return False
+    try:
+        done = nkio.load_json(marker)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{marker} is not a done-marker ({e}); delete it to retrain that run") from e
+    if not isinstance(done, dict) or not isinstance(done.get("done"), bool):
+        raise ValueError(f"{marker} holds {done!r:.80}, not {{\"done\": true, ...}}; delete it to retrain that run")
+    return done["done"]
 
 
 def save_finished(out: str | os.PathLike, model: nn.Module, config: Mapping[str, Any], metrics: Mapping[str, Any],
@@ -240,7 +323,11 @@ def load_finished(out: str | os.PathLike, model: nn.Module, config: Mapping[str,
         ValueError: The saved config differs.
     """
     out = Path(out)
-    check_config(nkio.load_json(out / "config.json"), config, out, ignore=ignore)
+    saved = nkio.load_json(out / "config.json")
+    if not isinstance(saved, dict):
+        raise ValueError(f"{out / 'config.json'} holds a {type(saved).__name__}, not a config object; "
+                         "delete that run folder to retrain")
+    check_config(saved, config, out, ignore=ignore)
     model.load_state_dict(nkio.load_state_dict(out / MODEL_FILE))
     metrics = nkio.load_json(out / "metrics.json")
     history = nkio.load_json(out / "history.json") if (out / "history.json").exists() else []

@@ -39,12 +39,19 @@ __all__ = [
     "save_text",
     "is_safetensors",
     "safetensors_writer",
+    "clean_orphans",
+    "TMP_PREFIX",
 ]
 
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
 LEGACY_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+#: Temporary files of :func:`atomic_write` are named ``.tmp-<12 hex digits>-<destination name>``.
+TMP_PREFIX = ".tmp-"
+_TMP_RE = re.compile(r"\.tmp-[0-9a-f]{12}-")
+_NAME_MAX = 255  # bytes in a file name on common file systems
+_RESERVED = "__metadata__"  # the safetensors header key of the metadata; no tensor may use it
 # Wrappers written by common training scripts: {"state_dict": {...}, "epoch": 3, ...}.
 _NESTING_KEYS = ("state_dict", "model", "model_state_dict", "module")
 _CONVERT_HINT = (
@@ -77,8 +84,10 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
         FileNotFoundError: The block finished without creating the temporary file.
     """
     dest = Path(path)
+    if dest.is_dir():
+        raise IsADirectoryError(f"atomic_write({dest}): the destination is a folder; pass a file path")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".tmp-{secrets.token_hex(6)}-{dest.name}")
+    tmp = dest.with_name(_tmp_name(dest.name))
     try:
         yield tmp
         if not tmp.exists():
@@ -86,6 +95,8 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
                 f"atomic_write({dest}): nothing was written to the temporary path {tmp}; "
                 "write the content to the path the context manager yields"
             )
+        # Writers differ (safetensors creates 0600 files, open() 0666 & ~umask): one mode for every file.
+        os.chmod(tmp, 0o666 & ~_umask())
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -99,6 +110,51 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
     _fsync_dir(dest.parent)
 
 
+def _tmp_name(name: str) -> str:
+    """``.tmp-<hex>-<name>``, shortening the stem (never the suffix) so it fits a file name's 255 bytes."""
+    prefix = f"{TMP_PREFIX}{secrets.token_hex(6)}-"
+    if len((prefix + name).encode("utf-8")) <= _NAME_MAX:
+        return prefix + name
+    suffix = Path(name).suffix if len(Path(name).suffix) < 32 else ""
+    stem = name[: len(name) - len(suffix)]
+    while stem and len((prefix + stem + suffix).encode("utf-8")) > _NAME_MAX:
+        stem = stem[:-1]
+    return prefix + stem + suffix
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the platform allows (changing it races with threads)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def clean_orphans(folder: PathLike) -> list[Path]:
+    """Remove the temporary files that writes interrupted by a killed process left under ``folder``.
+
+    Only files named like :func:`atomic_write`'s temporaries are removed. Call it
+    only while no other process writes there (:func:`negkit.lock.lock_run_dir` does,
+    holding the run dir's lock).
+
+    Returns:
+        The removed paths.
+    """
+    removed = []
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            if _TMP_RE.match(name):
+                p = Path(root) / name
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    removed.append(p)
+    return removed
+
+
 def _fsync_dir(folder: Path) -> None:
     # Makes the rename itself durable; not supported on every platform, so best effort.
     with contextlib.suppress(OSError):
@@ -107,6 +163,15 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _check_names(names: Mapping[str, Any], path: PathLike) -> None:
+    bad = [k for k in names if not isinstance(k, str) or not k]
+    if bad:
+        raise TypeError(f"{path}: tensor names must be non-empty strings; got {bad[:3]}")
+    if _RESERVED in names:
+        raise ValueError(f"{path}: a tensor may not be named {_RESERVED!r}, the safetensors header key of the file's "
+                         "metadata (the file would be unreadable); rename that entry")
 
 
 def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str] | None:
@@ -142,6 +207,7 @@ def save_state_dict(
         TypeError: A value is not a tensor or the metadata is not ``str -> str``.
     """
     meta = _check_metadata(metadata)
+    _check_names(state, path)
     seen: set[int] = set()
     out: dict[str, torch.Tensor] = {}
     for name, value in state.items():
@@ -192,6 +258,7 @@ def safetensors_writer(
         ValueError: A tensor arrives out of order, with another shape or dtype, or
             the block ends before every tensor was written (nothing is left on disk).
     """
+    _check_names(specs, path)
     header: dict[str, Any] = {}
     offset = 0
     for name, (shape, dtype) in specs.items():
@@ -268,31 +335,89 @@ def load_state_dict(path: PathLike, device: str | torch.device = "cpu") -> dict[
         ValueError: The file is not a checkpoint, holds pickled code (e.g. a whole
             ``nn.Module``) or holds non-tensor entries; the message says how to convert it.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint {p} does not exist")
+    p = _existing_file(path)
+    device = _check_device(device)
     if p.suffix == ".safetensors" or is_safetensors(p):
         logger.debug("loading safetensors %s", p)
         try:
             return load_file(str(p), device=str(device))
         except (SafetensorError, ValueError, OSError) as e:
-            raise ValueError(f"{p} is not a readable safetensors checkpoint ({e})") from e
+            raise ValueError(f"{p} is not a readable safetensors checkpoint: corrupt or truncated ({e})") from e
     if not _looks_like_torch_file(p):
         raise ValueError(
             f"{p} is not a checkpoint: neither safetensors nor a torch.save file. "
             "Pass a .safetensors file or a torch.save()d state dict."
         )
+    damage = _damage(p)
+    if damage:
+        raise ValueError(f"{p} is corrupt or truncated ({damage}); it is not a complete torch.save file. "
+                         "Copy or download it again")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
+        if not _refused_global(e):
+            raise ValueError(f"{p} is corrupt or truncated: torch.load failed with {_reason(e)}. "
+                             "Copy or download it again") from e
         raise ValueError(
             f"refusing to load {p}: it is not a plain dict of tensors and loading it would run "
             f"pickled code (torch.load weights_only=True said: {_reason(e)}). {_CONVERT_HINT}"
         ) from e
     except Exception as e:  # corrupt archives raise assorted errors
-        raise ValueError(f"{p} is not a readable checkpoint ({type(e).__name__}: {e})") from e
+        raise ValueError(f"{p} is corrupt or truncated: torch.load failed with {type(e).__name__}: {e}. "
+                         "Copy or download it again") from e
     state = _unwrap(obj, p)
     return {k: v.to(device) for k, v in state.items()}
+
+
+def _existing_file(path: PathLike) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"{p} is a folder, not a checkpoint file; pass a file inside it "
+                                "(e.g. model.safetensors)")
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint {p} does not exist")
+    return p
+
+
+def _check_device(device: Any) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ValueError(f"device={device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:0' or 'mps'") from e
+
+
+def _damage(path: Path) -> str | None:
+    """Why a torch.save file is structurally broken (None when it looks complete): checked before unpickling."""
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            return f"zip archive unreadable: {e}"
+        if not any(n.endswith("data.pkl") for n in names):
+            return "zip archive without data.pkl"
+        return None
+    # Legacy (non-zip) pickles: every complete pickle ends with the STOP opcode '.'.
+    size = path.stat().st_size
+    if size < 2:
+        return f"{size} bytes"
+    return None
+
+
+def _refused_global(e: Exception) -> bool:
+    """True when torch.load(weights_only=True) refused the file's content (code), not its bytes."""
+    text = str(e)
+    markers = ("Unsupported global", "Unsupported operand", "GLOBAL", "Trying to load unsupported",
+               "Unsupported class", "not an allowed global", "REDUCE", "BUILD")
+    broken = ("truncated", "EOF", "unpickling stack underflow", "invalid load key", "failed finding central",
+              "PytorchStreamReader failed")
+    if any(b in text for b in broken):
+        return False
+    return any(m in text for m in markers) or isinstance(e, pickle.UnpicklingError) and "Weights only" in text
 
 
 def _reason(e: Exception) -> str:
@@ -334,15 +459,13 @@ def read_metadata(path: PathLike) -> dict[str, str]:
         FileNotFoundError: ``path`` does not exist.
         ValueError: The file is not a checkpoint.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint {p} does not exist")
+    p = _existing_file(path)
     if p.suffix == ".safetensors" or is_safetensors(p):
         try:
             with safe_open(str(p), framework="pt") as f:
                 return dict(f.metadata() or {})
         except (SafetensorError, OSError) as e:
-            raise ValueError(f"{p} is not a readable safetensors checkpoint ({e})") from e
+            raise ValueError(f"{p} is not a readable safetensors checkpoint: corrupt or truncated ({e})") from e
     if _looks_like_torch_file(p):
         return {}
     raise ValueError(f"{p} is not a checkpoint: neither safetensors nor a torch.save file")

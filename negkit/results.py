@@ -7,11 +7,19 @@ plots and widgets read them back as one pandas DataFrame with
 :func:`read_results`. The log is JSON Lines: each record is written with a
 single ``write`` of one whole line and flushed, so an interrupted run loses at
 most the record in flight: a torn last line is skipped (with a warning)
-when reading, and cut off before the next append.
+when reading, and cut off before the next append. Appends hold an exclusive
+``flock`` on the log, so writers in several processes never lose or tear each
+other's records; a symlinked log is refused.
+
+Method names come from the registries: a rule registered with
+``negkit.merge.register`` or a baseline registered in :mod:`negkit.unlearn` is
+recordable the moment it exists (:func:`list_methods`).
 """
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import json
 import math
 import os
@@ -21,7 +29,10 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-__all__ = ["Record", "ResultsLog", "read_results", "method_rank", "COLUMNS", "METRICS", "METHODS"]
+from negkit import merge, unlearn
+from negkit.config import ConfigError, check
+
+__all__ = ["Record", "ResultsLog", "read_results", "method_rank", "list_methods", "COLUMNS", "METRICS", "METHODS"]
 
 #: Metric names used throughout the kit (``acc`` is a plain accuracy in %, used
 #: for per-coefficient curves such as forget/control accuracy of a λ sweep;
@@ -29,13 +40,24 @@ __all__ = ["Record", "ResultsLog", "read_results", "method_rank", "COLUMNS", "ME
 #: it evaluated and the highest λ of the range it searched).
 METRICS = ("UA", "RA", "TA", "MIA", "avg_gap", "acc", "n_coefs", "coef_max_searched")
 
-#: Method names, equal to the registry names of the methods that produce them.
+#: Display order of the built-in methods. Merge rules and baselines are named as in their
+#: registries (``negkit.merge``, ``negkit.unlearn``); :func:`list_methods` adds rules registered later.
 METHODS = (
     "original", "retrain", "zeroshot", "task_arithmetic", "mean", "sum", "ties", "magmax",
     "negmerge", "ft", "ga", "rl", "l1_sparse", "salun", "forget_vector",
     "forget_vector_arithmetic",
 )
 
+
+
+#: Methods that no registry holds: reference models and the protocols' own methods.
+_PROTOCOL_METHODS = ("original", "retrain", "zeroshot", "task_arithmetic", "forget_vector", "forget_vector_arithmetic")
+
+
+def list_methods() -> list[str]:
+    """Every recordable method name: :data:`METHODS`, then rules and baselines registered since."""
+    names = dict.fromkeys((*METHODS, *_PROTOCOL_METHODS, *merge.list_methods(), *unlearn.list_methods()))
+    return list(names)
 
 
 def method_rank(method: str) -> int:
@@ -80,11 +102,17 @@ class Record:
     seed: int = 0
     note: str = ""
 
+    #: ``coef`` NaN means "no coefficient"; ``value`` NaN "no admissible result".
+    RANGES = {"coef": "finite or nan", "value": "finite or nan"}
+
     def __post_init__(self) -> None:
+        check(self)  # types (a str value such as "12abc" is refused), finite numbers or NaN
         if self.metric not in METRICS:
             raise ValueError(f"unknown metric {self.metric!r}; valid metrics are {list(METRICS)}")
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; valid methods are {list(METHODS)}")
+        if self.method not in list_methods():
+            raise ValueError(f"unknown method {self.method!r}; valid methods are {list_methods()}. A new merge rule "
+                             "or baseline becomes recordable once registered (negkit.merge.register, "
+                             "negkit.unlearn.register)")
 
 
 COLUMNS = tuple(f.name for f in dataclasses.fields(Record))
@@ -101,39 +129,62 @@ class ResultsLog:
         self.path = Path(path)
 
     def append(self, records: Record | Iterable[Record]) -> None:
-        """Append one or several records, each as one whole line, then flush and fsync."""
+        """Append one or several records, each as one whole line, then fsync.
+
+        The log is locked (``flock``) for the append, so concurrent writers wait for
+        each other instead of cutting each other's records.
+
+        Raises:
+            TypeError: An item is not a :class:`Record`.
+            ValueError: The log path is a symbolic link or a folder.
+        """
         if isinstance(records, Record):
             records = [records]
-        lines = "".join(json.dumps(_jsonable(dataclasses.asdict(r))) + "\n" for r in records)
+        records = list(records)
+        bad = next((r for r in records if not isinstance(r, Record)), None)
+        if bad is not None:
+            raise TypeError(f"ResultsLog.append takes Record objects, got a {type(bad).__name__}")
+        lines = "".join(json.dumps(_jsonable(dataclasses.asdict(r))) + "\n" for r in records).encode("utf-8")
         if not lines:
             return
+        if self.path.is_symlink():
+            raise ValueError(f"{self.path} is a symbolic link (to {os.readlink(self.path)}); negkit does not append "
+                             "through links, which would edit the target. Pass the target path itself")
+        if self.path.is_dir():
+            raise ValueError(f"{self.path} is a folder; a results log is a .jsonl file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._drop_torn_tail()
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(lines)
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise ValueError(f"{self.path} is a symbolic link; pass the target path itself") from e
+            raise
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held for a few writes: wait rather than fail
+            self._drop_torn_tail(fd)
+            view = memoryview(lines)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)  # releases the lock
 
-    def _drop_torn_tail(self) -> None:
+    def _drop_torn_tail(self, fd: int) -> None:
         """Cut a torn last line (an append interrupted mid-write) before appending after it.
 
         Appending behind the fragment would glue the next record onto it: that record
         would be unreadable, and the line no longer last, so the whole log would fail to read.
+        Runs under the append lock, so the fragment cannot be another writer's append in progress.
         """
-        if not self.path.exists() or self.path.stat().st_size == 0:
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
             return
-        with open(self.path, "rb+") as fh:
-            fh.seek(-1, os.SEEK_END)
-            if fh.read(1) == b"\n":
-                return
-            fh.seek(0)
-            data = fh.read()
-            keep = data.rfind(b"\n") + 1  # 0 when the fragment is the only line
-            warnings.warn(f"{self.path}: dropping a torn last record ({len(data) - keep} bytes, an interrupted "
-                          "write) before appending", stacklevel=3)
-            fh.truncate(keep)
-            fh.flush()
-            os.fsync(fh.fileno())
+        data = os.pread(fd, size, 0)
+        keep = data.rfind(b"\n") + 1  # 0 when the fragment is the only line
+        warnings.warn(f"{self.path}: dropping a torn last record ({len(data) - keep} bytes, an interrupted "
+                      "write) before appending", stacklevel=3)
+        os.ftruncate(fd, keep)
+        os.fsync(fd)
 
     def read(self) -> pd.DataFrame:
         """All records as a DataFrame with columns :data:`COLUMNS` (empty if no file)."""
@@ -152,6 +203,29 @@ class ResultsLog:
         return bool(mask.any())
 
 
+_DEFAULTS = {"pool_config": "", "seed": 0, "note": ""}
+
+
+def _validated(row: Any, where: str) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise ValueError(f"{where} is a JSON {type(row).__name__}, not a record object")
+    unknown = sorted(set(row) - set(COLUMNS))
+    missing = [c for c in COLUMNS if c not in row and c not in _DEFAULTS]
+    if unknown or missing:
+        raise ValueError(f"{where}: " + "; ".join(
+            ([f"unknown column(s) {unknown}"] if unknown else []) + ([f"missing column(s) {missing}"] if missing else []))
+            + f"; records have the columns {list(COLUMNS)}")
+    full = {**_DEFAULTS, **row}
+    for k in ("coef", "value"):
+        if full[k] is None:  # how NaN is written (JSON has none)
+            full[k] = math.nan
+    try:
+        rec = Record(**full)
+    except (ConfigError, ValueError, TypeError) as e:
+        raise ValueError(f"{where}: not a valid record: {e}") from None
+    return dataclasses.asdict(rec)
+
+
 def _jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in row.items():
@@ -164,9 +238,15 @@ def _jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
 def read_results(path: str | os.PathLike) -> pd.DataFrame:
     """Read a results log (a ``.jsonl`` file, or a folder whose ``*.jsonl`` files are concatenated).
 
+    Every line is validated as a :class:`Record` (known columns, types, metric and
+    method names); a missing ``pool_config``, ``seed`` or ``note`` takes its default.
+
     Returns:
         A DataFrame with columns :data:`COLUMNS`; empty (with those columns) when
         there is nothing to read.
+
+    Raises:
+        ValueError: A line is not a valid record; the message gives ``file:line``.
     """
     path = Path(path)
     files = sorted(path.rglob("*.jsonl")) if path.is_dir() else ([path] if path.exists() else [])
@@ -177,12 +257,13 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 if i == len(lines) - 1:  # torn final line of an interrupted append
                     warnings.warn(f"{f}: skipping a truncated last record (interrupted write)")
                     continue
-                raise ValueError(f"{f}:{i + 1} is not a JSON record; is this a negkit results log?")
+                raise ValueError(f"{f}:{i + 1} is not a JSON record; is this a negkit results log?") from None
+            rows.append(_validated(row, f"{f}:{i + 1}"))
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     df["coef"] = pd.to_numeric(df["coef"], errors="coerce").astype(float)
     df["value"] = pd.to_numeric(df["value"], errors="coerce").astype(float)

@@ -252,7 +252,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig | Mapping[str, An
         out.mkdir(parents=True, exist_ok=True)
         if (out / CHECKPOINT).exists():  # the config is checked before the model is touched
             state = checkpoint.load_training_state(out / CHECKPOINT, model, opt, config=to_dict(cfg),
-                                                   ignore=_RUNTIME_FIELDS)
+                                                   ignore=_RUNTIME_FIELDS, steps_per_epoch=steps_per_epoch)
             start_epoch, step, history, seconds = state.epoch, state.step, state.history, state.seconds
             logger.info("train: resuming %s after epoch %d", out, start_epoch)
     kept = {n: params[n].detach().clone() for n in masks}  # exact values of the masked-out elements

@@ -82,7 +82,9 @@ def test_on_disk_layout(tmp_path):
     assert {f"optim.{i}.momentum_buffer" for i in range(n_params)} <= keys
     assert {"rng.torch", "rng.numpy_keys"} <= keys
     assert len(keys) == len(model.state_dict()) + n_params + 2 + torch.cuda.device_count()
-    assert list(meta) == ["epoch", "step", "history", "seconds", "config", "optim_scalars", "param_groups", "rng"]
+    assert list(meta) == ["epoch", "step", "history", "seconds", "config", "optim_scalars", "param_groups", "rng",
+                          "environment"]
+    assert meta["environment"]["threads"] == torch.get_num_threads() and meta["environment"]["device"] == "cpu"
     assert meta["epoch"] == 2 and meta["config"] == {"epochs": 4, "lr": 0.1}
     assert meta["param_groups"][0]["momentum"] == 0.9 and set(meta["rng"]) == {"numpy", "python"}
     assert ck.read_training_state(path) == STATE
