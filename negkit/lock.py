@@ -174,7 +174,8 @@ def locks_run_dir(run_dir_of: RunDirOf = "run_dir") -> Callable[[F], F]:
     Args:
         run_dir_of: The name of the argument holding the run dir, or a function of
             the bound arguments (a dict) returning it. A run dir of None takes no lock.
-            An argument named ``device`` is recorded as the run's device.
+            An argument named ``device`` (or a ``device`` among ``**kwargs``) is
+            recorded as the run's device.
     """
     def decorate(fn: F) -> F:
         sig = inspect.signature(fn)
@@ -190,7 +191,8 @@ def locks_run_dir(run_dir_of: RunDirOf = "run_dir") -> Callable[[F], F]:
             run_dir = a.get(run_dir_of) if isinstance(run_dir_of, str) else run_dir_of(a)
             if run_dir is None:
                 return fn(*args, **kwargs)
-            with lock_run_dir(run_dir, device=a.get("device")):
+            extra = a.get("kwargs") if isinstance(a.get("kwargs"), Mapping) else {}
+            with lock_run_dir(run_dir, device=a.get("device", extra.get("device"))):
                 return fn(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]

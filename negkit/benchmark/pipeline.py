@@ -38,6 +38,7 @@ from negkit.benchmark.report import load_results
 from negkit.benchmark.setup import Setup, _done_steps, prepare, record_method
 from negkit.config import to_dict
 from negkit.evaluate import select_coef, sweep_coefs
+from negkit.lock import locks_run_dir
 from negkit.metrics import unlearning_metrics
 from negkit.results import COLUMNS, Record
 from negkit.taskvec import TaskVector
@@ -168,6 +169,7 @@ def _select_single(df: pd.DataFrame, setup: Setup, names: list[str]) -> None:
                   note=f"val-selected pool member {name}")
 
 
+@locks_run_dir("run_dir")  # one writer per run dir: a second process fails at once, naming this one
 def run(cfg: BenchmarkConfig, run_dir: str | Path, *, device: str | None = None,
         progress: bool = True) -> pd.DataFrame:
     """Run the whole protocol for every scenario of ``cfg``; finished steps are skipped.

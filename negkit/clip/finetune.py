@@ -30,6 +30,7 @@ from negkit.clip.datasets import randaugment_transform
 from negkit.clip.heads import get_head
 from negkit.clip.model import ClipBackbone, ImageClassifier
 from negkit.config import check, from_dict, to_dict
+from negkit.lock import locks_run_dir
 from negkit.train import TrainConfig, train
 
 __all__ = ["PoolConfig", "EPOCHS", "EPOCHS_RANDAUG", "paper_pool", "smoke_pool", "resolve_pool", "finetune",
@@ -213,6 +214,7 @@ def finetune(
     return final
 
 
+@locks_run_dir("out_dir")
 def finetune_pool(
     backbone: ClipBackbone,
     dataset: str,

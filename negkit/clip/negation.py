@@ -34,6 +34,7 @@ from negkit.clip.heads import get_head
 from negkit.clip.model import ClipBackbone, ImageClassifier
 from negkit.data import DatasetBundle
 from negkit.evaluate import coef_grid, evaluate, resolve_device, select_coef
+from negkit.lock import locks_run_dir
 from negkit.results import Record, ResultsLog
 from negkit.taskvec import TaskVector
 
@@ -97,6 +98,7 @@ class _Negator:
         self.visual.load_state_dict(sd)
 
 
+@locks_run_dir(lambda a: a["results"].path.parent)  # the run dir is the results log's folder
 def run_task_negation(
     backbone: ClipBackbone,
     forget: DatasetBundle,

@@ -22,6 +22,7 @@ from negkit.forget_vectors.arithmetic import learn_arithmetic
 from negkit.forget_vectors.learn import _cached, learn_forget_vector
 from negkit.forget_vectors.loss import ForgetVectorConfig
 from negkit.forget_vectors.vector import ForgetVector
+from negkit.lock import locks_run_dir
 from negkit.metrics import unlearning_metrics
 
 __all__ = ["per_class_accuracy", "classwise_report", "run_benchmark"]
@@ -76,6 +77,7 @@ def classwise_report(model: nn.Module, vectors: Mapping[int, ForgetVector], test
     return df
 
 
+@locks_run_dir(lambda a: a["setup"].log.path.parent)  # the benchmark's run dir (re-entered inside benchmark.run)
 def run_benchmark(setup: Any, cfg: ForgetVectorConfig | Mapping[str, Any] | None = None, *,
                   vectors: Mapping[int, ForgetVector] | None = None, device: str | torch.device | None = None,
                   progress: bool = False) -> tuple[ForgetVector, dict[str, float]]:
