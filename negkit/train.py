@@ -11,6 +11,7 @@ baselines (FT, GA, RL, ℓ1-sparse, SalUn) and CLIP fine-tuning all call
   unmasked elements are restored *exactly* after every optimiser step, so neither
   momentum nor weight decay can move them.
 * ``trainable`` optimises only the named parameters (CLIP: image encoder, frozen head).
+* ``batch_sampler`` replaces the shuffled batches (RL's forget-then-retain epochs).
 
 With ``out_dir`` a run is restartable: each epoch ends with an atomic checkpoint
 (model, optimiser, schedule position, RNG states — safetensors + JSON, no
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from negkit import checkpoint
@@ -183,7 +184,8 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig | Mapping[str, An
           device: str | torch.device | None = None, out_dir: str | os.PathLike | None = None,
           loss_fn: LossFn | None = None, param_mask: Mapping[str, torch.Tensor] | None = None,
           trainable: Iterable[str] | Callable[[str], bool] | None = None, progress: bool = True,
-          eval_fn: Callable[[nn.Module], Mapping[str, float] | None] | None = None) -> TrainResult:
+          eval_fn: Callable[[nn.Module], Mapping[str, float] | None] | None = None,
+          batch_sampler: Callable[[torch.Generator], Sampler[list[int]]] | None = None) -> TrainResult:
     """Train ``model`` on ``dataset`` in place.
 
     Args:
@@ -203,6 +205,10 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig | Mapping[str, An
         progress: Show a tqdm bar.
         eval_fn: Called with the model (in eval mode) after each epoch; the dict it
             returns is added to that epoch's history entry.
+        batch_sampler: Replaces the shuffled batches of ``cfg.batch_size``: called once
+            with the loop's generator (re-seeded from ``(seed, epoch)`` before every
+            epoch) and returns a sampler of index lists with a ``len`` (e.g. the
+            forget-then-retain epochs of :mod:`negkit.unlearn`'s RL and SalUn).
 
     Returns:
         A :class:`TrainResult`.
@@ -236,8 +242,12 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig | Mapping[str, An
 
     gen = torch.Generator()
     drop_last = cfg.drop_last or len(dataset) % cfg.batch_size == 1
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=drop_last,
-                        num_workers=cfg.num_workers, pin_memory=use_cuda)
+    if batch_sampler is None:
+        loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=drop_last,
+                            num_workers=cfg.num_workers, pin_memory=use_cuda)
+    else:
+        loader = DataLoader(dataset, batch_sampler=batch_sampler(gen), num_workers=cfg.num_workers,
+                            pin_memory=use_cuda)
     n_batches = len(loader)
     if n_batches == 0:
         raise ValueError(f"dataset of {len(dataset)} items gives no batch of size {cfg.batch_size}")

@@ -5,55 +5,51 @@ out_dir=None, progress=True) -> nn.Module`` registered under its name
 (``negkit.unlearn.get("salun")``, ``list_methods()``). It returns an unlearned
 *copy* of ``model`` (the argument is never modified) and trains only through the
 kit's one loop, :func:`negkit.train.train`, using its hooks: ``loss_fn`` for the
-objective and ``param_mask`` for SalUn's weight saliency. With ``out_dir`` every
-stage checkpoints under that folder, so a rerun skips finished work and an
-interrupted run resumes.
+objective, ``param_mask`` for SalUn's weight saliency and ``batch_sampler`` for
+RL's epoch structure. With ``out_dir`` the run checkpoints under that folder, so
+a rerun skips finished work and an interrupted run resumes.
 
-The baselines, as in the SalUn paper's comparison (Fan et al., ICLR 2024):
+The baselines follow the CIFAR-10 branch of SalUn's reference code (Fan et al.,
+ICLR 2024): SGD with momentum and weight decay 5e-4 at a constant learning rate
+(``schedule="cosine"`` is an option), no gradient clipping.
 
-- ``ft``: fine-tune on the retain set D_r with cross-entropy (catastrophic
-  forgetting of D_f).
+- ``ft``: fine-tune on the retain set D_r with cross-entropy.
 - ``ga``: gradient ascent on the forget set, i.e. minimise −CE(f(x), y) on D_f.
-- ``rl``: random labelling. Our reading: each forget sample gets one random label
-  y' ≠ y, drawn once with the seed (y' = (y + u) mod C, u ~ U{1..C−1}); the model is
-  trained with CE on these relabelled forget samples for ``epochs``, then for
-  ``retain_epochs`` on D_r to repair the collateral damage. (SalUn's code instead
-  trains once on the union of relabelled D_f and D_r; the two-stage form keeps the
-  stages separately resumable and is the brief's reading.)
-- ``l1_sparse``: FT with an ℓ1 penalty whose strength decays linearly to zero over
-  training, L = CE + γ·(1 − t)·‖θ‖₁ with t the fraction of training done (Jia et al.,
-  NeurIPS 2023, "Model sparsity can simplify machine unlearning", linear decay).
-- ``salun``: weight saliency m = 1[|∇_θ CE(θ_o; D_f)| ≥ top fraction] computed once at
-  the original model θ_o over all parameters with one global threshold (SalUn, Eq. 6;
-  the paper keeps the top 50 %), then RL updating only salient weights:
-  θ ← m ⊙ θ_RL + (1 − m) ⊙ θ_o. The frozen elements are restored exactly after every
-  optimiser step by ``train``'s ``param_mask``, so neither momentum nor weight decay
-  moves them (BatchNorm running statistics are buffers, not weights, and still update).
+- ``rl``: random labelling. Each epoch is one pass over D_f with random labels,
+  then one pass over D_r with the true labels, both in shuffled batches. The random
+  labels are drawn uniformly from *all* C classes (so y' = y is possible) for every
+  forget batch, afresh each time the batch is seen.
+- ``l1_sparse``: FT on D_r with CE + α_e·‖θ‖₁, where α_e = α·(1 − e/E) for epoch
+  e = 0 … E−1 (stepped per epoch; Jia et al., NeurIPS 2023).
+- ``salun``: weight saliency (:func:`saliency_mask`) at the original model θ_o,
+  then RL updating only the salient weights, θ_u = m ⊙ θ_RL + (1 − m) ⊙ θ_o
+  (SalUn Eq. 7). Deliberate deviation: the reference code zeroes the gradients of
+  non-salient weights, so SGD's weight decay and momentum still move them slightly;
+  here ``train``'s ``param_mask`` restores them exactly after every step, as Eq. 7
+  states (BatchNorm running statistics are buffers and still update).
 
 Hyperparameters: :class:`UnlearnConfig` (one frozen dataclass, per-method defaults
-from :func:`default_config`). Source values on CIFAR-10/ResNet-18 reported in the
-SalUn paper's appendix (searched ranges): FT 10 epochs, lr 0.01–0.1; GA 5 epochs,
-lr 1e-5–1e-3; RL 10 epochs, lr 0.01–0.1; ℓ1-sparse 10 epochs, lr 0.01–0.1, γ of
-order 1e-4; SalUn 10 epochs, sparsity 50 %. The defaults here are scaled to the
-built-in digits benchmark (~1,000 training images, a ~80k-weight model, a few seconds
-per run on CPU); see :func:`default_config`. They were set once, not tuned on results.
+from :func:`default_config`). The reference's CIFAR-10 example runs RL and SalUn
+for 10 epochs at lr 0.013. The defaults here are scaled to the built-in digits
+benchmark (~1,000 training images, a ~80k-weight model, a few seconds per run on
+CPU); see :func:`default_config`. They were set once, not tuned on results.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import logging
+import math
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from negkit.config import check, from_dict
-from negkit.data import labels_of
 from negkit.evaluate import resolve_device
 from negkit.train import TrainConfig, train
 
@@ -61,7 +57,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "UnlearnConfig", "default_config", "register", "get", "list_methods",
-    "saliency_mask", "RandomLabels", "ft", "ga", "rl", "l1_sparse", "salun",
+    "saliency_mask", "ForgetThenRetain", "ft", "ga", "rl", "l1_sparse", "salun",
 ]
 
 UnlearnFn = Callable[..., nn.Module]
@@ -73,16 +69,16 @@ class UnlearnConfig:
     """Hyperparameters of one baseline run.
 
     Attributes:
-        epochs: Epochs of the main stage (on D_r for ft/l1_sparse, on D_f for ga/rl/salun).
-        lr: SGD learning rate (cosine schedule).
-        batch_size: Mini-batch size.
+        epochs: Epochs E (ft/l1_sparse: passes over D_r; ga: over D_f; rl/salun: each
+            one pass over D_f with random labels, then one over D_r).
+        lr: SGD learning rate.
+        batch_size: Mini-batch size (also of SalUn's saliency pass).
         momentum: SGD momentum.
         weight_decay: SGD weight decay.
-        l1_gamma: Initial ℓ1 strength γ of ``l1_sparse`` (decays linearly to 0).
+        schedule: ``"constant"`` (the reference) or ``"cosine"`` learning rate.
+        l1_gamma: ℓ1 strength α of ``l1_sparse``; epoch e uses α·(1 − e/E).
         saliency_fraction: Fraction of weights SalUn marks salient (top |gradient|).
-        retain_epochs: Epochs of the repair pass on D_r after the forget stage
-            (``rl`` and ``salun``; 0 skips it).
-        grad_clip: Gradient-norm clip (None for no clipping); GA needs it to stay finite.
+        grad_clip: Gradient-norm clip (None, the reference: no clipping).
         seed: Seed for data order and random labels.
     """
 
@@ -91,15 +87,14 @@ class UnlearnConfig:
     batch_size: int = 32
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    schedule: str = "constant"
     l1_gamma: float = 0.0
     saliency_fraction: float = 0.5
-    retain_epochs: int = 1
     grad_clip: float | None = None
     seed: int = 0
 
     RANGES = {"epochs": ">= 1", "lr": ">= 0", "batch_size": ">= 1", "momentum": "[0, 1)", "weight_decay": ">= 0",
-              "l1_gamma": ">= 0", "saliency_fraction": "(0, 1]", "retain_epochs": ">= 0", "grad_clip": "> 0",
-              "seed": ">= 0"}
+              "l1_gamma": ">= 0", "saliency_fraction": "(0, 1]", "grad_clip": "> 0", "seed": ">= 0"}
 
     def __post_init__(self) -> None:
         check(self)  # types and RANGES (negkit.config)
@@ -109,8 +104,8 @@ class UnlearnConfig:
             raise ValueError(
                 f"UnlearnConfig.saliency_fraction must be in (0, 1], got {self.saliency_fraction}"
             )
-        if self.retain_epochs < 0:
-            raise ValueError(f"UnlearnConfig.retain_epochs must be >= 0, got {self.retain_epochs}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"UnlearnConfig.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
 
 
 #: Digits-scaled defaults. Digits' train split has ~1,000 images and the forget set
@@ -118,10 +113,10 @@ class UnlearnConfig:
 #: while GA's learning rate sits at the top of SalUn's range (its forget set is tiny).
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "ft": dict(epochs=5, lr=0.02),
-    "ga": dict(epochs=3, lr=1e-3, grad_clip=1.0, weight_decay=0.0),
-    "rl": dict(epochs=5, lr=0.02, retain_epochs=1),
+    "ga": dict(epochs=3, lr=1e-3),
+    "rl": dict(epochs=5, lr=0.02),
     "l1_sparse": dict(epochs=5, lr=0.02, l1_gamma=5e-4),
-    "salun": dict(epochs=5, lr=0.02, retain_epochs=1, saliency_fraction=0.5),
+    "salun": dict(epochs=5, lr=0.02, saliency_fraction=0.5),
 }
 
 
@@ -162,27 +157,53 @@ def _check_name(name: str) -> None:
 
 
 # --------------------------------------------------------------------------- helpers
-class RandomLabels(Dataset):
-    """``dataset`` with every label replaced by a fixed random *wrong* label.
+class _Forget(Dataset):
+    """D_f with every label replaced by the marker −1: "draw a random label here"."""
 
-    y' = (y + u) mod C with u drawn uniformly from {1, …, C−1} once per sample from
-    ``seed``, so y' ≠ y always and reruns see the same labels.
-    """
-
-    def __init__(self, dataset: Dataset, num_classes: int, seed: int = 0) -> None:
-        if num_classes < 2:
-            raise ValueError(f"random labels need at least 2 classes, got num_classes={num_classes}")
+    def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
-        labels = np.asarray(labels_of(dataset), dtype=np.int64)
-        shift = np.random.default_rng(seed).integers(1, num_classes, size=len(labels))
-        self.targets = (labels + shift) % num_classes
+        self.targets = np.full(len(dataset), -1, dtype=np.int64)
 
     def __len__(self) -> int:
-        return len(self.targets)
+        return len(self.dataset)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        x, _ = self.dataset[i]
-        return x, int(self.targets[i])
+        return self.dataset[i][0], -1
+
+
+class ForgetThenRetain(Sampler[list[int]]):
+    """Batches of one RL epoch over ``ConcatDataset([forget, retain])``: D_f, then D_r.
+
+    Each part is shuffled with ``generator`` and cut into batches of ``batch_size``;
+    every forget batch comes before every retain batch (SalUn's CIFAR-10 RL loop).
+    A last batch of a single image is dropped, as :func:`negkit.train.train` does
+    (BatchNorm cannot train on it), unless it is the part's only batch; any other
+    short last batch is kept.
+
+    Args:
+        n_forget, n_retain: Sizes of the two parts (indices ``0..n_forget-1`` are D_f).
+        batch_size: Images per batch.
+        generator: Draws the order; ``train`` re-seeds it before every epoch.
+    """
+
+    def __init__(self, n_forget: int, n_retain: int, batch_size: int, generator: torch.Generator) -> None:
+        self.parts = [(0, n_forget), (n_forget, n_retain)]
+        self.batch_size, self.generator = batch_size, generator
+
+    def _sizes(self, n: int) -> list[int]:
+        sizes = [self.batch_size] * (n // self.batch_size) + ([n % self.batch_size] if n % self.batch_size else [])
+        return sizes[:-1] if len(sizes) > 1 and sizes[-1] == 1 else sizes
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for start, n in self.parts:
+            order = (start + torch.randperm(n, generator=self.generator)).tolist()
+            i = 0
+            for size in self._sizes(n):
+                yield order[i:i + size]
+                i += size
+
+    def __len__(self) -> int:
+        return sum(len(self._sizes(n)) for _, n in self.parts)
 
 
 def _num_classes(model: nn.Module, dataset: Dataset) -> int:
@@ -201,25 +222,31 @@ def saliency_mask(
     forget: Dataset,
     fraction: float = 0.5,
     *,
-    batch_size: int = 128,
+    batch_size: int = 32,
     device: str | torch.device | None = None,
 ) -> dict[str, Tensor]:
-    """SalUn's weight saliency mask at ``model`` (SalUn, Eq. 6).
+    """SalUn's weight saliency mask at ``model`` (SalUn, Eq. 6), as its reference code computes it.
 
-    Accumulates g = ∇_θ Σ_{(x,y)∈D_f} CE(f_θ(x), y) over the forget set with the model in
-    eval mode (BatchNorm statistics untouched), then keeps the ``fraction`` of all
-    parameter elements with the largest |g| under one global threshold. Exactly
-    ``round(fraction · n)`` elements are marked (ties broken by ``torch.topk``).
+    g = Σ_batches ∇_θ mean_{(x,y) ∈ batch} (−CE(f_θ(x), y)) over D_f in batches of
+    ``batch_size`` (not shuffled), with the model in eval mode (BatchNorm statistics
+    untouched). Because each batch contributes its *mean* gradient, the images of a
+    short last batch weigh more than the others, exactly as in the reference. Then
+    the ``⌊fraction · N⌋`` parameter elements of largest |g| over all N parameter
+    elements (one global ranking; ties at the boundary broken by ``torch.topk``) are
+    marked salient.
 
     Args:
         model: The original model θ_o (not modified).
         forget: The forget set D_f.
         fraction: Fraction of weights to mark salient, in (0, 1].
-        batch_size: Batch size of the gradient pass.
+        batch_size: Batch size of the gradient pass (the reference uses the unlearning batch size).
         device: Device for the pass (None: cuda if available, else cpu).
 
     Returns:
         ``{parameter name: bool tensor of its shape}`` for every parameter, on cpu.
+
+    Raises:
+        ValueError: ``fraction`` outside (0, 1], or an empty forget set.
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"saliency fraction must be in (0, 1], got {fraction}")
@@ -232,12 +259,12 @@ def saliency_mask(
         p.requires_grad_(True)
         p.grad = None
     for x, y in DataLoader(forget, batch_size=batch_size, shuffle=False):
-        loss = F.cross_entropy(model(x.to(device)), y.to(device), reduction="sum")
-        loss.backward()
+        # backward() adds each batch's mean gradient to .grad: the sum over batches
+        (-F.cross_entropy(model(x.to(device)), y.to(device))).backward()
     names = list(params)
     grads = [params[n].grad if params[n].grad is not None else torch.zeros_like(params[n]) for n in names]
     flat = torch.cat([g.detach().abs().flatten().float().cpu() for g in grads])
-    k = int(round(fraction * flat.numel()))
+    k = int(fraction * flat.numel())
     keep = torch.zeros(flat.numel(), dtype=torch.bool)
     if k > 0:
         keep[torch.topk(flat, k, sorted=False).indices] = True
@@ -253,7 +280,7 @@ def _train_cfg(cfg: UnlearnConfig, epochs: int) -> TrainConfig:
     return from_dict(TrainConfig, dict(
         epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer="sgd",
         momentum=cfg.momentum, weight_decay=cfg.weight_decay, label_smoothing=0.0,
-        schedule="cosine", grad_clip=cfg.grad_clip, seed=cfg.seed,
+        schedule=cfg.schedule, grad_clip=cfg.grad_clip, seed=cfg.seed,
     ))
 
 
@@ -261,6 +288,7 @@ def _stage(
     model: nn.Module, dataset: Dataset, cfg: UnlearnConfig, epochs: int, *, device: Any,
     out_dir: Path | None, stage: str, progress: bool, loss_fn: Callable | None = None,
     param_mask: Mapping[str, Tensor] | None = None,
+    batch_sampler: Callable[[torch.Generator], Sampler[list[int]]] | None = None,
 ) -> nn.Module:
     """One call of the kit's training loop; returns the trained model."""
     if len(dataset) == 0:
@@ -268,7 +296,7 @@ def _stage(
     sub = None if out_dir is None else Path(out_dir) / stage
     result = train(
         model, dataset, _train_cfg(cfg, epochs), device=device, out_dir=sub,
-        loss_fn=loss_fn, param_mask=param_mask, progress=progress,
+        loss_fn=loss_fn, param_mask=param_mask, progress=progress, batch_sampler=batch_sampler,
     )
     return result.model
 
@@ -284,14 +312,29 @@ def _neg_ce(model: nn.Module, x: Tensor, y: Tensor, progress_frac: float) -> Ten
     return -F.cross_entropy(model(x), y)
 
 
-def _l1_loss(gamma: float) -> Callable[[nn.Module, Tensor, Tensor, float], Tensor]:
+def _l1_loss(alpha: float, epochs: int) -> Callable[[nn.Module, Tensor, Tensor, float], Tensor]:
     def loss_fn(model: nn.Module, x: Tensor, y: Tensor, progress_frac: float) -> Tensor:
-        strength = gamma * max(0.0, 1.0 - progress_frac)  # linear decay to 0 (Jia et al. 2023)
+        # progress_frac = (e·n_batches + b) / (E·n_batches), so ⌊E·progress_frac⌋ = e
+        # (the small offset only absorbs rounding at b = 0).
+        epoch = math.floor(progress_frac * epochs + 1e-9)
+        strength = alpha * (1.0 - epoch / epochs)  # stepped per epoch (Jia et al. 2023)
         ce = F.cross_entropy(model(x), y)
         if strength == 0.0:
             return ce
         l1 = sum(p.abs().sum() for p in model.parameters() if p.requires_grad)
         return ce + strength * l1
+    return loss_fn
+
+
+def _random_label_loss(num_classes: int) -> Callable[[nn.Module, Tensor, Tensor, float], Tensor]:
+    def loss_fn(model: nn.Module, x: Tensor, y: Tensor, progress_frac: float) -> Tensor:
+        forget = y < 0  # the _Forget marker
+        if bool(forget.any()):
+            # Fresh labels, uniform over all classes, every time a forget batch is seen. The
+            # global torch RNG is seeded by train() and restored on resume.
+            drawn = torch.randint(0, num_classes, y.shape).to(y.device)
+            y = torch.where(forget, drawn, y)
+        return F.cross_entropy(model(x), y)
     return loss_fn
 
 
@@ -317,7 +360,7 @@ def ga(model: nn.Module, forget: Dataset, retain: Dataset, cfg: UnlearnConfig | 
 @register("rl")
 def rl(model: nn.Module, forget: Dataset, retain: Dataset, cfg: UnlearnConfig | Mapping | None = None,
        *, device: str | None = None, out_dir: str | Path | None = None, progress: bool = True) -> nn.Module:
-    """Random labels y' ≠ y on D_f, then a repair pass on D_r. Returns an unlearned copy."""
+    """Per epoch: D_f with fresh random labels, then D_r. Returns an unlearned copy."""
     model, cfg = _prepare(model, cfg, "rl")
     return _random_label_unlearning(model, forget, retain, cfg, device=device, out_dir=out_dir,
                                     progress=progress, param_mask=None)
@@ -327,10 +370,10 @@ def rl(model: nn.Module, forget: Dataset, retain: Dataset, cfg: UnlearnConfig | 
 def l1_sparse(model: nn.Module, forget: Dataset, retain: Dataset, cfg: UnlearnConfig | Mapping | None = None,
               *, device: str | None = None, out_dir: str | Path | None = None,
               progress: bool = True) -> nn.Module:
-    """FT on D_r with CE + γ(1 − t)‖θ‖₁ (linearly decaying ℓ1). Returns an unlearned copy."""
+    """FT on D_r with CE + α(1 − e/E)‖θ‖₁ (ℓ1 decaying per epoch). Returns an unlearned copy."""
     model, cfg = _prepare(model, cfg, "l1_sparse")
     return _stage(model, retain, cfg, cfg.epochs, device=device, out_dir=out_dir, stage="l1_sparse",
-                  progress=progress, loss_fn=_l1_loss(cfg.l1_gamma))
+                  progress=progress, loss_fn=_l1_loss(cfg.l1_gamma, cfg.epochs))
 
 
 @register("salun")
@@ -341,8 +384,7 @@ def salun(model: nn.Module, forget: Dataset, retain: Dataset, cfg: UnlearnConfig
     Returns an unlearned copy whose non-salient parameters equal the original's bitwise.
     """
     model, cfg = _prepare(model, cfg, "salun")
-    mask = saliency_mask(model, forget, cfg.saliency_fraction, batch_size=max(cfg.batch_size, 128),
-                         device=device)
+    mask = saliency_mask(model, forget, cfg.saliency_fraction, batch_size=cfg.batch_size, device=device)
     return _random_label_unlearning(model, forget, retain, cfg, device=device, out_dir=out_dir,
                                     progress=progress, param_mask=mask)
 
@@ -353,11 +395,9 @@ def _random_label_unlearning(
 ) -> nn.Module:
     if len(forget) == 0:
         raise ValueError("random-label unlearning got an empty forget set")
-    relabelled = RandomLabels(forget, _num_classes(model, forget), seed=cfg.seed)
-    out = None if out_dir is None else Path(out_dir)
-    model = _stage(model, relabelled, cfg, cfg.epochs, device=device, out_dir=out, stage="forget",
-                   progress=progress, param_mask=param_mask)
-    if cfg.retain_epochs > 0:
-        model = _stage(model, retain, cfg, cfg.retain_epochs, device=device, out_dir=out,
-                       stage="retain", progress=progress, param_mask=param_mask)
-    return model
+    num_classes = _num_classes(model, forget)
+    data = ConcatDataset([_Forget(forget), retain])
+    return _stage(model, data, cfg, cfg.epochs, device=device, out_dir=None if out_dir is None else Path(out_dir),
+                  stage="unlearn", progress=progress, loss_fn=_random_label_loss(num_classes),
+                  param_mask=param_mask,
+                  batch_sampler=lambda gen: ForgetThenRetain(len(forget), len(retain), cfg.batch_size, gen))

@@ -55,7 +55,13 @@ def test_registry_lists_the_five_baselines_and_rejects_unknown_names():
 
 def test_default_configs_and_bad_values():
     assert unlearn.default_config("salun").saliency_fraction == 0.5
-    assert unlearn.default_config("ga").grad_clip == 1.0
+    for name in unlearn.list_methods():  # the reference: constant lr, wd 5e-4, no clipping (GA included)
+        cfg = unlearn.default_config(name)
+        assert (cfg.schedule, cfg.weight_decay, cfg.grad_clip) == ("constant", 5e-4, None), name
+        tc = unlearn._train_cfg(cfg, 3)
+        assert (tc.schedule, tc.weight_decay, tc.grad_clip, tc.epochs) == ("constant", 5e-4, None, 3)
+    with pytest.raises(ValueError, match="schedule"):
+        unlearn.UnlearnConfig(schedule="step")
     assert unlearn.default_config("ft", epochs=2).epochs == 2
     with pytest.raises(ValueError, match=r"unknown UnlearnConfig key\(s\) \['epoch'\]"):
         unlearn.default_config("ft", epoch=2)
@@ -65,36 +71,97 @@ def test_default_configs_and_bad_values():
         unlearn.default_config("nope")
 
 
-def test_random_labels_are_wrong_fixed_and_in_range(data):
+def test_forget_then_retain_batches():
+    gen = torch.Generator().manual_seed(0)
+    sampler = unlearn.ForgetThenRetain(5, 7, 2, gen)
+    batches = list(sampler)
+    # D_f = indices 0..4 in batches 2, 2 (the last single image dropped), then D_r = 5..11 in 2, 2, 2
+    assert [len(b) for b in batches] == [2, 2, 2, 2, 2] == [2] * len(sampler)
+    assert all(i < 5 for b in batches[:2] for i in b) and all(5 <= i < 12 for b in batches[2:] for i in b)
+    assert len({i for b in batches for i in b}) == 10  # no index twice
+    gen.manual_seed(0)
+    assert list(sampler) == batches  # the order is the generator's
+    gen.manual_seed(1)
+    assert list(sampler) != batches
+    # a part that is a single image is kept; a short last batch of more than one image too
+    assert [len(b) for b in unlearn.ForgetThenRetain(1, 5, 3, gen)] == [1, 3, 2]
+
+
+def test_random_labels_are_drawn_per_batch_from_all_classes(original, data):
     forget, _ = data
-    a = unlearn.RandomLabels(forget, num_classes=4, seed=3)
-    b = unlearn.RandomLabels(forget, num_classes=4, seed=3)
-    true = labels_of(forget)
-    assert np.array_equal(a.targets, b.targets)
-    assert np.all(a.targets != true) and a.targets.min() >= 0 and a.targets.max() < 4
-    assert np.array_equal(labels_of(a), a.targets)
-    x, y = a[0]
-    assert torch.equal(x, forget[0][0]) and y == a.targets[0]
-    with pytest.raises(ValueError, match="at least 2 classes"):
-        unlearn.RandomLabels(forget, num_classes=1)
+    x = torch.stack([forget[i][0] for i in range(8)])
+    true = torch.tensor([forget[i][1] for i in range(8)])
+    marked = torch.tensor([-1] * 6 + [2, 3])  # six forget rows, two retain rows
+    loss = unlearn._random_label_loss(4)
+    with torch.no_grad():
+        torch.manual_seed(5)
+        got = loss(original, x, marked, 0.0)
+        torch.manual_seed(5)
+        drawn = torch.randint(0, 4, (8,))
+        want = F.cross_entropy(original(x), torch.where(marked < 0, drawn, marked))
+        assert torch.equal(got, want)
+        # retain batches use their labels and draw nothing
+        state = torch.get_rng_state()
+        assert torch.equal(loss(original, x, true, 0.0), F.cross_entropy(original(x), true))
+        assert torch.equal(torch.get_rng_state(), state)
+    # uniform over all classes, the true one included, and new labels at every call
+    draws = torch.stack([torch.randint(0, 4, (16,)) for _ in range(200)])
+    assert set(draws.flatten().tolist()) == {0, 1, 2, 3}
+    assert bool((draws == torch.as_tensor(labels_of(forget))).any())
+
+
+def test_rl_epochs_are_a_forget_pass_then_a_retain_pass(original, data, monkeypatch):
+    forget, retain = data
+    seen, results = [], []
+    real_loss, real_train = unlearn._random_label_loss, unlearn.train
+
+    def spy_loss(num_classes):
+        inner = real_loss(num_classes)
+
+        def loss(model, x, y, frac):
+            assert bool((y < 0).all()) or bool((y >= 0).all())  # batches never mix D_f and D_r
+            seen.append(("F" if bool((y < 0).all()) else "R", len(y)))
+            return inner(model, x, y, frac)
+        return loss
+
+    def spy_train(*args, **kwargs):
+        results.append(real_train(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(unlearn, "_random_label_loss", spy_loss)
+    monkeypatch.setattr(unlearn, "train", spy_train)
+    cfg = unlearn.default_config("rl", epochs=2, batch_size=6, lr=0.013)
+    unlearn.rl(original, forget, retain, cfg, device="cpu", progress=False)
+    # |D_f| = 16 -> batches 6, 6, 4; |D_r| = 64 -> 10 batches of 6 and one of 4; twice
+    epoch = [("F", 6), ("F", 6), ("F", 4)] + [("R", 6)] * 10 + [("R", 4)]
+    assert seen == epoch * 2
+    assert [h["lr"] for h in results[0].history] == [0.013, 0.013]  # constant learning rate
 
 
 def test_saliency_mask_keeps_the_top_fraction_of_gradient_magnitudes(original, data):
     forget, _ = data
-    mask = unlearn.saliency_mask(original, forget, 0.25, device="cpu")
+    mask = unlearn.saliency_mask(original, forget, 0.3, batch_size=5, device="cpu")
     params = dict(original.named_parameters())
     assert set(mask) == set(params)
-    # Independent gradient of the summed CE on D_f, in eval mode.
+    # Independent: the sum of the per-batch mean gradients of CE on D_f (16 images in
+    # batches 5, 5, 5, 1: the single last image weighs 5x an image of a full batch), eval mode.
     model = original.eval()
     model.zero_grad()
     x = torch.stack([forget[i][0] for i in range(len(forget))])
     y = torch.tensor([forget[i][1] for i in range(len(forget))])
-    F.cross_entropy(model(x), y, reduction="sum").backward()
+    weights = torch.tensor([1 / 5] * 15 + [1.0])
+    (F.cross_entropy(model(x), y, reduction="none") * weights).sum().backward()
     g = torch.cat([params[n].grad.abs().flatten() for n in mask])
     m = torch.cat([mask[n].flatten() for n in mask])
     model.zero_grad()
-    assert int(m.sum()) == round(0.25 * m.numel())
+    assert int(m.sum()) == int(0.3 * m.numel())  # ⌊0.3·N⌋
     assert g[m].min() >= g[~m].max() - 1e-6  # every salient |g| ≥ every non-salient |g|
+    # The up-weighted last batch matters: the per-sample sum ranks the weights differently.
+    model.zero_grad()
+    F.cross_entropy(model(x), y, reduction="sum").backward()
+    plain = torch.cat([params[n].grad.abs().flatten() for n in mask])
+    model.zero_grad()
+    assert not torch.equal(torch.topk(plain, int(m.sum())).indices.sort().values, m.nonzero().flatten())
 
 
 def test_every_method_returns_a_changed_copy_and_leaves_the_original_alone(original, data):
@@ -112,8 +179,8 @@ def test_every_method_returns_a_changed_copy_and_leaves_the_original_alone(origi
 
 def test_salun_changes_only_salient_weights_bitwise(original, data):
     forget, retain = data
-    cfg = unlearn.default_config("salun", epochs=2, retain_epochs=1, saliency_fraction=0.3, weight_decay=5e-3)
-    mask = unlearn.saliency_mask(original, forget, 0.3, device="cpu")
+    cfg = unlearn.default_config("salun", epochs=2, saliency_fraction=0.3, weight_decay=5e-3)
+    mask = unlearn.saliency_mask(original, forget, 0.3, batch_size=cfg.batch_size, device="cpu")
     out = unlearn.salun(original, forget, retain, cfg, device="cpu", progress=False)
     orig = dict(original.named_parameters())
     changed = 0
@@ -131,31 +198,36 @@ def test_ga_raises_the_forget_loss(original, data):
     assert evaluate(out, forget)["loss"] > evaluate(original, forget)["loss"]
 
 
-def test_rl_trains_on_wrong_labels_then_retain(original, data, tmp_path):
+def test_rl_moves_the_forget_set_and_resumes_from_its_folder(original, data, tmp_path):
     forget, retain = data
-    cfg = unlearn.default_config("rl", epochs=3, retain_epochs=1)
+    cfg = unlearn.default_config("rl", epochs=3)
     out = unlearn.rl(original, forget, retain, cfg, device="cpu", progress=False, out_dir=tmp_path)
-    assert (tmp_path / "forget" / "done.json").exists() and (tmp_path / "retain" / "done.json").exists()
-    # The forget stage alone (no repair pass) must pull D_f away from its true labels.
-    only = unlearn.rl(original, forget, retain, unlearn.default_config("rl", epochs=5, retain_epochs=0),
-                      device="cpu", progress=False)
+    assert (tmp_path / "unlearn" / "done.json").exists()
+    # Random labels alone (a retain set of two images barely repairs) pull D_f off its labels.
+    only = unlearn.rl(original, forget, torch.utils.data.Subset(retain, [0, 1]),
+                      unlearn.default_config("rl", epochs=5), device="cpu", progress=False)
     assert evaluate(only, forget)["acc"] < evaluate(original, forget)["acc"]
-    # Rerun: both stages are loaded, not retrained, and give the same weights.
+    # Rerun: loaded, not retrained, and the same weights.
     again = unlearn.rl(original, forget, retain, cfg, device="cpu", progress=False, out_dir=tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(out.state_dict().values(), again.state_dict().values()))
 
 
-def test_l1_penalty_decays_linearly_to_zero(original, data):
+def test_l1_strength_steps_down_per_epoch(original, data):
     forget, _ = data
     x = torch.stack([forget[i][0] for i in range(4)])
     y = torch.tensor([forget[i][1] for i in range(4)])
-    loss = unlearn._l1_loss(1e-3)
+    loss = unlearn._l1_loss(1e-3, epochs=4)
     with torch.no_grad():
         ce = F.cross_entropy(original(x), y)
         l1 = sum(p.abs().sum() for p in original.parameters())
-        assert math.isclose(loss(original, x, y, 0.0).item(), (ce + 1e-3 * l1).item(), rel_tol=1e-5)
-        assert math.isclose(loss(original, x, y, 0.5).item(), (ce + 0.5e-3 * l1).item(), rel_tol=1e-5)
-        assert math.isclose(loss(original, x, y, 1.0).item(), ce.item(), rel_tol=1e-6)
+        # progress 0 and 0.2 are epoch 0 (α), 0.25 epoch 1 (0.75α), 0.99 epoch 3 (0.25α)
+        for frac, factor in ((0.0, 1.0), (0.2, 1.0), (0.25, 0.75), (0.5, 0.5), (0.74, 0.5), (0.99, 0.25)):
+            want = (ce + factor * 1e-3 * l1).item()
+            assert math.isclose(loss(original, x, y, frac).item(), want, rel_tol=1e-5), frac
+        # exact epoch boundaries as train() computes them: (e·nb + 0) / (E·nb), nb = 7
+        for e in range(4):
+            want = (ce + (1 - e / 4) * 1e-3 * l1).item()
+            assert math.isclose(loss(original, x, y, (e * 7) / (4 * 7)).item(), want, rel_tol=1e-5)
 
 
 def test_empty_forget_set_is_refused(original, data):
