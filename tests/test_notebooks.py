@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import pytest
+
+from negkit import notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -38,16 +41,125 @@ def test_notebook_shape(nb_path: Path):
 
 @pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_in_smoke_mode(nb_path: Path, tmp_path: Path):
-    import papermill as pm
-
     out = tmp_path / nb_path.name
     figures = tmp_path / "figures"
-    pm.execute_notebook(
-        str(nb_path), str(out), kernel_name="python3", progress_bar=False, cwd=str(ROOT),
-        parameters={"smoke": True, "run_dir": str(tmp_path / "run"), "figures_dir": str(figures)},
-    )
+    notebook.execute(nb_path, out, {"smoke": True, "run_dir": str(tmp_path / "run"), "figures_dir": str(figures)})
     executed = json.loads(out.read_text())
     errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
     if "save_figure" in nb_path.read_text():
         assert list(figures.glob("*.png")), f"{nb_path.name} wrote no figure to figures_dir in smoke mode"
+
+
+@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_checks_every_parameter(nb_path: Path):
+    """The cell after `parameters` passes every declared name through notebook.check_parameters."""
+    cells = [c for c in _cells(nb_path) if c["cell_type"] == "code"]
+    i = next(i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", []))
+    declared = set(notebook.notebook_parameters(nb_path))
+    check = "".join(cells[i + 1]["source"])
+    assert "notebook.check_parameters(globals()" in check and "notebook.set_threads(" in check, nb_path.name
+    spec = next(n for n in ast.walk(ast.parse(check)) if isinstance(n, ast.Dict))
+    assert {k.value for k in spec.keys} == declared, f"{nb_path.name}: the spec and the parameters cell differ"
+
+
+# --- negkit.notebook: the validator, hand-checked ------------------------------------------------
+
+def _ns(**values):
+    return dict(values)
+
+
+def test_strings_from_the_command_line_become_the_declared_kind(tmp_path: Path):
+    ns = _ns(smoke="false", draws="7", lr="0.5", classes="[3, 5]", pair="3,8", opts="{'a': 1}", name=3)
+    out = notebook.check_parameters(ns, {"smoke": bool, "draws": int, "lr": float, "classes": notebook.Param(list, items=int),
+                                         "pair": notebook.Param(list, items=int), "opts": dict, "name": str}, root=tmp_path)
+    assert out == {"smoke": False, "draws": 7, "lr": 0.5, "classes": [3, 5], "pair": [3, 8], "opts": {"a": 1}, "name": "3"}
+    assert ns["smoke"] is False and ns["classes"] == [3, 5]  # written back into the namespace
+
+
+@pytest.mark.parametrize("value", ["TRUE", "yes", "1", True, 1])
+def test_booleans_from_strings(value, tmp_path: Path):
+    assert notebook.check_parameters(_ns(smoke=value), {"smoke": bool}, root=tmp_path)["smoke"] is True
+
+
+@pytest.mark.parametrize("spec,value,message", [
+    (bool, "maybe", "'smoke' must be a boolean"),
+    (int, "five", "'smoke' must be an integer, got 'five'"),
+    (int, 2.5, "'smoke' must be an integer"),
+    (int, True, "'smoke' must be an integer"),
+    (notebook.Param(int, min=1), 0, "'smoke' must be ≥ 1"),
+    (notebook.Param(float, max=1.0), "1.5", "'smoke' must be ≤ 1.0"),
+    (notebook.Param(str, choices=("a", "b")), "c", "must be one of ['a', 'b']"),
+    (notebook.Param(list, items=int), "[3, x]", "cannot read '[3, x]' as a list"),
+    (notebook.Param(list, items=int), "3,five", "'smoke[1]' must be an integer"),
+    (notebook.Param(list, items=int, min_len=2), [3], "at least 2"),
+    (str, None, "got None"),
+])
+def test_bad_values_are_refused_naming_the_parameter(spec, value, message, tmp_path: Path):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        notebook.check_parameters(_ns(smoke=value), {"smoke": spec}, root=tmp_path)
+
+
+def test_optional_accepts_none_as_a_string(tmp_path: Path):
+    out = notebook.check_parameters(_ns(threads="None"), {"threads": notebook.Param(int, optional=True)}, root=tmp_path)
+    assert out["threads"] is None
+
+
+def test_paths_follow_the_dataset_and_start_at_the_root(tmp_path: Path):
+    ns = _ns(dataset="fashion_mnist", run_dir="runs/{dataset}", figures_dir=str(tmp_path / "abs"), cache="~/x")
+    out = notebook.check_parameters(ns, {"dataset": str, "run_dir": Path, "figures_dir": Path, "cache": Path}, root=tmp_path)
+    assert out["run_dir"] == str(tmp_path / "runs" / "fashion_mnist")
+    assert out["figures_dir"] == str(tmp_path / "abs")
+    assert out["cache"] == str(Path.home() / "x")
+    with pytest.raises(ValueError, match="names 'datset' in braces"):
+        notebook.check_parameters(_ns(run_dir="runs/{datset}"), {"run_dir": Path}, root=tmp_path)
+
+
+def test_repo_root_is_found_from_the_notebooks_folder():
+    assert notebook.repo_root(ROOT / "notebooks") == ROOT
+    assert notebook.resolve_path("runs/digits", ROOT) == ROOT / "runs" / "digits"
+
+
+INJECTED = "# Parameters\nsmoke = True\nfv_classes = \"[3, 5]\"\n"
+
+
+def test_names_papermill_injected_are_read_from_the_kernel_history():
+    assert notebook.injected_parameters({"In": ["", "x = 1", INJECTED]}) == {"smoke", "fv_classes"}
+    assert notebook.injected_parameters({}) == set()
+
+
+def test_a_misspelt_injected_name_is_refused(tmp_path: Path):
+    ns = {"In": ["", "# Parameters\nsmoek = True\n"], "smoke": False, "smoek": True}
+    with pytest.raises(ValueError, match="'smoek' \\(did you mean 'smoke'\\?\\)"):
+        notebook.check_parameters(ns, {"smoke": bool}, root=tmp_path)
+
+
+def test_smoke_shrinks_only_what_the_user_did_not_set(tmp_path: Path):
+    spec = {"smoke": bool, "fv_classes": notebook.Param(list, items=int), "fv_epochs": int}
+    ns = {"In": ["", INJECTED], "smoke": True, "fv_classes": "[3, 5]", "fv_epochs": 10}
+    out = notebook.check_parameters(ns, spec, smoke_values={"fv_classes": [3], "fv_epochs": 1}, root=tmp_path)
+    assert out == {"smoke": True, "fv_classes": [3, 5], "fv_epochs": 1}
+    ns = {"smoke": False, "fv_classes": [3, 5, 8], "fv_epochs": 10}
+    out = notebook.check_parameters(ns, spec, smoke_values={"fv_classes": [3], "fv_epochs": 1}, root=tmp_path)
+    assert out["fv_epochs"] == 10 and out["fv_classes"] == [3, 5, 8]  # smoke off: nothing replaced
+
+
+def test_the_runner_refuses_unknown_names_before_starting_a_kernel():
+    nb = ROOT / "notebooks" / "03_sign_agreement.ipynb"
+    with pytest.raises(ValueError, match="'smoek' \\(did you mean 'smoke'\\?\\)"):
+        notebook.execute(nb, "/nonexistent/out.ipynb", {"smoek": True})
+    notebook.check_names(nb, {"smoke": True, "draws": 2})  # declared names pass
+
+
+def test_set_threads(monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert notebook.set_threads() == 2 and torch.get_num_threads() == 2
+        assert notebook.set_threads(1) == 1 and torch.get_num_threads() == 1
+        with pytest.raises(ValueError, match="threads must be ≥ 1"):
+            notebook.set_threads(0)
+    finally:
+        torch.set_num_threads(before)
