@@ -26,7 +26,8 @@ __all__ = ["PoolSpec", "BenchmarkConfig", "make_config", "default_config", "cifa
 SETTING = "standard"
 UNLEARNING_METRICS = ("UA", "RA", "TA", "MIA")
 NO_COEF = "no admissible coefficient"
-EDGE = "λ at the top edge of the grid"
+EDGE = "λ search reached its maximum with control still admissible"
+COEF_SEARCHES = ("adaptive", "grid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +73,12 @@ class BenchmarkConfig:
         seed: Seed of the split, initialisation and data order.
         original: Training recipe of the original model and of Retrain.
         pool: The fine-tuning pool.
-        coefs: Negation coefficients λ searched on validation.
+        coefs: Negation coefficients λ on validation: their lowest and highest value are the
+            initial range ``start..stop`` of the λ search (:func:`negkit.evaluate.search_coef`).
+        coef_step: Step of the λ grid the search works on.
+        coef_max: The search's range grows (doubling) up to this λ at most.
+        coef_search: ``"adaptive"`` (range doubling and bisection) or ``"grid"`` (every λ
+            of the grown range evaluated).
         threshold: Control accuracy must stay ≥ threshold × the original's.
         merge_methods: Merge rules (``negkit.merge`` names) whose negation is evaluated.
         merge_options: Per-rule keyword options, e.g. ``{"ties": {"density": 0.2}}``.
@@ -94,6 +100,9 @@ class BenchmarkConfig:
         label_smoothing=0.0, schedule="cosine"))
     pool: PoolSpec = dataclasses.field(default_factory=PoolSpec)
     coefs: tuple[float, ...] = tuple(coef_grid(0.0, 1.0, 0.05))
+    coef_step: float = 0.05
+    coef_max: float = 8.0
+    coef_search: str = "adaptive"
     threshold: float = 0.95
     merge_methods: tuple[str, ...] = ("mean", "ties", "magmax", "negmerge")
     merge_options: dict = dataclasses.field(default_factory=dict)
@@ -102,7 +111,8 @@ class BenchmarkConfig:
     eval_batch_size: int = 512
     smoke: bool = False
 
-    RANGES = {"seed": ">= 0", "threshold": "(0, 1]", "eval_batch_size": ">= 1"}
+    RANGES = {"seed": ">= 0", "threshold": "(0, 1]", "eval_batch_size": ">= 1", "coef_step": "> 0",
+              "coef_max": "finite"}
 
     def __post_init__(self) -> None:
         check(self)  # types and RANGES (negkit.config) first: scenarios='class_3' is a str, not a tuple
@@ -120,6 +130,12 @@ class BenchmarkConfig:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
         if not self.coefs:
             raise ValueError("coefs is empty; use e.g. negkit.evaluate.coef_grid(0, 1, 0.05)")
+        if self.coef_search not in COEF_SEARCHES:
+            raise ValueError(f"coef_search must be one of {list(COEF_SEARCHES)}, got {self.coef_search!r}")
+        if self.coef_max < max(self.coefs):
+            raise ValueError(f"coef_max ({self.coef_max:g}) is below the largest of coefs ({max(self.coefs):g}); "
+                             f"raise coef_max or shorten coefs")
+        coef_grid(min(self.coefs), self.coef_max, self.coef_step)  # an absurdly fine step fails here, at once
 
 
 def make_config(values: Mapping[str, Any] | BenchmarkConfig | None = None, **overrides: Any) -> BenchmarkConfig:
@@ -142,16 +158,17 @@ def default_config(*, smoke: bool = False, **overrides: Any) -> BenchmarkConfig:
     """The digits default, or its shrunken smoke version for CI (``smoke=True``).
 
     Default (``make demo``): digits at native 8×8, small ResNet, original/Retrain 20
-    epochs, the paper's 27-member pool with epochs /10, λ grid 0..1 by 0.05, both
-    scenarios, all four merges and five baselines. Smoke: 4 pool members
-    (epochs {1, 2} × label smoothing {0, 0.1}), 5 coefficients, 3 epochs for
+    epochs, the paper's 27-member pool with epochs /10, λ searched from 0..1 by 0.05
+    (the range doubling up to 8 while control holds), both scenarios, all four merges
+    and five baselines. Smoke: 4 pool members (epochs {1, 2} × label smoothing
+    {0, 0.1}), λ step 0.25, 3 epochs for
     Original/Retrain, one-epoch baselines.
     """
     if smoke:
         smoke_values: dict[str, Any] = dict(
             original={"epochs": 3}, pool={"epochs": (1, 2), "weight_decays": (1e-4,),
                                           "label_smoothings": (0.0, 0.1)},
-            coefs=(0.0, 0.25, 0.5, 0.75, 1.0),
+            coefs=(0.0, 0.25, 0.5, 0.75, 1.0), coef_step=0.25,
             baseline_configs={m: {"epochs": 1} for m in unlearn.list_methods()}, smoke=True,
         )
         return make_config({**smoke_values, **overrides})

@@ -5,10 +5,14 @@ Per scenario: fine-tune θ_o on D_f with every pool config; task vectors
 excluded, so the negated model keeps θ_o's); Task Arithmetic θ_o − λτ_k for every
 member and for the member chosen on validation; the merged pool (mean, TIES, MagMax,
 NegMerge) negated the same way; the classic baselines of :mod:`negkit.unlearn`. λ
-comes from the grid (0..1 by 0.05) via :func:`negkit.evaluate.select_coef` on the
-validation sets (lowest forget accuracy with control accuracy ≥ 0.95 × the
-original's). The paper searches a wider, scaled range; a λ on the grid's top edge is
-flagged in the record's note. "Task Arithmetic (val)" is the member whose selected λ
+comes from :func:`negkit.evaluate.search_coef` on the validation sets (lowest forget
+accuracy with control accuracy ≥ 0.95 × the original's) on the grid ``coef_step``
+apart, its range growing from ``coefs`` (0..1) by doubling up to ``coef_max`` while
+control holds; every λ of a call is evaluated in one data pass
+(:func:`negkit.evaluate.negation_evaluator`). A search that reaches ``coef_max`` with
+control still admissible is flagged in the record's note; each negation also records
+how many λ it evaluated (``n_coefs``) and the top of its range (``coef_max_searched``).
+"Task Arithmetic (val)" is the member whose selected λ
 gives the lowest validation forget accuracy (ties: higher control accuracy, then name).
 
 Each step's records (its λ curve, then its metrics) are written in one append and a
@@ -37,8 +41,7 @@ from negkit.benchmark.config import (EDGE, NO_COEF, SETTING, UNLEARNING_METRICS,
 from negkit.benchmark.report import load_results
 from negkit.benchmark.setup import Setup, _done_steps, prepare, record_method
 from negkit.config import to_dict
-from negkit.evaluate import select_coef, sweep_coefs
-from negkit.lock import locks_run_dir
+from negkit.evaluate import CoefSearch, negation_evaluator, search_coef, select_coef
 from negkit.metrics import unlearning_metrics
 from negkit.results import COLUMNS, Record
 from negkit.taskvec import TaskVector
@@ -46,7 +49,7 @@ from negkit.train import train
 
 log = logging.getLogger(__name__)
 
-__all__ = ["pool_task_vectors", "negated_model", "negation_sweep", "negated_metrics", "run"]
+__all__ = ["pool_task_vectors", "negated_model", "negation_search", "negation_sweep", "negated_metrics", "run"]
 
 
 def pool_task_vectors(setup: Setup, *, progress: bool = False) -> dict[str, TaskVector]:
@@ -86,37 +89,80 @@ def negated_model(setup: Setup, tau: TaskVector | Mapping[str, torch.Tensor], co
     return model.eval()
 
 
+def negation_search(setup: Setup, tau: TaskVector | Mapping[str, torch.Tensor], *,
+                    coefs: Sequence[float] | None = None, rule: str = "min_forget",
+                    target: float | None = None) -> CoefSearch:
+    """Choose λ for θ_o − λτ on the validation sets, every λ of a round in one data pass.
+
+    Args:
+        setup: The scenario.
+        tau: Task vector (or merged vector) to negate.
+        coefs: Evaluate exactly these λ (a diagnostic curve, e.g. a wider grid) instead
+            of the config's search (``coefs`` as the initial range, ``coef_step``,
+            ``coef_max``, ``coef_search``).
+        rule: Selection rule of :func:`negkit.evaluate.search_coef`.
+        target: Forget accuracy to match (``rule="match"``).
+
+    Returns:
+        The :class:`negkit.evaluate.CoefSearch` (its curve has splits ``val_forget`` and
+        ``val_control``).
+    """
+    cfg = setup.cfg
+    evaluate_coefs = negation_evaluator(setup.original, _as_task_vector(tau).vector,
+                                        {"val_forget": setup.val_forget, "val_control": setup.val_control},
+                                        device=setup.device, batch_size=cfg.eval_batch_size)
+    if coefs is None:
+        return search_coef(evaluate_coefs, setup.control_reference, threshold=cfg.threshold, step=cfg.coef_step,
+                           start=min(cfg.coefs), stop=max(cfg.coefs), max_coef=cfg.coef_max, rule=rule,
+                           target=target, exhaustive=cfg.coef_search == "grid")
+    coefs = sorted({float(c) for c in coefs})
+    if not coefs:
+        raise ValueError("coefs is empty; pass e.g. negkit.evaluate.coef_grid(0, 3, 0.1), or None for the search")
+    accs = evaluate_coefs(coefs)
+    lam = select_coef(coefs, accs["val_forget"], accs["val_control"], setup.control_reference, cfg.threshold,
+                      rule=rule, target=target)
+    curve = pd.DataFrame([{"coef": c, "split": s, "acc": accs[s][i]} for i, c in enumerate(coefs) for s in accs],
+                         columns=["coef", "split", "acc"])
+    return CoefSearch(coef=lam, curve=curve, n_evaluated=len(coefs), searched=(coefs[0], coefs[-1]),
+                      hit_max=accs["val_control"][-1] >= cfg.threshold * setup.control_reference, exhaustive=True)
+
+
+def _curve_records(setup: Setup, res: CoefSearch, method: str, pool_config: str) -> list[Record]:
+    """The search's λ curve (metric ``"acc"``) and its two summary records (``n_coefs``, ``coef_max_searched``)."""
+    cfg = setup.cfg
+    base = dict(setting=SETTING, model=cfg.model, dataset=cfg.dataset, scenario=setup.scenario, method=method,
+                pool_config=pool_config, seed=cfg.seed)
+    rows = [Record(**base, coef=float(r.coef), split=r.split, metric="acc", value=float(r.acc))
+            for r in res.curve.itertuples()]
+    return rows + [Record(**base, coef=math.nan, split="val", metric="n_coefs", value=float(res.n_evaluated)),
+                   Record(**base, coef=math.nan, split="val", metric="coef_max_searched",
+                          value=float(res.searched[1]))]
+
+
 def negation_sweep(setup: Setup, tau: TaskVector | Mapping[str, torch.Tensor], *,
                    method: str = "task_arithmetic", pool_config: str = "",
-                   coefs: Sequence[float] | None = None) -> tuple[pd.DataFrame, float | None]:
-    """Validation curve of θ_o − λτ over the λ grid and the λ that :func:`select_coef` picks.
+                   coefs: Sequence[float] | None = None, rule: str = "min_forget",
+                   target: float | None = None) -> tuple[pd.DataFrame, float | None]:
+    """Validation curve of θ_o − λτ over the λ the search evaluated, and the λ it picks.
 
     Args:
         setup: The scenario.
         tau: Task vector (or merged vector) to negate.
         method: Method name written into the curve's rows.
         pool_config: Pool member name written into the curve's rows.
-        coefs: λ grid; default ``setup.cfg.coefs`` (a wider grid is a diagnostic, e.g. when
-            the chosen λ sits on the default grid's edge).
+        coefs: Evaluate exactly these λ instead of searching (see :func:`negation_search`).
+        rule: Selection rule of :func:`negkit.evaluate.search_coef`.
+        target: Forget accuracy to match (``rule="match"``).
 
     Returns:
         ``(curve, λ)``: the curve as tidy records (metric ``"acc"``, splits ``"val_forget"``
-        and ``"val_control"``, one row per λ and split — what :func:`negkit.plotting.coef_curve`
-        draws) and the chosen λ, or None when no λ keeps the control accuracy.
+        and ``"val_control"``, one row per evaluated λ and split — what
+        :func:`negkit.plotting.coef_curve` draws) and the chosen λ, or None when no λ keeps
+        the control accuracy.
     """
-    cfg, work = setup.cfg, copy.deepcopy(setup.original)
-    coefs = [float(c) for c in (cfg.coefs if coefs is None else coefs)]
-    curve = sweep_coefs(lambda c: negated_model(setup, tau, c, out=work), coefs,
-                        {"val_forget": setup.val_forget, "val_control": setup.val_control},
-                        device=setup.device, batch_size=cfg.eval_batch_size, progress=False)
-    wide = curve.pivot(index="coef", columns="split", values="acc").reindex(coefs)
-    lam = select_coef(list(wide.index), wide["val_forget"].tolist(), wide["val_control"].tolist(),
-                      setup.control_reference, cfg.threshold)
-    rows = [dataclasses.asdict(Record(
-        setting=SETTING, model=cfg.model, dataset=cfg.dataset, scenario=setup.scenario, method=method,
-        pool_config=pool_config, coef=float(r.coef), split=r.split, metric="acc", value=float(r.acc),
-        seed=cfg.seed)) for r in curve.itertuples()]
-    return pd.DataFrame(rows, columns=list(COLUMNS)), lam
+    res = negation_search(setup, tau, coefs=coefs, rule=rule, target=target)
+    rows = [dataclasses.asdict(r) for r in _curve_records(setup, res, method, pool_config) if r.metric == "acc"]
+    return pd.DataFrame(rows, columns=list(COLUMNS)), res.coef
 
 
 def negated_metrics(setup: Setup, tau: TaskVector | Mapping[str, torch.Tensor], coef: float) -> dict[str, float]:
@@ -126,11 +172,11 @@ def negated_metrics(setup: Setup, tau: TaskVector | Mapping[str, torch.Tensor], 
 
 
 def _negate(setup: Setup, method: str, tau: TaskVector | Mapping[str, torch.Tensor], *,
-            pool_config: str = "") -> list[Record]:
-    """Sweep θ_o − λτ on validation, choose λ, measure the metrics, record everything in one append."""
+            pool_config: str = "", rule: str = "min_forget", target: float | None = None) -> list[Record]:
+    """Search λ for θ_o − λτ on validation, measure the metrics, record everything in one append."""
     cfg = setup.cfg
-    curve, lam = negation_sweep(setup, tau, method=method, pool_config=pool_config)
-    extra = [Record(**row) for row in curve.to_dict("records")]
+    res = negation_search(setup, tau, rule=rule, target=target)
+    extra, lam = _curve_records(setup, res, method, pool_config), res.coef
     where = f"{setup.scenario}/{method}" + (f"[{pool_config}]" if pool_config else "")
     if lam is None:
         log.warning("%s: %s (control never ≥ %.2f × %.2f)", where, NO_COEF, cfg.threshold,
@@ -138,9 +184,9 @@ def _negate(setup: Setup, method: str, tau: TaskVector | Mapping[str, torch.Tens
         metrics, note, lam = {k: math.nan for k in UNLEARNING_METRICS}, NO_COEF, math.nan
     else:
         metrics = negated_metrics(setup, tau, lam)
-        note = EDGE if lam >= max(cfg.coefs) else ""
+        note = EDGE if res.hit_max else ""
         if note:
-            log.info("%s: %s (λ=%g)", where, EDGE, lam)
+            log.info("%s: %s (λ=%g, max %g)", where, EDGE, lam, res.searched[1])
     return record_method(setup.log, setup, method, metrics, pool_config=pool_config, coef=lam, note=note,
                          extra=extra)
 
@@ -169,7 +215,6 @@ def _select_single(df: pd.DataFrame, setup: Setup, names: list[str]) -> None:
                   note=f"val-selected pool member {name}")
 
 
-@locks_run_dir("run_dir")  # one writer per run dir: a second process fails at once, naming this one
 def run(cfg: BenchmarkConfig, run_dir: str | Path, *, device: str | None = None,
         progress: bool = True) -> pd.DataFrame:
     """Run the whole protocol for every scenario of ``cfg``; finished steps are skipped.
