@@ -5,11 +5,14 @@
 * TA  — accuracy on the test set (without the forgotten classes for class-wise forgetting);
 * MIA — MIA-efficacy: the percentage of D_f that a confidence-based membership-inference
   attack (an RBF SVC trained on retain = member vs test = non-member confidences) calls
-  *non-member*. Higher means the forget set looks less like training data.
+  *non-member*. Higher means the forget set looks less like training data. SalUn's code
+  runs the same attack on four more features (correctness, entropy, modified entropy,
+  the probability vector): :func:`mia_features`, :func:`mia_efficacies`.
 * Avg. Gap — mean |metric − metric of Retrain| over UA, RA, TA, MIA (lower is better).
 """
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -20,7 +23,11 @@ from torch.utils.data import Dataset
 
 from negkit.evaluate import InputTransform, predict, true_class_confidence
 
-__all__ = ["accuracy", "mia_efficacy", "avg_gap", "unlearning_metrics"]
+__all__ = ["accuracy", "MIA_FEATURES", "mia_features", "svc_mia", "mia_efficacy", "mia_efficacies", "avg_gap",
+           "unlearning_metrics"]
+
+#: The attack features of SalUn's ``SVC_MIA``; "confidence" is the headline MIA-efficacy.
+MIA_FEATURES = ("correctness", "confidence", "entropy", "m_entropy", "prob")
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -60,6 +67,67 @@ def _balanced(retain: np.ndarray, test: np.ndarray, seed: int) -> tuple[np.ndarr
     return retain, test[keep]
 
 
+def mia_features(logits: torch.Tensor, labels: torch.Tensor, feature: str) -> np.ndarray:
+    """Per-sample features of the SVC membership-inference attack, shape (N, d).
+
+    With p = softmax(logits) and y the true label:
+
+    * ``correctness``: 1[argmax p = y] (d = 1);
+    * ``confidence``: p_y (d = 1);
+    * ``entropy``: −Σ_i p_i log p_i, terms with p_i = 0 count 0 (d = 1);
+    * ``m_entropy``: the modified entropy of Song & Mittal (USENIX Security 2021),
+      −(1 − p_y) log p_y − Σ_{i≠y} p_i log(1 − p_i), logs floored at log 1e-30 (d = 1).
+      Deliberate deviation: SalUn's code computes −Σ_i q_i log p_i, with q_i = 1 − p_i in
+      every column whose class is the label of *any* sample of the set (so a sample's
+      value depends on the other samples) and log p_i where the definition has
+      log(1 − p_i); here each sample gets the published definition;
+    * ``prob``: the whole vector p (d = C).
+
+    Raises:
+        ValueError: An unknown feature (the message lists them).
+    """
+    # fp32 softmax as the attack's reference (and true_class_confidence); features in fp64
+    p = torch.softmax(logits.detach().float().cpu(), dim=1).double()
+    y = torch.as_tensor(labels).detach().cpu().long()
+    rows = torch.arange(p.shape[0])
+    if feature == "correctness":
+        out = (p.argmax(1) == y).double()
+    elif feature == "confidence":
+        out = p[rows, y]
+    elif feature == "entropy":
+        out = -torch.where(p > 0, p * p.log(), torch.zeros_like(p)).sum(1)
+    elif feature == "m_entropy":
+        floor = math.log(1e-30)
+        log_p = torch.where(p > 0, p.log(), torch.full_like(p, floor))
+        log_q = torch.where(p < 1, torch.log1p(-p), torch.full_like(p, floor))
+        terms = -p * log_q  # i ≠ y: −p_i log(1 − p_i)
+        terms[rows, y] = -(1 - p[rows, y]) * log_p[rows, y]  # i = y: −(1 − p_y) log p_y
+        out = terms.sum(1)
+    elif feature == "prob":
+        return p.numpy()
+    else:
+        raise ValueError(f"unknown MIA feature {feature!r}; choose from {list(MIA_FEATURES)}")
+    return out.numpy().reshape(-1, 1)
+
+
+def svc_mia(retain: np.ndarray, test: np.ndarray, forget: np.ndarray, *, seed: int = 0) -> float:
+    """MIA-efficacy (%) of SalUn's SVC attack on any per-sample features, each of shape (N, d).
+
+    ``SVC(C=3, kernel="rbf", gamma="auto")`` is fitted on members (retain, label 1) and
+    non-members (test, label 0), balanced as :func:`mia_efficacy` describes; the
+    efficacy is the percentage of forget samples it predicts to be non-members.
+    """
+    retain, test, forget = (np.asarray(a, dtype=np.float64) for a in (retain, test, forget))
+    for what, a in (("retain", retain), ("test", test), ("forget", forget)):
+        if a.shape[0] == 0:
+            raise ValueError(f"mia_efficacy: {what} confidences are empty")
+    members, non_members = _balanced(retain.reshape(len(retain), -1), test.reshape(len(test), -1), seed)
+    x = np.concatenate([members, non_members])
+    y = np.concatenate([np.ones(members.shape[0]), np.zeros(non_members.shape[0])])
+    clf = SVC(C=3, kernel="rbf", gamma="auto", random_state=seed).fit(x, y)
+    return 100.0 * float((clf.predict(forget.reshape(len(forget), -1)) == 0).mean())
+
+
 def mia_efficacy(retain_conf: torch.Tensor | np.ndarray, test_conf: torch.Tensor | np.ndarray,
                  forget_conf: torch.Tensor | np.ndarray, *, seed: int = 0) -> float:
     """MIA-efficacy (%) of SalUn's confidence-based SVC attack.
@@ -85,11 +153,24 @@ def mia_efficacy(retain_conf: torch.Tensor | np.ndarray, test_conf: torch.Tensor
     """
     retain, test, forget = (_as_column(retain_conf, "retain"), _as_column(test_conf, "test"),
                             _as_column(forget_conf, "forget"))
-    members, non_members = _balanced(retain, test, seed)
-    x = np.concatenate([members, non_members])
-    y = np.concatenate([np.ones(members.shape[0]), np.zeros(non_members.shape[0])])
-    clf = SVC(C=3, kernel="rbf", gamma="auto", random_state=seed).fit(x, y)
-    return 100.0 * float((clf.predict(forget) == 0).mean())
+    return svc_mia(retain, test, forget, seed=seed)
+
+
+def mia_efficacies(retain: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
+                   forget: tuple[torch.Tensor, torch.Tensor], *, features: Sequence[str] = MIA_FEATURES,
+                   seed: int = 0) -> dict[str, float]:
+    """MIA-efficacy (%) of the SVC attack on each of SalUn's features (:func:`mia_features`).
+
+    Args:
+        retain, test, forget: ``(logits, labels)`` of D_r, the test set and D_f.
+        features: Names from :data:`MIA_FEATURES`.
+        seed: As in :func:`mia_efficacy`.
+
+    Returns:
+        ``{feature: efficacy}``; ``"confidence"`` equals :func:`mia_efficacy`.
+    """
+    return {f: svc_mia(*(mia_features(lg, lb, f) for lg, lb in (retain, test, forget)), seed=seed)
+            for f in features}
 
 
 def avg_gap(metrics: Mapping[str, float], retrain: Mapping[str, float],
@@ -108,7 +189,8 @@ def avg_gap(metrics: Mapping[str, float], retrain: Mapping[str, float],
 
 def unlearning_metrics(model: nn.Module, forget: Dataset, retain: Dataset, test: Dataset, *,
                        device: str | torch.device | None = None, input_transform: InputTransform | None = None,
-                       batch_size: int = 256, seed: int = 0) -> dict[str, float]:
+                       batch_size: int = 256, seed: int = 0,
+                       mia_extra: Sequence[str] = ()) -> dict[str, float]:
     """UA, RA, TA and MIA-efficacy of ``model`` (all in %).
 
     Args:
@@ -121,19 +203,25 @@ def unlearning_metrics(model: nn.Module, forget: Dataset, retain: Dataset, test:
         input_transform: Applied to raw image batches before the model (forget vectors).
         batch_size: Evaluation batch size.
         seed: Seed of the MIA attacker.
+        mia_extra: Further attack features (:data:`MIA_FEATURES`), each added as
+            ``"MIA_<feature>"``.
 
     Returns:
-        ``{"UA": ..., "RA": ..., "TA": ..., "MIA": ...}``.
+        ``{"UA": ..., "RA": ..., "TA": ..., "MIA": ...}`` plus the ``mia_extra`` entries.
     """
     kw = dict(device=device, input_transform=input_transform, batch_size=batch_size)
-    out, conf = {}, {}
+    out, conf, raw = {}, {}, {}
     for name, data in (("forget", forget), ("retain", retain), ("test", test)):
         logits, labels = predict(model, data, **kw)
         out[name] = accuracy(logits, labels)
         conf[name] = true_class_confidence(logits, labels)
-    return {
+        raw[name] = (logits, labels)
+    metrics = {
         "UA": 100.0 - out["forget"],
         "RA": out["retain"],
         "TA": out["test"],
         "MIA": mia_efficacy(conf["retain"], conf["test"], conf["forget"], seed=seed),
     }
+    extra = mia_efficacies(raw["retain"], raw["test"], raw["forget"], features=tuple(mia_extra), seed=seed)
+    metrics.update({f"MIA_{f}": v for f, v in extra.items()})
+    return metrics

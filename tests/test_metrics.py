@@ -1,13 +1,17 @@
 """Unlearning metrics on hand-made inputs."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from negkit.data import TensorImageDataset
-from negkit.metrics import _balanced, accuracy, avg_gap, mia_efficacy, unlearning_metrics
+from negkit.evaluate import true_class_confidence
+from negkit.metrics import (MIA_FEATURES, _balanced, accuracy, avg_gap, mia_efficacies, mia_efficacy, mia_features,
+                           unlearning_metrics)
 
 
 def test_accuracy_in_percent():
@@ -115,3 +119,48 @@ def test_unlearning_metrics_combines_the_four_numbers():
     shifted = unlearning_metrics(_Lookup(), ds["forget"], ds["retain"], ds["test"], device="cpu",
                                  input_transform=to_class_1)
     assert shifted["TA"] == 0.0 and shifted["UA"] == 100.0 and shifted["RA"] == 100.0
+    more = unlearning_metrics(_Lookup(), ds["forget"], ds["retain"], ds["test"], device="cpu",
+                              mia_extra=("entropy", "correctness"))
+    assert {k: more[k] for k in res} == res
+    assert set(more) - set(res) == {"MIA_entropy", "MIA_correctness"}
+
+
+def test_mia_features_by_hand():
+    # p = softmax([0, ln 3]) = [1/4, 3/4]; sample 0 has label 1 (correct), sample 1 label 0 (wrong)
+    logits = torch.tensor([[0.0, math.log(3.0)], [0.0, math.log(3.0)]])
+    labels = torch.tensor([1, 0])
+    f = {name: mia_features(logits, labels, name) for name in MIA_FEATURES}
+    assert f["correctness"].tolist() == [[1.0], [0.0]]
+    np.testing.assert_allclose(f["confidence"][:, 0], [0.75, 0.25], rtol=1e-6)
+    h = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    np.testing.assert_allclose(f["entropy"][:, 0], [h, h], rtol=1e-6)
+    # label 1: -(1 - 3/4) ln 3/4 - 1/4 ln(1 - 1/4) = -1/2 ln 3/4
+    # label 0: -(1 - 1/4) ln 1/4 - 3/4 ln(1 - 3/4) = -3/2 ln 1/4
+    np.testing.assert_allclose(f["m_entropy"][:, 0], [-0.5 * math.log(0.75), -1.5 * math.log(0.25)], rtol=1e-6)
+    np.testing.assert_allclose(f["prob"], [[0.25, 0.75], [0.25, 0.75]], rtol=1e-6)
+    assert all(v.shape == (2, 2 if k == "prob" else 1) for k, v in f.items())
+    # a one-hot prediction: entropy 0 (0·log 0 counts 0), m-entropy finite
+    sure = mia_features(torch.tensor([[0.0, 200.0]]), torch.tensor([1]), "entropy")
+    assert sure[0, 0] == 0.0
+    assert np.isfinite(mia_features(torch.tensor([[0.0, 200.0]]), torch.tensor([0]), "m_entropy")).all()
+    with pytest.raises(ValueError, match="unknown MIA feature 'loss'.*m_entropy"):
+        mia_features(logits, labels, "loss")
+
+
+def test_mia_efficacies_per_feature():
+    g = torch.Generator().manual_seed(0)
+    # members: confident and correct; non-members: unsure; forget: looks like non-members
+    def sample(n, margin):
+        labels = torch.randint(0, 3, (n,), generator=g)
+        logits = torch.randn(n, 3, generator=g) * 0.1
+        logits[torch.arange(n), labels] += margin
+        return logits, labels
+    retain, test, forget = sample(60, 8.0), sample(40, 0.5), sample(20, 0.5)
+    res = mia_efficacies(retain, test, forget)
+    assert set(res) == set(MIA_FEATURES)
+    conf = [true_class_confidence(*d) for d in (retain, test, forget)]
+    assert res["confidence"] == mia_efficacy(*conf)
+    assert res["confidence"] >= 90 and res["entropy"] >= 90 and res["m_entropy"] >= 90 and res["prob"] >= 90
+    # the attack calls a member-like forget set "member" on every feature
+    res = mia_efficacies(retain, test, sample(20, 8.0), features=("confidence", "m_entropy", "prob"))
+    assert list(res) == ["confidence", "m_entropy", "prob"] and max(res.values()) <= 10
