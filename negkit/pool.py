@@ -52,6 +52,10 @@ Source = Union[Mapping[str, torch.Tensor], str, os.PathLike]
 Spec = tuple[tuple[int, ...], torch.dtype]
 
 _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+#: Dtypes a pool computes in; fp8 is refused by name (its arithmetic is not implemented on CPU).
+_FLOATS = frozenset(_ST_DTYPES.values())
+_FP8 = {code: getattr(torch, name) for code, name in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"))
+        if hasattr(torch, name)}
 _FIX = "pass strict=False to use only the keys all vectors share with equal shape and dtype"
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
@@ -178,7 +182,8 @@ class Pool(contextlib.ExitStack):
             return tuple(t.shape), t.dtype
         sl = src.get_slice(key)
         # integer/bool codes only matter as "not floating"
-        return tuple(sl.get_shape()), _ST_DTYPES.get(sl.get_dtype(), torch.int64)
+        code = sl.get_dtype()
+        return tuple(sl.get_shape()), _ST_DTYPES.get(code) or _FP8.get(code) or torch.int64
 
     def _pre_spec(self, key: str) -> Spec:
         return self._raw_spec(self._pre, key, None)
@@ -210,6 +215,9 @@ class Pool(contextlib.ExitStack):
                 skipped.append(k)
                 continue
             shape0, dtype0 = self._spec(0, k)
+            if dtype0.is_floating_point and dtype0 not in _FLOATS:
+                raise ValueError(f"{k!r} in {self.label(0)} is {dtype0}; pools compute in float64/32/16 or "
+                                 "bfloat16: convert the vector first (e.g. {k: t.float() for k, t in tv.items()})")
             if not dtype0.is_floating_point:
                 raise ValueError(f"{k!r} in {self.label(0)} is {dtype0}; task vectors hold floating-point tensors "
                                  "only (build them with TaskVector.from_state_dicts, which skips integer buffers)")

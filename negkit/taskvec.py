@@ -28,6 +28,7 @@ model's parameters, the weights that training actually updates::
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Mapping
@@ -71,13 +72,21 @@ class TaskVector(Mapping):
 
     Raises:
         TypeError: A value is not a floating-point tensor.
+        ValueError: A tensor holds NaN or Inf (a diverged fine-tune; negating it gives a broken model).
     """
 
     def __init__(self, vector: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> None:
+        if not isinstance(vector, Mapping):
+            raise TypeError(f"a task vector is built from a mapping name -> tensor, got a {type(vector).__name__}")
         for key, value in vector.items():
             if not isinstance(value, torch.Tensor) or not value.is_floating_point():
                 kind = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
                 raise TypeError(f"task vector entry {key!r} is {kind}; only floating-point tensors form a task vector")
+            # A sum is NaN/Inf whenever the tensor holds one; only an overflowing sum needs the exact check.
+            if value.numel() and not bool(torch.isfinite(value.sum())) and not bool(torch.isfinite(value).all()):
+                bad = int((~torch.isfinite(value)).sum())
+                raise ValueError(f"task vector entry {key!r} holds {bad} NaN/Inf value(s); the fine-tune diverged or "
+                                 "a checkpoint is damaged. Retrain it or leave that vector out")
         self.vector: dict[str, torch.Tensor] = dict(vector)
         self.metadata: dict[str, str] = dict(metadata or {})
 
@@ -184,12 +193,19 @@ class TaskVector(Mapping):
             device: Where τ is computed and kept.
 
         Raises:
-            ValueError: ``params_only`` together with ``include_bn_stats`` (statistics are buffers).
+            ValueError: ``params_only`` together with ``include_bn_stats`` (statistics are buffers);
+                the two models' parameters differ in names or shapes (the message names them).
+            TypeError: An argument is not an ``nn.Module``.
             KeyError, ValueError: As :meth:`from_state_dicts`.
         """
+        for what, m in (("pretrained", pretrained), ("finetuned", finetuned)):
+            if not isinstance(m, nn.Module):
+                raise TypeError(f"from_models: {what} is a {type(m).__name__}, not an nn.Module; "
+                                "use TaskVector.from_state_dicts for state dicts")
         if params_only and include_bn_stats:
             raise ValueError("BatchNorm statistics are buffers, not parameters: pass params_only=False "
                              "together with include_bn_stats=True")
+        _check_same_architecture(pretrained, finetuned)
         # remove_duplicate=False: a tied weight is in τ under every name the state dict uses for it.
         names = {n for n, _ in pretrained.named_parameters(remove_duplicate=False)} if params_only else None
 
@@ -303,25 +319,37 @@ class TaskVector(Mapping):
             return NotImplemented
         return self * (1.0 / coef)
 
-    def apply_to(self, pretrained: Mapping[str, torch.Tensor], coef: float = 1.0) -> dict[str, torch.Tensor]:
-        """θ = θ_pre + coef·τ as a new state dict.
+    def apply_to(self, pretrained: Mapping[str, torch.Tensor] | nn.Module,
+                 coef: float = 1.0) -> dict[str, torch.Tensor] | nn.Module:
+        """θ = θ_pre + coef·τ as a new state dict, or as an edited copy of a model.
 
         Negation (forgetting) is ``tv.apply_to(pre, coef=-λ)`` or ``(-tv).apply_to(pre, λ)``.
 
         Args:
-            pretrained: θ_pre. Entries τ lacks (integer buffers, BatchNorm
-                statistics, a classification head) are passed through unchanged
-                (the same tensor objects, not copies).
-            coef: Scaling coefficient λ.
+            pretrained: θ_pre, a state dict or an ``nn.Module`` (left unchanged). Entries
+                τ lacks (integer buffers, BatchNorm statistics, a classification head)
+                are passed through unchanged (the same tensor objects, not copies).
+            coef: Scaling coefficient λ (a finite number).
 
         Returns:
-            A new dict with every key of ``pretrained``; each tensor keeps its
-            dtype and device.
+            For a state dict, a new dict with every key of ``pretrained``, each tensor
+            keeping its dtype and device; for a model, a deep copy holding θ.
 
         Raises:
             KeyError: τ has a key that ``pretrained`` lacks.
-            ValueError: Shapes differ.
+            ValueError: Shapes differ, or ``coef`` is not a finite number.
+            TypeError: ``pretrained`` is neither a mapping nor a model.
         """
+        if isinstance(coef, torch.Tensor) and coef.numel() == 1:
+            coef = coef.item()
+        if isinstance(coef, bool) or not isinstance(coef, (int, float)) or not math.isfinite(coef):
+            raise ValueError(f"apply_to: coef={coef!r} must be a finite number")
+        if isinstance(pretrained, nn.Module):
+            model = copy.deepcopy(pretrained)
+            model.load_state_dict(self.apply_to(pretrained.state_dict(), coef))
+            return model
+        if not isinstance(pretrained, Mapping):
+            raise TypeError(f"apply_to takes a state dict or an nn.Module, got a {type(pretrained).__name__}")
         extra = [k for k in self.vector if k not in pretrained]
         if extra:
             raise KeyError(f"task vector key {extra[0]!r} is not in the pretrained state dict "
@@ -358,7 +386,13 @@ class TaskVector(Mapping):
 
         Returns:
             The destination path.
+
+        Raises:
+            ValueError: ``path`` does not end in ``.safetensors`` (task vectors are never pickled).
         """
+        if Path(path).suffix != ".safetensors":
+            raise ValueError(f"TaskVector.save({str(path)!r}): task vectors are saved as safetensors; "
+                             f"use a .safetensors path, e.g. {Path(path).with_suffix('.safetensors').name!r}")
         meta = dict(self.metadata)
         meta.update(metadata or {})
         if architecture is not None:
@@ -382,3 +416,22 @@ class TaskVector(Mapping):
         """The fine-tuning config stored in the metadata (``{}`` if none)."""
         raw = self.metadata.get("finetune_config")
         return json.loads(raw) if raw else {}
+
+
+def _check_same_architecture(pretrained: nn.Module, finetuned: nn.Module) -> None:
+    """Refuse two models whose parameters differ in names or shapes, naming the differing keys."""
+    pre = {n: tuple(p.shape) for n, p in pretrained.named_parameters(remove_duplicate=False)}
+    ft = {n: tuple(p.shape) for n, p in finetuned.named_parameters(remove_duplicate=False)}
+    only_pre = [k for k in pre if k not in ft]
+    only_ft = [k for k in ft if k not in pre]
+    shapes = [f"{k} {pre[k]} vs {ft[k]}" for k in pre if k in ft and pre[k] != ft[k]]
+    if only_pre or only_ft or shapes:
+        parts = []
+        if only_pre:
+            parts.append(f"only in pretrained: {only_pre[:5]}" + (f" (+{len(only_pre) - 5} more)" if len(only_pre) > 5 else ""))
+        if only_ft:
+            parts.append(f"only in finetuned: {only_ft[:5]}" + (f" (+{len(only_ft) - 5} more)" if len(only_ft) > 5 else ""))
+        if shapes:
+            parts.append(f"shapes differ: {shapes[:5]}")
+        raise ValueError(f"from_models: the two models are not the same architecture ({'; '.join(parts)}); "
+                         f"build both with the same model name and options")

@@ -201,7 +201,7 @@ def test_from_models_leaves_constant_buffers_out():
     assert any(is_bn_stat(k) for k in with_bn)
     with pytest.raises(ValueError, match="params_only=False"):
         TaskVector.from_models(pre, ft, include_bn_stats=True)
-    with pytest.raises(KeyError, match="only in the pretrained"):  # another architecture
+    with pytest.raises(ValueError, match=r"not the same architecture \(only in pretrained: \['layers.1"):
         TaskVector.from_models(pre, models.get("small_resnet", 3, in_channels=1, widths=(4,)))
 
 
