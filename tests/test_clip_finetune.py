@@ -1,6 +1,8 @@
 """Fine-tuning the image encoder of a tiny CLIP: a few steps, frozen head, resume, pool configs."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -47,6 +49,13 @@ def test_paper_pool_is_30_randaugment_members():
     with pytest.raises(ValueError, match="rand_m and rand_n"):
         cf.PoolConfig(rand_m=3)
     assert cf.PoolConfig(batch_size=128, grad_accum=4).train_config().batch_size == 32
+    # the reference's defaults: fp32, attention frozen, timm's crop + flip + RandAugment, standard fine-tuning
+    assert (pool[0].precision, pool[0].train_attention, pool[0].augment, pool[0].finetuning_mode) == (
+        "fp32", False, "timm", "standard")
+    assert tc.amp is False and cf.PoolConfig(precision="bf16").train_config().amp is True
+    for field, bad in [("precision", "fp16"), ("augment", "mixup"), ("finetuning_mode", "tangent")]:
+        with pytest.raises(ValueError, match=f"unknown {field} '{bad}'"):
+            cf.PoolConfig(**{field: bad})
 
 
 def test_finetune_changes_only_the_image_encoder(setup, tmp_path):
@@ -104,3 +113,55 @@ def test_finetune_pool_names_folders(setup, tmp_path):
     assert list(paths) == ["a", "b"] and all(p.parent.name == n for n, p in paths.items())
     with pytest.raises(ValueError, match="unique"):
         cf.finetune_pool(backbone, "mnist", [_cfg(name="a"), _cfg(name="a")], out_dir=tmp_path / "x")
+
+
+def _attention(keys):
+    return {k for k in keys if ".attn.in_proj_" in k or ".attn.out_proj." in k}
+
+
+@pytest.mark.parametrize("train_attention", [False, True])
+def test_attention_frozen_by_default_so_its_task_vector_is_exactly_zero(setup, tmp_path, train_attention):
+    root, backbone = setup
+    before = backbone.visual_state_dict()
+    path = cf.finetune(backbone, "mnist", _cfg(epochs=1, train_attention=train_attention), out_dir=tmp_path / "m",
+                       **_kw(root, tmp_path))
+    sd = nkio.load_state_dict(path)
+    attn = _attention(sd)
+    assert len(attn) == 8  # 2 layers x (in_proj weight/bias, out_proj weight/bias)
+    assert attn == {f"transformer.resblocks.{i}.attn.{n}" for i in range(2)
+                    for n in ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")}
+    moved = {k for k in sd if not torch.equal(sd[k], before[k])}
+    assert (moved & attn == attn) if train_attention else not (moved & attn)
+    assert moved - attn  # the rest of the encoder trains either way
+    saved = nkio.load_json(tmp_path / "m" / "pool_config.json")
+    assert saved["train_attention"] is train_attention
+
+
+def test_precision_is_recorded_in_the_run_config(setup, tmp_path):
+    root, backbone = setup
+    path = cf.finetune(backbone, "mnist", _cfg(epochs=1, precision="bf16"), out_dir=tmp_path / "m",
+                       **_kw(root, tmp_path))
+    saved = nkio.load_json(tmp_path / "m" / "pool_config.json")
+    # asked for bf16; on CPU the loop does not autocast, and says so
+    assert saved["precision"] == "bf16" and saved["autocast"] == "fp32"
+    assert nkio.read_metadata(path)["autocast"] == "fp32"
+    assert nkio.load_json(tmp_path / "m" / "train" / "config.json")["amp"] is True
+
+
+def test_seed_pool_repeats_members_under_each_seed():
+    pool = cf.seed_pool(cf.paper_pool("mnist", augment=False), range(3))
+    assert [(p.name, p.seed) for p in pool] == [("mnist_noaug_s0", 0), ("mnist_noaug_s1", 1), ("mnist_noaug_s2", 2)]
+    assert len({dataclasses.replace(p, name="x", seed=0) for p in pool}) == 1  # nothing else differs
+    two = cf.resolve_pool("paper", "svhn", seeds=[7, 8], epochs=1)
+    assert len(two) == 60 and two[0].name == "svhn_m1_n1_s7" and two[1].seed == 8 and two[0].epochs == 1
+    assert cf.resolve_pool("paper-noaug", "svhn") == cf.paper_pool("svhn", augment=False)
+    with pytest.raises(ValueError, match="distinct"):
+        cf.seed_pool([_cfg()], [1, 1])
+
+
+def test_seed_changes_the_fine_tune(setup, tmp_path):
+    root, backbone = setup
+    a, b = (nkio.load_state_dict(p) for p in cf.finetune_pool(
+        backbone, "mnist", cf.seed_pool([_cfg(epochs=1)], [0, 1]), out_dir=tmp_path / "pool",
+        **_kw(root, tmp_path)).values())
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # same recipe, other data order

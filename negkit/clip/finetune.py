@@ -1,17 +1,29 @@
 """Fine-tuning CLIP's image encoder on one task, and NegMerge's pool of fine-tunes.
 
-Settings of the task-vector papers (Ilharco et al. 2023; Kim et al. 2025):
-AdamW, lr 1e-5, weight decay 0.1, batch 128, 500 warm-up steps then cosine,
-gradient clipping at 1.0, the zero-shot head frozen, bf16 autocast on GPU. The
-pool of NegMerge is 30 fine-tunes per dataset that differ only in RandAugment
-(magnitude 1–10 × number of ops 1–3, magnitude std 0.5). :class:`PoolConfig` is
-one member; :func:`paper_pool` builds the paper's list, and any list of
-``PoolConfig`` (other lr, weight decay, label smoothing, epochs) is a pool too.
+Settings of the task-vector papers' code (task_vectors, Ilharco et al. 2023; the
+NegMerge release, Kim et al. 2025), which the defaults reproduce:
+
+* AdamW, lr 1e-5, weight decay 0.1, batch 128, 500 warm-up steps then cosine,
+  gradient clipping at 1.0, the zero-shot head frozen;
+* **fp32** training (``precision="bf16"`` autocasts on CUDA instead, faster but not the reference);
+* **attention frozen**: every attention Q/K/V and output projection of the image
+  encoder keeps ``requires_grad=False``, as in the reference, so those task-vector
+  entries are exactly zero (``train_attention=True`` trains everything);
+* NegMerge's pool: 30 fine-tunes per dataset differing only in RandAugment
+  (magnitude 1–10 × number of ops 1–3, magnitude std 0.5) inside timm's ImageNet
+  training transform: RandomResizedCrop (scale 0.08–1, random bilinear / bicubic),
+  horizontal flip 0.5, RandAugment (:func:`negkit.clip.datasets.timm_train_transform`).
+
+:class:`PoolConfig` is one member; :func:`paper_pool` builds the paper's list, any
+list of ``PoolConfig`` (other lr, weight decay, label smoothing, epochs) is a pool
+too, and :func:`seed_pool` repeats members under several seeds. ``finetuning_mode=
+"linear"`` fine-tunes the encoder's first-order Taylor expansion instead
+(:mod:`negkit.clip.linearize`).
 
 Training itself is :func:`negkit.train.train` (the kit's one loop) with only the
 ``visual.*`` parameters trainable. Each member's folder keeps the loop's
 checkpoints (resume) and, when done, ``visual.safetensors``: the image encoder
-alone, the tensors task vectors are made of.
+alone (θ, also in linear mode), the tensors task vectors are made of.
 """
 from __future__ import annotations
 
@@ -26,19 +38,25 @@ from torchvision import transforms as T
 
 import negkit.data
 from negkit import io as nkio
-from negkit.clip.datasets import randaugment_transform
+from negkit.clip.datasets import randaugment_transform, timm_train_transform
 from negkit.clip.heads import get_head
-from negkit.clip.model import ClipBackbone, ImageClassifier
+from negkit.clip.linearize import FINETUNING_MODES
+from negkit.clip.model import ClipBackbone, ImageClassifier, attention_parameter_names
 from negkit.config import check, from_dict, to_dict
+from negkit.evaluate import resolve_device
 from negkit.lock import locks_run_dir
 from negkit.train import TrainConfig, train
 
-__all__ = ["PoolConfig", "EPOCHS", "EPOCHS_RANDAUG", "paper_pool", "smoke_pool", "resolve_pool", "finetune",
-           "finetune_pool", "VISUAL_FILE"]
+__all__ = ["PoolConfig", "EPOCHS", "EPOCHS_RANDAUG", "PRECISIONS", "AUGMENTATIONS", "paper_pool", "smoke_pool",
+           "seed_pool", "resolve_pool", "finetune", "finetune_pool", "trainable_names", "VISUAL_FILE"]
 
 log = logging.getLogger(__name__)
 
 VISUAL_FILE = "visual.safetensors"
+#: ``"fp32"`` (the reference) or ``"bf16"`` (autocast on CUDA; CPU runs stay fp32).
+PRECISIONS = ("fp32", "bf16")
+#: ``"timm"``: the reference's crop + flip + RandAugment; ``"center"``: centre crop then RandAugment only.
+AUGMENTATIONS = ("timm", "center")
 #: Epochs per dataset without augmentation (task_vectors / NegMerge code).
 EPOCHS = {"cars": 35, "dtd": 76, "eurosat": 12, "gtsrb": 11, "mnist": 5, "resisc45": 15, "sun397": 14, "svhn": 4}
 #: Epochs per dataset with RandAugment (NegMerge's pool).
@@ -63,8 +81,14 @@ class PoolConfig:
         rand_m: RandAugment magnitude (None: no augmentation).
         rand_n: RandAugment number of ops.
         rand_mstd: RandAugment magnitude std.
-        seed: Seed of initialisation order and data order.
-        amp: bf16 autocast on CUDA.
+        augment: With RandAugment: ``"timm"``, the reference's timm training transform
+            (random resized crop, flip, RandAugment), or ``"center"``, the evaluation
+            resize + centre crop followed by RandAugment (no crop, no flip).
+        seed: Seed of the data order and of the augmentation draws (the weights start
+            from the pretrained encoder whatever the seed).
+        precision: ``"fp32"`` (the reference) or ``"bf16"`` autocast on CUDA.
+        train_attention: False (the reference): attention projections stay frozen.
+        finetuning_mode: ``"standard"`` or ``"linear"`` (tangent-space fine-tuning).
         fused: Fused AdamW on CUDA.
         compile: ``torch.compile`` the forward pass.
     """
@@ -81,8 +105,11 @@ class PoolConfig:
     rand_m: int | None = None
     rand_n: int | None = None
     rand_mstd: float = 0.5
+    augment: str = "timm"
     seed: int = 0
-    amp: bool = True
+    precision: str = "fp32"
+    train_attention: bool = False
+    finetuning_mode: str = "standard"
     fused: bool = True
     compile: bool = False
 
@@ -99,21 +126,38 @@ class PoolConfig:
                              f"grad_accum {self.grad_accum}")
         if not self.name or "/" in self.name:
             raise ValueError(f"PoolConfig name {self.name!r} must be a non-empty folder name")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"PoolConfig {self.name!r}: unknown precision {self.precision!r}; valid precisions are "
+                             f"{list(PRECISIONS)}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"PoolConfig {self.name!r}: unknown augment {self.augment!r}; valid values are "
+                             f"{list(AUGMENTATIONS)}")
+        if self.finetuning_mode not in FINETUNING_MODES:
+            raise ValueError(f"PoolConfig {self.name!r}: unknown finetuning_mode {self.finetuning_mode!r}; valid "
+                             f"modes are {list(FINETUNING_MODES)}")
 
     def train_config(self) -> TrainConfig:
         """The :class:`~negkit.train.TrainConfig` of this member."""
         return TrainConfig(
             epochs=self.epochs, batch_size=self.batch_size // self.grad_accum, grad_accum=self.grad_accum,
             lr=self.lr, optimizer="adamw", weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
-            schedule="cosine", warmup_steps=self.warmup_steps, grad_clip=self.grad_clip, amp=self.amp,
-            seed=self.seed, fused=self.fused, compile=self.compile,
+            schedule="cosine", warmup_steps=self.warmup_steps, grad_clip=self.grad_clip,
+            amp=self.precision == "bf16", seed=self.seed, fused=self.fused, compile=self.compile,
         )
 
-    def train_transform(self, preprocess: T.Compose) -> T.Compose:
-        """``preprocess`` plus this member's RandAugment (unchanged without augmentation)."""
+    def train_transform(self, backbone: ClipBackbone) -> T.Compose:
+        """This member's training transform (PIL -> [0, 1] tensor; the model normalises).
+
+        Without RandAugment: ``backbone.preprocess`` (task_vectors' single fine-tune does
+        not augment). With it: :func:`~negkit.clip.datasets.timm_train_transform` at the
+        backbone's image size (``augment="timm"``), or the evaluation preprocessing plus
+        RandAugment (``augment="center"``).
+        """
         if self.rand_m is None:
-            return preprocess
-        return randaugment_transform(preprocess, self.rand_m, self.rand_n, self.rand_mstd)
+            return backbone.preprocess
+        if self.augment == "center":
+            return randaugment_transform(backbone.preprocess, self.rand_m, self.rand_n, self.rand_mstd)
+        return timm_train_transform(backbone.image_size, self.rand_m, self.rand_n, self.rand_mstd, mean=backbone.mean)
 
 
 def paper_pool(dataset: str, *, augment: bool = True, **overrides: Any) -> list[PoolConfig]:
@@ -143,21 +187,52 @@ def smoke_pool(k: int = 3) -> list[PoolConfig]:
                        rand_m=i % 10 + 1, rand_n=i % 3 + 1, fused=False) for i in range(k)]
 
 
-def resolve_pool(pool: str | Sequence[PoolConfig | Mapping[str, Any]], dataset: str,
-                 **overrides: Any) -> list[PoolConfig]:
+def seed_pool(members: Sequence[PoolConfig | Mapping[str, Any]], seeds: Sequence[int]) -> list[PoolConfig]:
+    """Every member repeated under every seed: same hyperparameters, other data order and augmentation draws.
+
+    A seed-varied pool (e.g. ``seed_pool(paper_pool("mnist", augment=False), range(5))``:
+    five no-augmentation fine-tunes) separates what merging gains from diversity of the
+    recipe from what it gains from plain run-to-run noise.
+
+    Returns:
+        Members named ``<name>_s<seed>`` with ``seed`` set, member-major.
+
+    Raises:
+        ValueError: No seed, or a seed given twice.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
+    return [dataclasses.replace(m, name=f"{m.name}_s{s}", seed=s)
+            for m in (from_dict(PoolConfig, c) for c in members) for s in seeds]
+
+
+def resolve_pool(pool: str | Sequence[PoolConfig | Mapping[str, Any]], dataset: str, *,
+                 seeds: Sequence[int] | None = None, **overrides: Any) -> list[PoolConfig]:
     """A pool from a notebook parameter.
 
     Args:
         pool: ``"paper"`` (30 RandAugment members, :func:`paper_pool`), ``"paper-noaug"``
             (the single task_vectors fine-tune) or a list of PoolConfig / dicts of its fields.
         dataset: Dataset the pool fine-tunes on (for the paper's epochs).
+        seeds: If given, every member under each of these seeds (:func:`seed_pool`);
+            ``"paper-noaug"`` with ``seeds=range(K)`` is a pool of K seeds of one recipe.
         **overrides: PoolConfig fields applied to every member.
     """
     if isinstance(pool, str):
         if pool not in ("paper", "paper-noaug"):
             raise ValueError(f"unknown pool {pool!r}; use 'paper', 'paper-noaug' or a list of PoolConfig dicts")
-        return paper_pool(dataset, augment=pool == "paper", **overrides)
-    return [from_dict(PoolConfig, p, **overrides) for p in pool]
+        members = paper_pool(dataset, augment=pool == "paper", **overrides)
+    else:
+        members = [from_dict(PoolConfig, p, **overrides) for p in pool]
+    return members if seeds is None else seed_pool(members, seeds)
+
+
+def trainable_names(model: ImageClassifier, cfg: PoolConfig) -> list[str]:
+    """Names of the classifier's parameters a member trains: the image encoder's, less attention unless
+    ``cfg.train_attention`` (the reference keeps every attention projection frozen)."""
+    frozen = set() if cfg.train_attention else {f"visual.{n}" for n in attention_parameter_names(model.visual)}
+    return [n for n, _ in model.named_parameters() if n.startswith("visual.") and n not in frozen]
 
 
 def finetune(
@@ -190,7 +265,9 @@ def finetune(
 
     Returns:
         Path of the fine-tuned image encoder (``out_dir/visual.safetensors``); an
-        existing one is returned without training.
+        existing one is returned without training. Its metadata and ``pool_config.json``
+        record the member's fields (``precision``, ``finetuning_mode``, ...) and
+        ``autocast``, the precision the run actually used (bf16 autocast acts on CUDA only).
     """
     cfg = from_dict(PoolConfig, cfg)
     out = Path(out_dir)
@@ -198,15 +275,19 @@ def finetune(
     if final.exists():
         log.info("finetune: %s exists, skipping", final)
         return final
+    device = resolve_device(device)
     bundle = negkit.data.get(dataset, root=data_root, transform=backbone.preprocess,
-                             train_transform=cfg.train_transform(backbone.preprocess), **dict(data_kw or {}))
+                             train_transform=cfg.train_transform(backbone), **dict(data_kw or {}))
     head = get_head(backbone, dataset, cache_dir=head_cache, classnames=bundle.classnames, device=device)
-    model = ImageClassifier.from_backbone(backbone, head)
+    model = ImageClassifier.from_backbone(backbone, head, finetuning_mode=cfg.finetuning_mode)
     train_cfg = dataclasses.replace(cfg.train_config(), num_workers=num_workers)
     train(model, bundle.train, train_cfg, device=device, out_dir=out / "train",
-          trainable=lambda name: name.startswith("visual."), progress=progress)
-    meta = {"model": backbone.name, "dataset": dataset, "pool_config": cfg.name}
-    nkio.save_state_dict(model.visual.state_dict(), final, metadata=meta)
+          trainable=trainable_names(model, cfg), progress=progress)
+    autocast = "bf16" if train_cfg.amp and device.type == "cuda" else "fp32"
+    meta = {"model": backbone.name, "dataset": dataset, "pool_config": cfg.name,
+            "finetuning_mode": cfg.finetuning_mode, "autocast": autocast}
+    # In linear mode this is θ of f_lin (the module inside the wrapper): same keys as a standard encoder.
+    nkio.save_state_dict(model.encoder.state_dict(), final, metadata=meta)
     nkio.save_json({**to_dict(cfg), **meta}, out / "pool_config.json")
     # The loop's full-classifier copy duplicates visual.safetensors (+ the fixed head): 30 members of
     # ViT-B/32 would store ~10 GB twice. Finished members are recognised by visual.safetensors.

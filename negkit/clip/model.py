@@ -32,6 +32,7 @@ from torch import nn
 from torchvision import transforms as T
 
 from negkit import io as nkio
+from negkit.clip.linearize import LinearizedModel, check_finetuning_mode
 from negkit.evaluate import resolve_device
 from negkit.models import Normalize
 
@@ -45,6 +46,7 @@ __all__ = [
     "load_clip",
     "load_checkpoint_into",
     "strip_normalize",
+    "attention_parameter_names",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,20 @@ def register_model_config(name: str, config: Mapping[str, Any], config_dir: str 
 def register_tiny_model() -> str:
     """Register :data:`TINY_MODEL` with open_clip (idempotent) and return its name."""
     return register_model_config(TINY_MODEL, TINY_MODEL_CONFIG)
+
+
+def attention_parameter_names(module: nn.Module) -> list[str]:
+    """Names (within ``module``) of every attention projection: Q/K/V ``in_proj_*`` and ``out_proj.*``.
+
+    These are the parameters the reference fine-tuning never trains (task_vectors /
+    NegMerge: they keep ``requires_grad=False``, 28.3 M of ViT-B/32's 87.8 M image-encoder
+    parameters, so their task vectors are exactly zero). Covers ``nn.MultiheadAttention``
+    and open_clip's own ``Attention``.
+    """
+    kinds = (nn.MultiheadAttention, open_clip.transformer.Attention)
+    return [f"{prefix}.{name}" if prefix else name
+            for prefix, m in module.named_modules() if isinstance(m, kinds)
+            for name, _ in m.named_parameters()]
 
 
 def strip_normalize(preprocess: Callable) -> T.Compose:
@@ -254,8 +270,25 @@ class ImageClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
+    @property
+    def encoder(self) -> nn.Module:
+        """The image encoder whose weights θ are trained and negated (inside a linearised wrapper, if any)."""
+        return getattr(self.visual, "module", self.visual)
+
     @classmethod
-    def from_backbone(cls, backbone: ClipBackbone, head: nn.Module, *, copy: bool = True) -> "ImageClassifier":
-        """Classifier over ``backbone``'s image encoder (deep-copied unless ``copy=False``)."""
+    def from_backbone(cls, backbone: ClipBackbone, head: nn.Module, *, copy: bool = True,
+                      finetuning_mode: str = "standard") -> "ImageClassifier":
+        """Classifier over ``backbone``'s image encoder (deep-copied unless ``copy=False``).
+
+        Args:
+            backbone: The pretrained CLIP.
+            head: Frozen zero-shot head.
+            copy: Deep-copy the encoder (the backbone stays unchanged).
+            finetuning_mode: ``"standard"``, or ``"linear"`` for the encoder's first-order
+                Taylor expansion around its current weights
+                (:class:`negkit.clip.linearize.LinearizedModel`).
+        """
         visual = copy_module.deepcopy(backbone.model.visual) if copy else backbone.model.visual
+        if check_finetuning_mode(finetuning_mode) == "linear":
+            visual = LinearizedModel(visual)
         return cls(visual, head, backbone.mean, backbone.std)
