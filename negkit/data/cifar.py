@@ -5,13 +5,19 @@ layout ``torchvision.datasets.CIFAR10/100`` expects (the extracted official
 python tarballs). A missing folder raises a :class:`FileNotFoundError` that says
 what to download and where to extract it; nothing downloads silently.
 
-Splits: the official 10,000-image test set is ``test``; a seeded random
-``val_size`` images (5,000 by default) of the official 50,000-image training set
-are held out as ``val`` and the remaining 45,000 form ``train``. Images are kept
-in memory as uint8 (150 MB for the training set) and returned as float [0, 1].
-Training augmentation (random crop with 4-pixel padding + horizontal flip) is
-off by default because forget/retain sets are *subsets of train* and must be
-evaluated on clean images; pass ``augment=True`` for a separate training view.
+Splits, as SalUn's data code: the official 10,000-image test set is ``test``;
+``val`` is class-stratified, ⌊10 %⌋ of each class of the official 50,000-image
+training set (500 per class for CIFAR-10, 50 for CIFAR-100), drawn class by class
+with ``np.random.RandomState(seed).choice(class_indices, n, replace=False)``; the
+rest (45,000) form ``train``. Images are kept in memory as uint8 (150 MB for the
+training set) and returned as float [0, 1].
+
+Augmentation: ``augment=True`` names random crop (4-pixel zero padding) + horizontal
+flip as the bundle's training augmentation (``meta["train_augmentation"]``) while
+every split stays clean, because D_f and D_r are subsets of ``train`` that must be
+evaluated on clean images; training code asks for the augmented view with
+:func:`negkit.data.augment.training_view` (the benchmark does so for Original and
+Retrain, as SalUn trains them).
 """
 from __future__ import annotations
 
@@ -20,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from negkit.data import DatasetBundle, TensorImageDataset, register_dataset
+from negkit.data.augment import random_crop_flip
 
-__all__ = ["cifar10", "cifar100", "random_crop_flip", "CIFAR10_MEAN", "CIFAR10_STD",
+__all__ = ["cifar10", "cifar100", "random_crop_flip", "stratified_val_split", "CIFAR10_MEAN", "CIFAR10_STD",
            "CIFAR100_MEAN", "CIFAR100_STD"]
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -36,18 +42,6 @@ _SOURCES = {
     "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "cifar-10-python.tar.gz"),
     "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "cifar-100-python.tar.gz"),
 }
-
-
-def random_crop_flip(img: torch.Tensor, padding: int = 4) -> torch.Tensor:
-    """Standard CIFAR augmentation on one (C, H, W) image: padded random crop, random h-flip.
-
-    Uses the global torch RNG, which :func:`negkit.train.train` seeds and checkpoints.
-    """
-    c, h, w = img.shape
-    padded = F.pad(img, (padding,) * 4)
-    top, left = (int(v) for v in torch.randint(0, 2 * padding + 1, (2,)))
-    out = padded[:, top:top + h, left:left + w]
-    return out.flip(-1) if bool(torch.rand(()) < 0.5) else out
 
 
 def _expected_files(tv_cls: type) -> list[str]:
@@ -78,49 +72,77 @@ def _load(name: str, tv_cls: type, root: str | os.PathLike | None) -> tuple:
     return train, test
 
 
+def stratified_val_split(labels: np.ndarray, per_class: int | None = None, seed: int = 0
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """SalUn's class-stratified validation split: ``(train_idx, val_idx)``, both sorted.
+
+    For each class c = 0, 1, … in turn, ``np.random.RandomState(seed).choice`` (one
+    generator for all classes) draws ``per_class`` indices of class c without
+    replacement (None: ⌊10 %⌋ of that class's images).
+
+    Raises:
+        ValueError: ``per_class`` is not smaller than some class.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    rng = np.random.RandomState(seed)
+    val = []
+    for c in range(int(labels.max()) + 1):
+        idx = np.flatnonzero(labels == c)
+        n = int(0.1 * len(idx)) if per_class is None else per_class
+        if not 0 <= n < len(idx):
+            raise ValueError(f"class {c} has {len(idx)} images; cannot hold out {n} of them for validation")
+        val.append(rng.choice(idx, n, replace=False))
+    val_idx = np.sort(np.concatenate(val))
+    return np.setdiff1d(np.arange(len(labels)), val_idx), val_idx
+
+
 def _bundle(name: str, tv_cls: type, root: str | os.PathLike | None, mean: tuple, std: tuple,
-            val_size: int, seed: int, augment: bool) -> DatasetBundle:
+            val_size: int | None, seed: int, augment: bool) -> DatasetBundle:
     train_tv, test_tv = _load(name, tv_cls, root)
     images = torch.from_numpy(np.ascontiguousarray(train_tv.data)).permute(0, 3, 1, 2)  # (N, 3, 32, 32) uint8
     labels = np.asarray(train_tv.targets, dtype=np.int64)
-    n = len(labels)
-    if not 0 < val_size < n:
-        raise ValueError(f"val_size must be in (0, {n}), got {val_size}")
-    perm = np.random.default_rng(seed).permutation(n)
-    val_idx, train_idx = np.sort(perm[:val_size]), np.sort(perm[val_size:])
+    n_classes = len(train_tv.classes)
+    if val_size is not None and (val_size <= 0 or val_size % n_classes):
+        raise ValueError(f"val_size must be a positive multiple of the {n_classes} classes (the split is "
+                         f"stratified), got {val_size}; None holds out 10 % of each class")
+    train_idx, val_idx = stratified_val_split(labels, None if val_size is None else val_size // n_classes, seed)
     test_images = torch.from_numpy(np.ascontiguousarray(test_tv.data)).permute(0, 3, 1, 2)
 
-    def part(ix: np.ndarray, transform=None) -> TensorImageDataset:
-        return TensorImageDataset(images[torch.from_numpy(ix)].contiguous(), labels[ix], transform=transform)
+    def part(ix: np.ndarray) -> TensorImageDataset:
+        return TensorImageDataset(images[torch.from_numpy(ix)].contiguous(), labels[ix])
 
+    meta = {
+        "source": f"torchvision.datasets.{tv_cls.__name__}", "root": str(root), "seed": seed,
+        "split": f"class-stratified: {len(val_idx) // n_classes} per class of the official training set held out "
+                 "as val (np.random.RandomState(seed), class by class, as SalUn's data code)",
+        "augment": augment,
+        "sizes": {"train": len(train_idx), "val": len(val_idx), "test": len(test_tv.targets)},
+    }
+    if augment:
+        meta["train_augmentation"] = "random_crop_flip"
     return DatasetBundle(
-        name=name,
-        train=part(train_idx, random_crop_flip if augment else None),
-        val=part(val_idx),
+        name=name, train=part(train_idx), val=part(val_idx),
         test=TensorImageDataset(test_images.contiguous(), np.asarray(test_tv.targets, dtype=np.int64)),
-        classnames=tuple(train_tv.classes), mean=mean, std=std,
-        meta={
-            "source": f"torchvision.datasets.{tv_cls.__name__}", "root": str(root), "seed": seed,
-            "split": f"seeded random {val_size} of the official training set held out as val",
-            "augment": augment,
-            "sizes": {"train": len(train_idx), "val": len(val_idx), "test": len(test_tv.targets)},
-        },
+        classnames=tuple(train_tv.classes), mean=mean, std=std, meta=meta,
     )
 
 
 @register_dataset("cifar10")
-def cifar10(root: str | os.PathLike | None = None, *, val_size: int = 5000, seed: int = 0,
+def cifar10(root: str | os.PathLike | None = None, *, val_size: int | None = None, seed: int = 0,
             augment: bool = False) -> DatasetBundle:
     """CIFAR-10 (45,000 / 5,000 / 10,000 train / val / test by default).
 
     Args:
         root: Folder holding ``cifar-10-batches-py/`` (the extracted official tarball).
-        val_size: Training images held out as validation (seeded random choice).
+        val_size: Training images held out as validation, a multiple of 10 split evenly
+            over the classes (None: 10 % of each class, 500).
         seed: Seed of that choice.
-        augment: Random crop + flip on ``train`` items (keep False when evaluating subsets of train).
+        augment: Name random crop + flip as the training augmentation
+            (:func:`negkit.data.augment.training_view`); the splits themselves stay clean.
 
     Raises:
         FileNotFoundError: The data is not under ``root``; the message says how to get it.
+        ValueError: A ``val_size`` that is not a positive multiple of 10.
     """
     from torchvision.datasets import CIFAR10
 
@@ -128,18 +150,19 @@ def cifar10(root: str | os.PathLike | None = None, *, val_size: int = 5000, seed
 
 
 @register_dataset("cifar100")
-def cifar100(root: str | os.PathLike | None = None, *, val_size: int = 5000, seed: int = 0,
+def cifar100(root: str | os.PathLike | None = None, *, val_size: int | None = None, seed: int = 0,
              augment: bool = False) -> DatasetBundle:
-    """CIFAR-100 with its 100 fine labels; arguments as :func:`cifar10`.
+    """CIFAR-100 with its 100 fine labels; arguments as :func:`cifar10` (default val: 50 per class).
 
     Args:
         root: Folder holding ``cifar-100-python/`` (the extracted official tarball).
-        val_size: Training images held out as validation (seeded random choice).
+        val_size: Training images held out as validation, a multiple of 100.
         seed: Seed of that choice.
-        augment: Random crop + flip on ``train`` items.
+        augment: Name random crop + flip as the training augmentation.
 
     Raises:
         FileNotFoundError: The data is not under ``root``; the message says how to get it.
+        ValueError: A ``val_size`` that is not a positive multiple of 100.
     """
     from torchvision.datasets import CIFAR100
 
