@@ -359,7 +359,8 @@ def test_select_classwise_picks_beta_and_epochs_on_validation(tmp_path, toy):
     # the score: accuracy left on the class plus accuracy lost on the others (validation, in points)
     assert (grid.score == grid.val_acc_c + grid.val_acc_others_original - grid.val_acc_others).all()
     chosen = grid[grid.chosen]
-    assert len(chosen) == 1 and chosen.score.iloc[0] == grid.score.min()
+    best = grid[grid.score == grid.score.min()]
+    assert len(chosen) == 1 and chosen.l2.iloc[0] == best.l2.min()  # lowest score, ties to the smaller ‖δ‖₂
     # β = 0 has no forgetting term, so class 0 stays recognised; β = 5 forgets it
     assert grid[grid.beta == 0.0].val_acc_c.min() > 90 and chosen.beta.iloc[0] == 5.0
     fv = vectors[0]
@@ -370,7 +371,7 @@ def test_select_classwise_picks_beta_and_epochs_on_validation(tmp_path, toy):
                                     epochs=int(chosen.epochs.iloc[0])), device="cpu")
     assert torch.equal(fv.delta, fresh.delta)
 
-    # ties go to fewer epochs: with α = β = λ = 0 the loss is 0, δ stays 0 and every epoch scores the same
+    # then to fewer epochs: with α = β = λ = 0 the loss is 0, δ stays 0 and every epoch scores the same
     tied, tgrid = fvs.select_classwise(model, bundle, [1], from_dict(ForgetVectorConfig, FAST, lam=0.0, alpha=0.0),
                                        betas=[0.0], epochs=[1, 2], device="cpu")
     assert tgrid.chosen.tolist() == [True, False] and tied[1].meta["epochs"] == "1"

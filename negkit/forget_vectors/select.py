@@ -11,8 +11,10 @@ exactly δ learned for e epochs). Every (β, e) is scored on the **validation** 
 
 the accuracy left on the forgotten class plus the accuracy lost on the others, in
 points — an Avg.-Gap-like distance to the ideal of Retrain, which never predicts class
-c and keeps the others. The lowest score wins; ties go to the smaller β, then to fewer
-epochs (the gentler δ). The chosen setting and the whole grid are recorded with δ_c.
+c and keeps the others. The lowest score wins. A small validation set ties often (one
+image is a whole step of the score); ties go to the smaller ‖δ‖₂ — the gentler δ, which is
+also the one further along its schedule — then to the smaller β and fewer epochs. The
+chosen setting and the whole grid are recorded with δ_c.
 """
 from __future__ import annotations
 
@@ -79,7 +81,7 @@ def select_classwise(model: nn.Module, data: Any, classes: Sequence[int],
         ``({class: ForgetVector}, grid)``: each vector's ``meta`` holds the chosen ``beta``
         and ``epochs``; ``grid`` has one row per (class, beta, epochs) with the validation
         accuracies (``val_acc_c``, ``val_acc_others``, ``val_acc_others_original``), the
-        ``score`` and a ``chosen`` flag.
+        ``score``, ``l2`` = ‖δ‖₂ and a ``chosen`` flag.
 
     Raises:
         ValueError: Empty grids, no validation set, or a class without training or
@@ -129,11 +131,11 @@ def _select_one(model: nn.Module, forget: Dataset, retain: Dataset, val: Dataset
                 acc_c, others = _accuracies(model, val, c, ForgetVector(delta, clip=base.clip), device)
                 rows.append({"class": c, "beta": beta, "epochs": epoch, "val_acc_c": acc_c,
                              "val_acc_others": others, "val_acc_others_original": others0,
-                             "score": acc_c + (others0 - others)})
+                             "score": acc_c + (others0 - others), "l2": float(delta.norm())})
 
         learn_forget_vector(model, forget, retain, replace(base, beta=beta), device=device, on_epoch=keep)
     table = pd.DataFrame(rows)
-    best = table.sort_values(["score", "beta", "epochs"], kind="stable").index[0]
+    best = table.sort_values(["score", "l2", "beta", "epochs"], kind="stable").index[0]
     table["chosen"] = table.index == best
     beta, epoch = float(table.at[best, "beta"]), int(table.at[best, "epochs"])
     meta = {"task": f"class_{c}", "classes": str(c), "method": "forget_vector", "beta": repr(beta),
