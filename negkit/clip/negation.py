@@ -3,12 +3,15 @@
 Protocol of the task-vector papers (Ilharco et al. 2023, Sec. 3; NegMerge, Kim et
 al. 2025, Sec. 5.2): τ is a single fine-tune's task vector (Task Arithmetic) or
 the merge of a pool of them (NegMerge and other rules of :mod:`negkit.merge`).
-For λ ∈ {0, 0.05, …, 1} the negated encoder is evaluated on {dataset}Val (forget
-accuracy, to be minimised) and ImageNetVal (control accuracy); the chosen λ is
-the one with the lowest forget accuracy among those keeping the control accuracy
-≥ 95 % of the zero-shot model's (:func:`negkit.evaluate.select_coef`). Test
-accuracies on the forget task and on ImageNet at that λ are reported beside the
-zero-shot model's.
+The negated encoder is evaluated on {dataset}Val (forget accuracy, to be
+minimised) and ImageNetVal (control accuracy); the chosen λ is the one with the
+lowest forget accuracy among those keeping the control accuracy ≥ 95 % of the
+zero-shot model's. λ lives on the grid 0, 0.05, … and is found by
+:func:`negkit.evaluate.search_coef`: the range 0..1 grows by doubling while
+control holds (up to ``coef_max``), then bisection; every λ of a round is
+evaluated in one pass over the images (:func:`negkit.evaluate.negation_evaluator`),
+so each image is decoded once per round, not once per λ. Test accuracies on the
+forget task and on ImageNet at that λ are reported beside the zero-shot model's.
 
 Every number is a :class:`negkit.results.Record` (setting ``"clip"``, scenario
 ``"task"``) appended to a :class:`~negkit.results.ResultsLog` as soon as it is
@@ -18,7 +21,6 @@ rows; heads come from the on-disk cache of :mod:`negkit.clip.heads`.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -27,23 +29,28 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 import torch
+from torch.utils.data import DataLoader
 
 import negkit.merge
 from negkit import io as nkio
 from negkit.clip.heads import get_head
+from negkit.clip.linearize import check_finetuning_mode
 from negkit.clip.model import ClipBackbone, ImageClassifier
 from negkit.data import DatasetBundle
-from negkit.evaluate import coef_grid, evaluate, resolve_device, select_coef
+from negkit.evaluate import CoefSearch, coef_grid, evaluate, negation_evaluator, resolve_device, search_coef, select_coef
 from negkit.lock import locks_run_dir
 from negkit.results import Record, ResultsLog
 from negkit.taskvec import TaskVector
 
-__all__ = ["visual_task_vectors", "save_task_vectors", "run_task_negation", "paper_table", "SPLITS", "NO_COEF_NOTE"]
+__all__ = ["visual_task_vectors", "save_task_vectors", "run_task_negation", "paper_table", "model_label", "SPLITS",
+           "NO_COEF_NOTE"]
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("val_forget", "val_control", "test_forget", "test_control")
 NO_COEF_NOTE = "no admissible coefficient: control accuracy below the threshold at every λ"
+EDGE_NOTE = "λ search reached its maximum with control still admissible"
+VAL_SPLITS = ("val_forget", "val_control")
 
 
 def visual_task_vectors(pretrained: Mapping[str, torch.Tensor], finetuned: Mapping[str, str | os.PathLike]
@@ -80,22 +87,32 @@ def save_task_vectors(backbone: ClipBackbone, finetuned: Mapping[str, str | os.P
     return out
 
 
+def model_label(backbone: ClipBackbone, finetuning_mode: str = "standard") -> str:
+    """The ``model`` of result rows: ``backbone.name``, plus ``"+linear"`` for the linearised model."""
+    return backbone.name if check_finetuning_mode(finetuning_mode) == "standard" else f"{backbone.name}+linear"
+
+
 class _Negator:
-    """One copy of the image encoder, shared by a forget and a control classifier."""
+    """One copy of the image encoder, shared by a forget and a control classifier.
+
+    In linear mode the copy is wrapped in :class:`~negkit.clip.linearize.LinearizedModel`
+    around θ_pre, so θ_pre − λτ is evaluated as f(x; θ_pre) − λ·J τ (the reference
+    negates the linearised model, never the non-linear one).
+    """
 
     def __init__(self, backbone: ClipBackbone, forget_head: torch.nn.Module, control_head: torch.nn.Module,
-                 device: torch.device) -> None:
-        visual = copy.deepcopy(backbone.model.visual)
-        self.forget = ImageClassifier(visual, forget_head, backbone.mean, backbone.std).to(device).eval()
-        self.control = ImageClassifier(visual, control_head, backbone.mean, backbone.std).to(device).eval()
-        self.visual = visual
+                 device: torch.device, finetuning_mode: str = "standard") -> None:
+        forget = ImageClassifier.from_backbone(backbone, forget_head, finetuning_mode=finetuning_mode)
+        self.forget = forget.to(device).eval()
+        self.control = ImageClassifier(forget.visual, control_head, backbone.mean, backbone.std).to(device).eval()
+        self.encoder = forget.encoder
         self.pre = {k: v.to(device) for k, v in backbone.visual_state_dict().items()}
 
     @torch.no_grad()
     def set(self, tau: TaskVector | None, coef: float) -> None:
         """Load θ_pre − coef·τ into the shared encoder."""
         sd = self.pre if tau is None else tau.apply_to(self.pre, coef=-coef)
-        self.visual.load_state_dict(sd)
+        self.encoder.load_state_dict(sd)
 
 
 @locks_run_dir(lambda a: a["results"].path.parent)  # the run dir is the results log's folder
@@ -110,6 +127,9 @@ def run_task_negation(
     single: bool = True,
     merge_options: Mapping[str, Mapping[str, Any]] | None = None,
     coefs: Sequence[float] | None = None,
+    coef_step: float = 0.05,
+    coef_max: float = 8.0,
+    coef_search: str = "adaptive",
     threshold: float = 0.95,
     head_cache: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
@@ -117,6 +137,7 @@ def run_task_negation(
     num_workers: int = 0,
     seed: int = 0,
     progress: bool = False,
+    finetuning_mode: str = "standard",
 ) -> pd.DataFrame:
     """Negate the fine-tunes of ``forget`` (merged and one by one), pick λ, record everything.
 
@@ -129,7 +150,11 @@ def run_task_negation(
         methods: Merge rules of :mod:`negkit.merge` applied to the pool.
         single: Also negate every member alone (Task Arithmetic rows, ``pool_config`` = member).
         merge_options: Per-method keyword options, e.g. ``{"ties": {"density": 0.2}}``.
-        coefs: λ grid (default 0..1 by 0.05).
+        coefs: Evaluate exactly these λ instead of searching (None: the search below).
+        coef_step: Grid step of the λ search (:func:`negkit.evaluate.search_coef`, from 0..1).
+        coef_max: The search's range grows up to this λ at most.
+        coef_search: ``"adaptive"`` (doubling, then bisection) or ``"grid"`` (every λ of the
+            grown range).
         threshold: Fraction of zero-shot control (val) accuracy a λ must keep.
         head_cache: Folder of cached zero-shot heads.
         device: None: cuda if available.
@@ -137,26 +162,45 @@ def run_task_negation(
         num_workers: DataLoader workers decoding images.
         seed: Recorded in every row.
         progress: tqdm bars of the evaluation passes.
+        finetuning_mode: How the pool was fine-tuned: ``"standard"``, or ``"linear"``
+            (tangent space; negation is then applied to the linearised model and rows
+            carry ``model = model_label(backbone, "linear")``). Must match the files.
 
     Returns:
         One row per method / pool member: ``method, pool_config, coef`` and the test
         accuracies ``test_forget, test_control`` beside the zero-shot ones.
+
+    Raises:
+        ValueError: A fine-tune's file was written in another ``finetuning_mode``.
     """
     device = resolve_device(device)
-    coefs = [float(c) for c in (coefs if coefs is not None else coef_grid(0.0, 1.0, 0.05))]
+    coef_grid(0.0, coef_max, coef_step)  # a bad grid fails here, before any evaluation
+    select_coef([0.0], [0.0], [0.0], 0.0, threshold)  # likewise a threshold outside (0, 1]
+    if coef_search not in ("adaptive", "grid"):
+        raise ValueError(f"coef_search must be 'adaptive' or 'grid', got {coef_search!r}")
+    if coefs is not None:
+        coefs = sorted({float(c) for c in coefs})
+        if not coefs:
+            raise ValueError("coefs is empty; pass None for the λ search or e.g. negkit.evaluate.coef_grid()")
     for m in methods:
         negkit.merge.get(m)  # unknown rule -> ValueError listing the registry, before anything is computed
-    base = dict(setting="clip", model=backbone.name, dataset=forget.name, scenario="task", seed=seed)
+    for member, path in finetuned.items():
+        made = nkio.read_metadata(path).get("finetuning_mode", "standard")
+        if made != check_finetuning_mode(finetuning_mode):
+            raise ValueError(f"{member} ({path}) was fine-tuned with finetuning_mode={made!r}; pass "
+                             f"finetuning_mode={made!r} to negate it (a task vector belongs to its own model)")
+    label = model_label(backbone, finetuning_mode)
+    base = dict(setting="clip", model=label, dataset=forget.name, scenario="task", seed=seed)
     sets = {"val_forget": forget.val, "val_control": control.val, "test_forget": forget.test,
             "test_control": control.test}
     existing = results.read()
-    existing = existing[(existing.setting == "clip") & (existing.model == backbone.name)
+    existing = existing[(existing.setting == "clip") & (existing.model == label)
                         & (existing.scenario == "task") & (existing.seed == seed)]
 
     forget_head = get_head(backbone, forget.name, cache_dir=head_cache, classnames=forget.classnames, device=device)
     control_head = get_head(backbone, control.name, cache_dir=head_cache, classnames=control.classnames,
                             device=device)
-    neg = _Negator(backbone, forget_head, control_head, device)
+    neg = _Negator(backbone, forget_head, control_head, device, finetuning_mode)
 
     def measure(split: str) -> float:
         clf = neg.forget if split.endswith("forget") else neg.control
@@ -179,6 +223,8 @@ def run_task_negation(
 
     candidates = [(m, "") for m in methods] + ([("task_arithmetic", n) for n in finetuned] if single else [])
     pre_cpu = {k: v.cpu() for k, v in backbone.visual_state_dict().items()}
+    # τ's keys are the encoder's; inside a classifier they carry the encoder's module path.
+    prefix = next(f"{name}." for name, m in neg.forget.named_modules() if m is neg.encoder)
     summary = []
     for method, member in candidates:
         rows = existing[(existing.dataset == forget.name) & (existing.method == method)
@@ -196,18 +242,32 @@ def run_task_negation(
             opts = dict((merge_options or {}).get(method, {}))
             tau = TaskVector(negkit.merge.merge_files(list(finetuned.values()), method, pretrained=pre_cpu, **opts))
         tau = tau.to(device)
-        accs = {(r.split, r.coef): r.value for r in rows[rows.split.isin(["val_forget", "val_control"])].itertuples()}
-        for c in coefs:
-            todo = [s for s in ("val_forget", "val_control") if (s, c) not in accs]
-            if todo and c != 0.0:
-                neg.set(tau, c)
-            for split in todo:
-                # θ_pre − 0·τ is the zero-shot model: reuse its accuracy instead of evaluating.
-                accs[(split, c)] = zs[split] if c == 0.0 else measure(split)
-                results.append(Record(**base, method=method, pool_config=member, coef=c, split=split,
-                                      metric="acc", value=accs[(split, c)]))
-        chosen = select_coef(coefs, [accs[("val_forget", c)] for c in coefs],
-                             [accs[("val_control", c)] for c in coefs], zs["val_control"], threshold)
+        accs = {(r.split, r.coef): r.value for r in rows[rows.split.isin(VAL_SPLITS)].itertuples()}
+        evaluators = [negation_evaluator(clf, {f"{prefix}{k}": v for k, v in tau.items()},
+                                         {split: DataLoader(sets[split], batch_size=batch_size, shuffle=False,
+                                                            num_workers=num_workers)},
+                                         device=device, batch_size=batch_size, progress=progress)
+                      for clf, split in ((neg.forget, "val_forget"), (neg.control, "val_control"))]
+
+        def evaluate_coefs(cs: Sequence[float], accs=accs, evaluators=evaluators, method=method,
+                           member=member) -> dict[str, list[float]]:
+            # Recorded λ (a resumed run) and λ = 0 (the zero-shot model) are not evaluated again.
+            todo = [c for c in cs if c != 0.0 and any((s, c) not in accs for s in VAL_SPLITS)]
+            fresh = {k: v for ev in evaluators for k, v in ev(todo).items()} if todo else {}
+            new = []
+            for c in cs:
+                for split in VAL_SPLITS:
+                    if (split, c) not in accs:
+                        accs[(split, c)] = zs[split] if c == 0.0 else fresh[split][todo.index(c)]
+                        new.append(Record(**base, method=method, pool_config=member, coef=c, split=split,
+                                          metric="acc", value=accs[(split, c)]))
+            if new:
+                results.append(new)
+            return {split: [accs[(split, c)] for c in cs] for split in VAL_SPLITS}
+
+        search = _choose(evaluate_coefs, coefs, zs["val_control"], threshold=threshold, step=coef_step,
+                         max_coef=coef_max, exhaustive=coef_search == "grid")
+        chosen = search.coef
         new = []
         if chosen is not None and chosen != 0.0:
             neg.set(tau, chosen)
@@ -217,13 +277,33 @@ def run_task_negation(
             else:
                 value = zs[split] if chosen == 0.0 else measure(split)
                 note, coef = f"λ selected on val (control ≥ {threshold:g} × zero-shot)", chosen
+                if search.hit_max:
+                    note += f"; {EDGE_NOTE}"
             new.append(Record(**base, method=method, pool_config=member, coef=coef, split=split, metric="acc",
                               value=value, note=note))
+        new += [Record(**base, method=method, pool_config=member, coef=math.nan, split="val", metric="n_coefs",
+                       value=float(search.n_evaluated)),
+                Record(**base, method=method, pool_config=member, coef=math.nan, split="val",
+                       metric="coef_max_searched", value=float(search.searched[1]))]
         results.append(new)
         if chosen is None:
             log.warning("%s %s%s: %s", forget.name, method, f" ({member})" if member else "", NO_COEF_NOTE)
         summary.append(_summary(method, member, new[0].coef, new[0].value, new[1].value, zs))
     return pd.DataFrame(summary)
+
+
+def _choose(evaluate_coefs, coefs: Sequence[float] | None, control_reference: float, *, threshold: float,
+            step: float, max_coef: float, exhaustive: bool) -> CoefSearch:
+    """:func:`search_coef` from 0..1, or exactly ``coefs`` when given (a fixed grid)."""
+    if coefs is None:
+        return search_coef(evaluate_coefs, control_reference, threshold=threshold, step=step, max_coef=max_coef,
+                           exhaustive=exhaustive)
+    accs = evaluate_coefs(coefs)
+    lam = select_coef(coefs, accs["val_forget"], accs["val_control"], control_reference, threshold)
+    curve = pd.DataFrame([{"coef": c, "split": s, "acc": accs[s][i]} for i, c in enumerate(coefs) for s in accs],
+                         columns=["coef", "split", "acc"])
+    return CoefSearch(coef=lam, curve=curve, n_evaluated=len(coefs), searched=(coefs[0], coefs[-1]),
+                      hit_max=accs["val_control"][-1] >= threshold * control_reference, exhaustive=True)
 
 
 def _summary(method: str, member: str, coef: float, test_forget: float, test_control: float,
