@@ -97,3 +97,28 @@ def test_random_crop_flip_by_hand():
         seen.add(next((t, l, f) for t in range(3) for l in range(3) for f in (False, True)
                       if torch.equal(o, (lambda c: c.flip(-1) if f else c)(F.pad(img, (1,) * 4)[:, t:t + 3, l:l + 3]))))
     assert len(seen) == 18
+
+
+def test_cifar10_config_trains_original_and_retrain_augmented_and_measures_clean(fake_cifar10, tmp_path,
+                                                                                 monkeypatch):
+    from negkit.benchmark import config as bconfig
+    from negkit.benchmark import setup as bsetup
+
+    root, _ = fake_cifar10
+    cfg = bconfig.cifar10_config(str(root))
+    assert cfg.data_options == {"augment": True}
+    assert cfg.baseline_configs["rl"]["lr"] == cfg.baseline_configs["salun"]["lr"] == 0.013
+    small = bconfig.cifar10_config(str(root), model="small_resnet", model_options={"widths": (4, 8)},
+                                   original={"epochs": 1, "batch_size": 32}, scenarios=("random_10",))
+    trained = []
+    real_train = bsetup.train
+
+    def spy(model, dataset, *args, **kwargs):
+        trained.append(dataset)
+        return real_train(model, dataset, *args, **kwargs)
+
+    monkeypatch.setattr(bsetup, "train", spy)
+    s = bsetup.prepare(small, tmp_path / "run", "random_10", device="cpu")
+    assert len(trained) == 2 and all(isinstance(d, Augmented) for d in trained)
+    assert len(trained[0]) == len(s.bundle.train) and len(trained[1]) == len(s.retain)
+    assert not isinstance(s.forget, Augmented) and not isinstance(s.retain, Augmented)  # metrics: clean images

@@ -33,6 +33,7 @@ from negkit.benchmark.config import SETTING, UNLEARNING_METRICS, BenchmarkConfig
 from negkit.config import to_dict
 from negkit.data import DatasetBundle, labels_of
 from negkit.data import get as get_dataset
+from negkit.data.augment import training_view
 from negkit.data.splits import ForgetSplit, class_mask, make_forget_split, subset, without_classes
 from negkit.evaluate import evaluate, resolve_device
 from negkit.metrics import avg_gap, unlearning_metrics
@@ -146,9 +147,11 @@ def prepare(cfg: BenchmarkConfig, run_dir: str | Path, scenario: str, *, device:
     sdir = run_dir / split.name
     if not (sdir / "split.json").exists():
         io.save_json(split.to_dict(), sdir / "split.json")
-    original = train(original, bundle.train, cfg.original, device=device, out_dir=run_dir / "original",
-                     progress=progress).model
-    retrain = train(retrain, retain, cfg.original, device=device, out_dir=sdir / "retrain",
+    # Original and Retrain train on the bundle's augmented view if it names one (CIFAR: crop + flip);
+    # every metric below is computed on the clean images.
+    original = train(original, training_view(bundle, bundle.train), cfg.original, device=device,
+                     out_dir=run_dir / "original", progress=progress).model
+    retrain = train(retrain, training_view(bundle, retain), cfg.original, device=device, out_dir=sdir / "retrain",
                     progress=progress).model
     original.eval()
     retrain.eval()
