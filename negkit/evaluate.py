@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 __all__ = ["resolve_device", "predict", "evaluate", "true_class_confidence", "coef_grid", "select_coef",
-           "sweep_coefs", "CoefSearch", "search_coef", "negation_evaluator", "RULES"]
+           "sweep_coefs", "CoefSearch", "search_coef", "negation_evaluator", "check_threshold", "RULES"]
 
 InputTransform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -114,7 +114,8 @@ MAX_GRID = 100_000
 RULES = ("min_forget", "match")
 
 
-def _check_threshold(threshold: float) -> None:
+def check_threshold(threshold: float) -> None:
+    """Raise ``ValueError`` unless ``threshold`` is a fraction in (0, 1] (95 suggests 0.95)."""
     if not (isinstance(threshold, numbers.Real) and 0.0 < threshold <= 1.0):
         hint = f"; did you mean {threshold / 100:g} (a fraction, not a percentage)?" if (
             isinstance(threshold, numbers.Real) and 1.0 < threshold <= 100.0) else ""
@@ -178,7 +179,7 @@ def select_coef(coefs: Sequence[float], forget_acc: Sequence[float], control_acc
         ValueError: The sequences differ in length or are empty; a threshold outside
             (0, 1]; a non-finite reference; an unknown rule or a missing target.
     """
-    _check_threshold(threshold)
+    check_threshold(threshold)
     _check_reference(control_reference)
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; valid rules are {list(RULES)}")
@@ -300,7 +301,7 @@ def search_coef(evaluate_coefs: Callable[[Sequence[float]], Mapping[str, Sequenc
         ValueError: A bad threshold, reference, grid, rule or target, or an evaluator
             that omits a split or returns the wrong number of values.
     """
-    _check_threshold(threshold)
+    check_threshold(threshold)
     _check_reference(control_reference)
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; valid rules are {list(RULES)}")

@@ -60,12 +60,15 @@ def test_negation_records_selection_and_resume(world, tmp_path):
     df = log.read()
     assert set(df.method) == {"zeroshot", "negmerge", "mean", "task_arithmetic"}
     assert (df.setting == "clip").all() and (df.scenario == "task").all() and (df.dataset == "mnist").all()
-    assert (df.model == world["backbone"].name).all() and (df.metric == "acc").all()
-    assert len(df) == 4 + 4 * (2 * len(COEFS) + 2)  # zero-shot + per candidate (3 λ × 2 val, 2 test)
+    assert (df.model == world["backbone"].name).all()
+    assert set(df.metric) == {"acc", "n_coefs", "coef_max_searched"}
+    # zero-shot + per candidate (3 λ × 2 val, 2 test, λ count and range searched)
+    assert len(df) == 4 + 4 * (2 * len(COEFS) + 2 + 2)
+    assert (df[df.metric == "n_coefs"].value == len(COEFS)).all()
     assert set(zip(summary.method, summary.pool_config)) == {("negmerge", ""), ("mean", ""),
                                                              ("task_arithmetic", "m0"), ("task_arithmetic", "m1")}
     # one row per (method, member, λ, split): no duplicates
-    assert not df.duplicated(["method", "pool_config", "coef", "split"]).any()
+    assert not df.duplicated(["method", "pool_config", "coef", "split", "metric"]).any()
     zs = df[df.method == "zeroshot"].set_index("split").value
     for (method, member), rows in df[df.method != "zeroshot"].groupby(["method", "pool_config"]):
         vf = rows[rows.split == "val_forget"].set_index("coef").value
@@ -98,19 +101,41 @@ def test_partial_sweep_is_completed_not_duplicated(world, tmp_path):
     _run(world, log, methods=["mean"], single=False, coefs=[0.0, 0.5])
     df = log.read()
     # drop the test rows as if the run had stopped after the sweep, then widen the grid
-    partial = df[~df.split.str.startswith("test") | (df.method == "zeroshot")]
+    partial = df[df.split.isin(["val_forget", "val_control"]) | (df.method == "zeroshot")]
     log2 = ResultsLog(tmp_path / "r2.jsonl")
     from negkit.results import Record
     log2.append([Record(**r) for r in partial.to_dict("records")])
     _run(world, log2, methods=["mean"], single=False, coefs=COEFS)
     df2 = log2.read()
-    assert not df2.duplicated(["method", "pool_config", "coef", "split"]).any()
+    assert not df2.duplicated(["method", "pool_config", "coef", "split", "metric"]).any()
     assert sorted(df2[(df2.method == "mean") & (df2.split == "val_forget")].coef) == COEFS
+
+
+def test_lambda_search_records_what_it_evaluated_and_resumes(world, tmp_path):
+    log = ResultsLog(tmp_path / "s.jsonl")
+    summary = _run(world, log, methods=["mean"], single=False, coefs=None, coef_max=2.0)
+    df = log.read()
+    rows = df[df.method == "mean"]
+    lams = sorted(rows[rows.split == "val_forget"].coef)
+    n = rows[rows.metric == "n_coefs"].value.iloc[0]
+    top = rows[rows.metric == "coef_max_searched"].value.iloc[0]
+    assert n == len(lams) == len(set(lams)) and lams[0] == 0.0 and top in (1.0, 2.0) and 1.0 in lams
+    assert all(abs(c / 0.05 - round(c / 0.05)) < 1e-6 for c in lams)
+    vf = rows[rows.split == "val_forget"].set_index("coef").value
+    vc = rows[rows.split == "val_control"].set_index("coef").value
+    zs = df[(df.method == "zeroshot") & (df.split == "val_control")].value.iloc[0]
+    assert summary.coef.iloc[0] == select_coef(lams, vf[lams].tolist(), vc[lams].tolist(), zs, 0.95)
+    _run(world, log, methods=["mean"], single=False, coefs=None, coef_max=2.0)
+    assert len(log.read()) == len(df)  # resumed: nothing evaluated or written again
 
 
 def test_no_admissible_coefficient_is_recorded_not_raised(world, tmp_path):
     log = ResultsLog(tmp_path / "none.jsonl")
-    summary = _run(world, log, methods=["mean"], single=False, threshold=1e6)
+    # A recorded zero-shot control accuracy no negated model can reach (100.5 %), and λ = 0 left out.
+    from negkit.results import Record
+    log.append(Record(setting="clip", model=world["backbone"].name, dataset="mnist", scenario="task",
+                      method="zeroshot", pool_config="", coef=0.0, split="val_control", metric="acc", value=100.5))
+    summary = _run(world, log, methods=["mean"], single=False, threshold=1.0, coefs=[0.5, 1.0])
     assert math.isnan(summary.coef.iloc[0]) and math.isnan(summary.test_forget.iloc[0])
     rows = log.read()
     test = rows[(rows.method == "mean") & (rows.split == "test_forget")]
@@ -120,6 +145,8 @@ def test_no_admissible_coefficient_is_recorded_not_raised(world, tmp_path):
 def test_unknown_merge_method_lists_valid(world, tmp_path):
     with pytest.raises(ValueError, match="unknown merge method 'avg'.*negmerge"):
         _run(world, ResultsLog(tmp_path / "x.jsonl"), methods=["avg"])
+    with pytest.raises(ValueError, match="did you mean 0.95"):
+        _run(world, ResultsLog(tmp_path / "x.jsonl"), threshold=95)
 
 
 def test_paper_table(world, tmp_path):

@@ -37,7 +37,8 @@ from negkit.clip.heads import get_head
 from negkit.clip.linearize import check_finetuning_mode
 from negkit.clip.model import ClipBackbone, ImageClassifier
 from negkit.data import DatasetBundle
-from negkit.evaluate import CoefSearch, coef_grid, evaluate, negation_evaluator, resolve_device, search_coef, select_coef
+from negkit.evaluate import (CoefSearch, check_threshold, coef_grid, evaluate, negation_evaluator, resolve_device,
+                             search_coef, select_coef)
 from negkit.lock import locks_run_dir
 from negkit.results import Record, ResultsLog
 from negkit.taskvec import TaskVector
@@ -175,7 +176,7 @@ def run_task_negation(
     """
     device = resolve_device(device)
     coef_grid(0.0, coef_max, coef_step)  # a bad grid fails here, before any evaluation
-    select_coef([0.0], [0.0], [0.0], 0.0, threshold)  # likewise a threshold outside (0, 1]
+    check_threshold(threshold)
     if coef_search not in ("adaptive", "grid"):
         raise ValueError(f"coef_search must be 'adaptive' or 'grid', got {coef_search!r}")
     if coefs is not None:
