@@ -235,6 +235,23 @@ def test_live_chosen_lambda_follows_the_admissibility_rule():
     assert st.figure() is not None
 
 
+def test_live_lambda_search_matches_the_grid_over_the_range_it_searched():
+    from negkit.evaluate import coef_grid, select_coef
+
+    model, pre, tvs, splits = tiny_setup()
+    # A loose threshold (0.5) keeps control admissible past the grid's top (0.5): the range grows.
+    live = LiveNegation(model, pre, tvs, splits, methods=(), coefs=[0.0, 0.5], device="cpu", mia=False,
+                        coef_max=4.0, threshold=0.5)
+    res = live.search("task_arithmetic", "a")
+    assert res.searched == (0.0, 2.0) and res.coef > 0.5
+    grid = coef_grid(*res.searched, 0.5)  # step inferred from the coefs given
+    forget = [reference_accuracy(model, pre, tvs["a"], c, *splits["val_forget"]) for c in grid]
+    control = [reference_accuracy(model, pre, tvs["a"], c, *splits["val_control"]) for c in grid]
+    assert res.coef == select_coef(grid, forget, control, control[0], threshold=0.5)
+    assert set(res.curve.coef) <= set(live.coefs(live.run, "task_arithmetic", "a"))
+    assert live.chosen_coef(live.run, "task_arithmetic", "a") == res.coef
+
+
 def test_live_and_recorded_sources_share_one_view(results_dir):
     model, pre, tvs, splits = tiny_setup()
     live = LiveNegation(model, pre, tvs, splits, methods=(), coefs=[0.0, 1.0], device="cpu", mia=False,

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from negkit import merge
-from negkit.evaluate import coef_grid, resolve_device, select_coef, true_class_confidence
+from negkit.evaluate import CoefSearch, coef_grid, resolve_device, search_coef, true_class_confidence
 from negkit.metrics import accuracy, mia_efficacy
 from negkit.taskvec import TaskVector
 from negkit.widgets.negation import RunKey, curve_records
@@ -49,8 +49,12 @@ class LiveNegation:
         methods: Merge rules (``negkit.merge`` registry names) offered besides Task
             Arithmetic with each single pool member.
         method_options: Keyword options per merge rule, e.g. ``{"ties": {"density": 0.2}}``.
-        coefs: λ grid of the curve (default ``negkit.evaluate.coef_grid()``: 0..1 by 0.05).
+        coefs: λ grid of the curve (default ``negkit.evaluate.coef_grid()``: 0..1 by 0.05); its
+            ends are the initial range of the λ search (:func:`negkit.evaluate.search_coef`),
+            whose evaluated λ join the curve.
         threshold: Admissibility threshold (fraction of the original's control accuracy).
+        coef_step: Grid step of the λ search (default: the smallest spacing of ``coefs``).
+        coef_max: The search's range grows (doubling) up to this λ at most.
         run: Names the experiment in the view.
         device: Torch device (None: cuda if available, else cpu).
         mia: Compute MIA-efficacy at every λ (needs forget, retain and test splits).
@@ -62,7 +66,8 @@ class LiveNegation:
                  task_vectors: Mapping[str, Mapping[str, Tensor]],
                  splits: Mapping[str, Any], *, methods: Sequence[str] = ("mean", "ties", "magmax", "negmerge"),
                  method_options: Mapping[str, Mapping[str, Any]] | None = None, coefs: Sequence[float] | None = None,
-                 threshold: float = 0.95, forget_split: str = "val_forget", control_split: str = "val_control",
+                 threshold: float = 0.95, coef_step: float | None = None, coef_max: float = 8.0,
+                 forget_split: str = "val_forget", control_split: str = "val_control",
                  run: RunKey | None = None, device: str | torch.device | None = None, mia: bool = True) -> None:
         for name in (forget_split, control_split):
             if name not in splits:
@@ -82,7 +87,14 @@ class LiveNegation:
         self.splits = {n: tuple(t.to(self.device) for t in _as_tensors(d)) for n, d in splits.items()}
         self.merge_methods = tuple(methods)
         self.method_options = {k: dict(v) for k, v in (method_options or {}).items()}
-        self.grid = [float(c) for c in (coefs if coefs is not None else coef_grid())]
+        self.grid = sorted({float(c) for c in (coefs if coefs is not None else coef_grid())})
+        if not self.grid:
+            raise ValueError("coefs is empty; pass e.g. negkit.evaluate.coef_grid() (0..1 by 0.05)")
+        gaps = [b - a for a, b in zip(self.grid, self.grid[1:])]
+        self.coef_step = float(coef_step if coef_step is not None else min(gaps, default=0.05))
+        self.coef_max = max(float(coef_max), self.grid[-1])
+        coef_grid(self.grid[0], self.coef_max, self.coef_step)  # an absurdly fine step fails here, at once
+        self._searches: dict[tuple[str, str], CoefSearch] = {}
         self.threshold, self.forget_split, self.control_split = threshold, forget_split, control_split
         self.run = run or RunKey(dataset="live", scenario="")
         self.where = "live mode"
@@ -109,7 +121,8 @@ class LiveNegation:
         splits = {"val_forget": setup.val_forget, "val_control": setup.val_control,
                   "forget": setup.forget, "retain": setup.retain, "test": setup.test}
         options = dict(methods=cfg.merge_methods, method_options=cfg.merge_options, coefs=cfg.coefs,
-                       threshold=cfg.threshold, device=setup.device,
+                       threshold=cfg.threshold, coef_step=cfg.coef_step, coef_max=cfg.coef_max,
+                       device=setup.device,
                        run=RunKey(cfg.dataset, setup.scenario, cfg.model, "standard", cfg.seed))
         options.update(kw)
         return cls(setup.original, setup.original.state_dict(), task_vectors, splits, **options)
@@ -124,13 +137,13 @@ class LiveNegation:
         return [("task_arithmetic", n) for n in self.task_vectors] + [(m, "") for m in self.merge_methods]
 
     def coefs(self, run: RunKey, method: str, pool_config: str = "") -> list[float]:
-        """The λ grid of the curve (the slider itself accepts any λ in its range)."""
-        return list(self.grid)
+        """The λ grid of the curve and every λ the search evaluated (the slider accepts any λ in their range)."""
+        return sorted(set(self.grid) | set(self.search(method, pool_config).curve["coef"]))
 
     def curve(self, run: RunKey, method: str, pool_config: str = "") -> pd.DataFrame:
-        """Forget / control accuracy over the grid, as tidy records (evaluated once, then cached)."""
+        """Forget / control accuracy over :meth:`coefs`, as tidy records (evaluated once, then cached)."""
         rows = []
-        for c in self.grid:
+        for c in self.coefs(run, method, pool_config):
             accs = self.evaluate(method, pool_config, c, splits=(self.forget_split, self.control_split))
             rows += [{"coef": c, "split": s, "value": accs[s]} for s in (self.forget_split, self.control_split)]
         return curve_records(rows, self.run, method, pool_config)
@@ -140,12 +153,25 @@ class LiveNegation:
         return self.evaluate(method, pool_config, 0.0, splits=(self.control_split,))[self.control_split]
 
     def chosen_coef(self, run: RunKey, method: str, pool_config: str = "") -> float | None:
-        """λ chosen on the curve by :func:`negkit.evaluate.select_coef` (None: none admissible)."""
-        curve = self.curve(run, method, pool_config)
-        forget = curve[curve["split"] == self.forget_split].sort_values("coef")["value"].tolist()
-        control = curve[curve["split"] == self.control_split].sort_values("coef")["value"].tolist()
-        return select_coef(self.grid, forget, control, self.control_reference(run, method, pool_config),
-                           threshold=self.threshold)
+        """λ chosen by :func:`negkit.evaluate.search_coef` (None: none admissible)."""
+        return self.search(method, pool_config).coef
+
+    def search(self, method: str, pool_config: str = "") -> CoefSearch:
+        """The λ search of a method (the benchmark's rule and range growth; cached)."""
+        key = (method, pool_config)
+        if key not in self._searches:
+            splits = (self.forget_split, self.control_split)
+
+            def evaluate_coefs(coefs):
+                accs = [self.evaluate(method, pool_config, c, splits=splits) for c in coefs]
+                return {s: [a[s] for a in accs] for s in splits}
+
+            ref = self.evaluate(method, pool_config, 0.0, splits=(self.control_split,))[self.control_split]
+            self._searches[key] = search_coef(
+                evaluate_coefs, ref, threshold=self.threshold, step=self.coef_step, start=self.grid[0],
+                stop=self.grid[-1], max_coef=self.coef_max, forget_split=self.forget_split,
+                control_split=self.control_split)
+        return self._searches[key]
 
     def numbers(self, run: RunKey, method: str, pool_config: str, coef: float) -> list[tuple[str, Any]]:
         """Accuracy on every split at λ=``coef``, admissibility, and UA/RA/TA/MIA when the splits allow."""
