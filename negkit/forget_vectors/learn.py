@@ -290,7 +290,7 @@ def _cache_key(cfg: ForgetVectorConfig, vectors: Mapping[int, ForgetVector] | No
 
 def _cached(path: Path | None, cfg: ForgetVectorConfig, learn,
             vectors: Mapping[int, ForgetVector] | None = None, extra: Mapping[str, Any] | None = None) -> ForgetVector:
-    """Load the vector at ``path`` if it was learned with ``cfg`` (and ``vectors``, ``extra``); else learn and save it."""
+    """Load the vector at ``path`` if it was learned with ``cfg`` (and ``vectors``, ``extra``); else learn, save it."""
     key = _cache_key(cfg, vectors, extra)
     if path is not None and path.exists():
         fv = ForgetVector.load(path)
