@@ -47,6 +47,7 @@ test-browser: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_merge.py --quick
 	$(PY) benchmarks/bench_finetune.py
+	$(PY) benchmarks/bench_coef_search.py --quick
 
 clean-runs:
 	rm -rf $(RUNS)
