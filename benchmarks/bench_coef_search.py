@@ -73,13 +73,19 @@ class Curve:
         return evaluate_coefs
 
 
-def recorded_curves(runs: Path) -> tuple[list[Curve], int]:
-    """Complete min_forget curves of every results.jsonl under ``runs`` (and how many were incomplete)."""
+def recorded_curves(runs: Path, *, smoke: bool = True) -> tuple[list[Curve], int]:
+    """Complete min_forget curves of every results.jsonl under ``runs`` (and how many were incomplete).
+
+    ``smoke=False`` leaves out runs of smoke configs (coarse grids, a few epochs).
+    """
     out, incomplete = [], 0
     for path in sorted(runs.rglob("results.jsonl")):
-        df = read_results(path)
         cfg_path = path.parent / "benchmark_config.json"
-        threshold = json.loads(cfg_path.read_text()).get("threshold", 0.95) if cfg_path.exists() else 0.95
+        saved = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+        if saved.get("smoke") and not smoke:
+            continue
+        df = read_results(path)
+        threshold = saved.get("threshold", 0.95)
         acc = df[(df.metric == "acc") & df.split.isin(VAL) & df.coef.notna() & df.setting.eq("standard")]
         for key, g in acc.groupby(KEY):
             wide = g.drop_duplicates(["coef", "split"], keep="last").pivot(index="coef", columns="split",
@@ -261,11 +267,11 @@ def main() -> None:
     runs = Path(args.runs)
 
     print("== λ search vs exhaustive grid (replayed curves)")
-    curves, incomplete = recorded_curves(runs) if runs.exists() else ([], 0)
+    curves, incomplete = recorded_curves(runs, smoke=args.quick) if runs.exists() else ([], 0)
     if not curves:
         print(f"  no complete recorded curves under {runs}/; making a digits run with exhaustive grids")
         make_digits_curves(runs, args.quick)
-        curves, incomplete = recorded_curves(runs)
+        curves, incomplete = recorded_curves(runs, smoke=args.quick)
     print(f"  ({incomplete} recorded curves skipped: not a complete grid from λ = 0, e.g. adaptive runs)")
     n_syn = 100 if args.quick else 1000
     summarise("synthetic monotone", replay(synthetic_curves(n_syn, noisy=False)))
