@@ -6,11 +6,12 @@
 * :mod:`~negkit.clip.prompts`: CLIP-paper templates and class names (data).
 * :mod:`~negkit.clip.datasets`: the nine datasets, registered into :mod:`negkit.data`.
 * :mod:`~negkit.clip.finetune`: the fine-tuning pool (:class:`PoolConfig`).
+* :mod:`~negkit.clip.linearize`: linearised (tangent-space) fine-tuning, :class:`LinearizedModel`.
 * :mod:`~negkit.clip.negation`: task vectors of the image encoder, merging, λ search, records.
 
 Importing this package registers the datasets (``negkit.data.get("cars", ...)``).
 """
-from negkit.clip import datasets, heads, prompts  # noqa: F401  (datasets registers on import)
+from negkit.clip import datasets, heads, linearize, prompts  # noqa: F401  (datasets registers on import)
 from negkit.clip.datasets import CLIP_DATASETS, write_digits_imagefolder
 from negkit.clip.heads import ClassificationHead, build_head, get_head
 from negkit.clip.model import (
