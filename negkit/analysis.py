@@ -37,7 +37,7 @@ from negkit.pool import Pool, Source, open_pool
 
 __all__ = [
     "layer_group", "sign_consensus", "by_layer", "consensus_vs_k", "consensus_by_layer_vs_k",
-    "pairwise_agreement", "ALL",
+    "pairwise_agreement", "pool_diversity", "distinct_members", "ALL",
 ]
 
 #: Group label of the rows of :func:`consensus_vs_k` that cover the whole vector.
@@ -361,3 +361,82 @@ def pairwise_agreement(
     if form == "wide":
         return wide
     return wide.stack().rename("agreement").reset_index()
+
+
+def pool_diversity(
+    tvs: Sequence[TensorSource],
+    names: Sequence[str] | None = None,
+    *,
+    strict: bool = True,
+    chunk_size: int = _CHUNK,
+) -> pd.DataFrame:
+    """How different the pool's task vectors are, pair by pair (a diagnostic of what merging gains).
+
+    For every ordered pair (a, b): the cosine similarity ⟨τ_a, τ_b⟩ / (‖τ_a‖ ‖τ_b‖), the
+    sign agreement of :func:`pairwise_agreement`, and the relative distance
+    ‖τ_a − τ_b‖ / ‖τ_a‖. Members whose relative distance is tiny (say 1e-3) are
+    practically the same vector: a pool of them is smaller than it looks
+    (:func:`distinct_members`). Accumulated blockwise as in :func:`pairwise_agreement`.
+
+    Args:
+        tvs: K task vectors or safetensors paths.
+        names: Labels (default: file stems, ``.name`` attributes, or ``tv{i}``).
+        strict, chunk_size: As in :func:`sign_consensus`.
+
+    Returns:
+        Long table ``a, b, cosine, agreement, rel_distance, norm_a`` (K² rows).
+    """
+    with _analysed(tvs, names, strict) as (pool, keys):
+        gram = torch.zeros(pool.K, pool.K, dtype=torch.float64)
+        agree = torch.zeros(pool.K, pool.K, dtype=torch.float64)
+        dist2 = torch.zeros(pool.K, pool.K, dtype=torch.float64)
+        total = 0
+        for key in keys:
+            total += math.prod(pool.shapes[key])
+            for block in pool.blocks(key, min(chunk_size, 1 << 23), dtype=torch.float64):
+                gram += block @ block.T
+                # Distances summed directly, not from the Gram matrix: near-duplicates would cancel.
+                dist2 += torch.cdist(block, block, compute_mode="donot_use_mm_for_euclid_dist") ** 2
+                pos, neg = (block > 0).double(), (block < 0).double()
+                agree += pos @ pos.T + neg @ neg.T
+        labels = pool.names
+    norms = gram.diagonal().sqrt()
+    denom = torch.outer(norms, norms)
+    cosine = torch.where(denom > 0, gram / denom.clamp_min(1e-300), torch.full_like(gram, math.nan))
+    rel = torch.where(norms[:, None] > 0, dist2.sqrt() / norms[:, None].clamp_min(1e-300),
+                      torch.full_like(gram, math.nan))
+    rows = [{"a": labels[i], "b": labels[j], "cosine": float(cosine[i, j]), "agreement": float(agree[i, j] / total),
+             "rel_distance": float(rel[i, j]), "norm_a": float(norms[i])}
+            for i in range(len(labels)) for j in range(len(labels))]
+    return pd.DataFrame(rows)
+
+
+def distinct_members(diversity: pd.DataFrame, tol: float = 1e-3) -> list[list[str]]:
+    """Groups of practically identical task vectors: relative distance below ``tol`` (either way).
+
+    Args:
+        diversity: Output of :func:`pool_diversity`.
+        tol: Relative distance under which two members count as the same vector.
+
+    Returns:
+        The groups (connected components), each a list of names in pool order; their
+        number is the pool's effective size.
+    """
+    names = list(dict.fromkeys(diversity["a"]))
+    parent = {n: n for n in names}
+
+    def find(n: str) -> str:
+        while parent[n] != n:
+            parent[n] = parent[parent[n]]
+            n = parent[n]
+        return n
+
+    close = diversity[(diversity["a"] != diversity["b"]) & (diversity["rel_distance"] < tol)]
+    for a, b in zip(close["a"], close["b"]):
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb, key=names.index)] = min(ra, rb, key=names.index)
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(find(n), []).append(n)
+    return list(groups.values())

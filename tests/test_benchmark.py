@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from negkit import benchmark as B
+from negkit import io
 from negkit.benchmark import pipeline, setup as setup_mod
 from negkit.metrics import avg_gap
 from negkit.results import COLUMNS, ResultsLog, read_results
@@ -103,8 +104,10 @@ def test_bad_input_fails_clearly_before_training(tmp_path, changes, scenario, ma
 
 def test_run_dir_of_another_config_is_refused(done_run):
     run_dir, _ = done_run
-    with pytest.raises(ValueError, match=r"different benchmark config \(differs in \['seed'\]\)"):
-        B.prepare(B.make_config(_tiny(), seed=1), run_dir, "class_3", device="cpu")
+    with pytest.raises(ValueError, match=r"different benchmark config \(differs in \['threshold'\]\)"):
+        B.prepare(B.make_config(_tiny(), threshold=0.9), run_dir, "class_3", device="cpu")
+    with pytest.raises(ValueError, match=r"seed 1 is not one of the config's seeds \[0\]"):
+        B.prepare(_tiny(), run_dir, "class_3", seed=1, device="cpu")
 
 
 def test_unknown_metric_in_headline(done_run):
@@ -134,7 +137,7 @@ def test_run_records_every_method_with_consistent_metrics(done_run):
     # Class-wise forgetting: Retrain never saw class 3 and cannot classify it.
     assert retrain["UA"] == 100.0
     # Task vectors (saved for streaming analysis) cover exactly the parameters, no buffers.
-    saved = sorted((run_dir / "class_3" / "task_vectors").glob("*.safetensors"))
+    saved = sorted((run_dir / "seed_0" / "class_3" / "task_vectors").glob("*.safetensors"))
     assert len(saved) == 4
     setup = B.prepare(cfg, run_dir, "class_3", device="cpu")
     tv = TaskVector.load(saved[0])
@@ -238,7 +241,8 @@ def test_record_method_and_summary(done_run, tmp_path):
         B.record_method(log, setup, "forget_vectors", {"UA": 1, "RA": 1, "TA": 1, "MIA": 1})
     both = pd.concat([df, read_results(log.path)], ignore_index=True)
     s = B.summary(both)
-    assert list(s.columns) == ["dataset", "scenario", "method", "metric", "value"]
+    assert list(s.columns) == ["dataset", "scenario", "method", "metric", "value", "std", "n_seeds"]
+    assert (s.n_seeds == 1).all() and s["std"].isna().all()  # one seed: no spread
     assert s.groupby("method").size().eq(5).all() and len(s) == 5 * 10
     assert s.method.iloc[0] == "original" and s.method.iloc[-1] == "forget_vector"
     h = B.headline(df)
@@ -256,7 +260,7 @@ def test_val_selected_member_survives_duplicate_curve_rows(tmp_path):
     from negkit.results import Record
 
     log = ResultsLog(tmp_path / "r.jsonl")
-    setup = types.SimpleNamespace(scenario="class_3", log=log,
+    setup = types.SimpleNamespace(scenario="class_3", log=log, seed=0,
                                   cfg=types.SimpleNamespace(model="small_resnet", dataset="digits", seed=0),
                                   retrain_metrics={"UA": 100.0, "RA": 99.0, "TA": 98.0, "MIA": 90.0})
     base = dict(setting="standard", model="small_resnet", dataset="digits", scenario="class_3",
@@ -276,3 +280,134 @@ def test_val_selected_member_survives_duplicate_curve_rows(tmp_path):
     sel = read_results(log.path)
     assert (sel.pool_config == "").all() and (sel.note == "val-selected pool member a").all()
     assert sel.set_index("metric").value["UA"] == 91.0 and (sel.coef == 0.5).all()
+
+
+# ---------------------------------------------------------------- seeds, rules, baseline grid
+SEEDED = dict(seeds=(0, 1), scenarios=("random_10",), baselines=("ga",), merge_methods=("mean", "negmerge"),
+              pool={"epochs": (1,), "weight_decays": (1e-4,), "label_smoothings": (0.0, 0.1)},
+              baseline_grid={"ga": {"lr": (1e-4, 3e-3)}})
+
+
+@pytest.fixture(scope="module")
+def seeded_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("seeded")
+    cfg = B.default_config(smoke=True, **SEEDED)
+    return run_dir, cfg, B.run(cfg, run_dir, device="cpu", progress=False)
+
+
+def test_seeds_redraw_the_split_and_keep_their_artefacts_apart(seeded_run):
+    run_dir, cfg, df = seeded_run
+    assert set(df.seed) == {0, 1}
+    splits = [set(io.load_json(run_dir / f"seed_{s}" / "random_10" / "split.json")["forget_idx"]) for s in (0, 1)]
+    assert splits[0] != splits[1] and len(splits[0]) == len(splits[1])
+    for s in (0, 1):
+        assert (run_dir / f"seed_{s}" / "original").is_dir() and (run_dir / f"seed_{s}" / "random_10" / "pool").is_dir()
+    # Original is retrained per seed (its own initialisation and data order).
+    orig = df[(df.method == "original") & (df.metric == "MIA")].set_index("seed").value
+    retr = df[(df.method == "retrain") & (df.metric == "avg_gap")]
+    assert len(orig) == 2 and (retr.value == 0).all() and len(retr) == 2
+    s = B.summary(df)
+    one = s[(s.method == "negmerge") & (s.metric == "UA")].iloc[0]
+    per_seed = df[(df.setting == "standard") & (df.method == "negmerge") & (df.metric == "UA") & (df.pool_config == "")]
+    assert one.n_seeds == 2 and one.value == pytest.approx(per_seed.value.mean())
+    assert one["std"] == pytest.approx(per_seed.value.std(ddof=1), nan_ok=True)
+
+
+def test_random_forgetting_records_both_selection_rules(seeded_run):
+    run_dir, cfg, df = seeded_run
+    final = df[(df.metric == "avg_gap") & (df.pool_config == "")]
+    for setting in ("standard", "standard_match"):
+        got = set(final[(final.setting == setting) & (final.seed == 0)].method)
+        assert {"task_arithmetic", "mean", "negmerge", "ga"} <= got
+    # The match rule picks the admissible λ whose val forget accuracy is closest to the original's val accuracy.
+    setup = B.prepare(cfg, run_dir, "random_10", seed=1, device="cpu")
+    curve = df[(df.setting == "standard_match") & (df.seed == 1) & (df.method == "mean") & (df.metric == "acc")]
+    wide = curve.pivot_table(index="coef", columns="split", values="value")
+    ok = wide[wide.val_control >= cfg.threshold * setup.control_reference]
+    dist = (ok.val_forget - setup.control_reference).abs()
+    lam = final[(final.setting == "standard_match") & (final.seed == 1) & (final.method == "mean")].coef.iloc[0]
+    assert lam == dist[dist == dist.min()].index.min()
+
+
+def test_baselines_are_tuned_on_validation_and_name_their_setting(seeded_run):
+    run_dir, cfg, df = seeded_run
+    sel = io.load_json(run_dir / "seed_0" / "random_10" / "baselines" / "ga" / "selection.json")
+    assert set(sel["val"]) == {"lr1e-4", "lr0.003"}
+    ga = df[(df.method == "ga") & (df.metric == "UA") & (df.setting == "standard") & (df.seed == 0)]
+    chosen = ga.note.iloc[0].split()[2]
+    val, ref = sel["val"], sel["control_reference"]
+    ok = {n: v["val_forget"] for n, v in val.items() if v["val_control"] >= cfg.threshold * ref}
+    assert chosen == (min(ok, key=ok.get) if ok else max(val, key=lambda n: val[n]["val_control"]))
+    assert (run_dir / "seed_0" / "random_10" / "baselines" / "ga" / "lr0.003").is_dir()
+
+
+def test_pick_rule_on_hand_made_candidates():
+    val = {"a": {"val_forget": 50.0, "val_control": 90.0}, "b": {"val_forget": 30.0, "val_control": 80.0},
+           "c": {"val_forget": 40.0, "val_control": 96.0}, "d": {"val_forget": 40.0, "val_control": 99.0}}
+    assert pipeline._pick(val, 100.0, 0.95, None) == ("c", True)      # b fails control; c ties d, comes first
+    assert pipeline._pick(val, 100.0, 0.80, None) == ("b", True)
+    assert pipeline._pick(val, 100.0, 0.80, 48.0) == ("a", True)      # closest to the target
+    assert pipeline._pick(val, 200.0, 0.95, None) == ("d", False)     # none admissible: highest control
+
+
+def test_paired_differences_and_t_interval_by_hand():
+    rows = []
+    for seed, (nm, ta, mean) in enumerate([(1.0, 2.0, 3.0), (2.0, 2.5, 3.0), (1.5, 3.5, 3.0)]):
+        for method, v in (("negmerge", nm), ("task_arithmetic", ta), ("mean", mean)):
+            rows.append(dict(setting="standard", model="m", dataset="d", scenario="class_3", method=method,
+                             pool_config="", coef=1.0, split="all", metric="avg_gap", value=v, seed=seed, note=""))
+    p = B.paired(pd.DataFrame(rows)).set_index("b")
+    # negmerge − task_arithmetic = (-1, -0.5, -2): mean -7/6, sd 0.7638, t(0.975, 2) = 4.3027
+    half = 4.302653 * 0.763763 / math.sqrt(3)
+    assert p.loc["task_arithmetic", "mean_diff"] == pytest.approx(-7 / 6)
+    assert p.loc["task_arithmetic", "ci_low"] == pytest.approx(-7 / 6 - half, rel=1e-4)
+    assert p.loc["task_arithmetic", "ci_high"] == pytest.approx(-7 / 6 + half, rel=1e-4)
+    assert not p.loc["task_arithmetic", "excludes_zero"]
+    # negmerge − mean = (-2, -1, -1.5): mean -1.5, sd 0.5, half-width 1.242 → excludes 0.
+    assert p.loc["mean", "mean_diff"] == pytest.approx(-1.5) and p.loc["mean", "excludes_zero"]
+    with pytest.raises(ValueError, match="confidence"):
+        B.paired(pd.DataFrame(rows), confidence=95)
+    table = B.mean_std(B.summary(pd.DataFrame(rows)))
+    assert table.loc[("class_3", "mean"), "avg_gap"] == "3.00 ± 0.00"
+
+
+def test_results_table_has_one_row_per_scenario_method_metric_seed(seeded_run):
+    _, _, df = seeded_run
+    t = B.results_table(df)
+    assert not t.duplicated(["setting", "scenario", "method", "metric", "seed"]).any()
+    assert {"seed", "coef", "note", "n_coefs", "coef_max_searched"} <= set(t.columns)
+    neg = t[(t.method == "negmerge") & (t.setting == "standard")]
+    assert len(neg) == 2 * 5 and (neg.n_coefs >= 2).all()
+
+
+def test_preconditions_of_the_whole_run_are_checked_before_training(tmp_path):
+    cfg = B.default_config(smoke=True, seeds=(0, 1), scenarios=("random_10", "class_3"))
+    sizes = B.check_run(cfg, tmp_path / "run")
+    assert len(sizes) == 4 and (sizes[["forget", "retain", "val_forget", "val_control", "test"]] > 0).all().all()
+    assert not list((tmp_path / "run").iterdir())  # checked, nothing written
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        B.run(B.fashion_mnist_config(data_root=str(tmp_path / "none")), tmp_path / "fm", device="cpu")
+    assert not list((tmp_path / "fm").glob("seed_*")) and not (tmp_path / "fm" / "results.jsonl").exists()
+    io.save_json({**B.config.to_dict(cfg), "threshold": 0.5}, tmp_path / "other" / "benchmark_config.json")
+    with pytest.raises(ValueError, match="different benchmark config"):
+        B.run(cfg, tmp_path / "other", device="cpu")
+    assert not list((tmp_path / "other").glob("seed_*")) and not (tmp_path / "other" / "results.jsonl").exists()
+
+
+def test_fashion_mnist_and_dataset_configs():
+    cpu, full = B.fashion_mnist_config(), B.fashion_mnist_config(full=True)
+    assert cpu.seeds == (0, 1, 2) and cpu.scenarios == ("random_10", "class_0") and cpu.dataset == "fashion_mnist"
+    assert cpu.data_options["train_size"] == 5000 and len(B.pool_configs(cpu)) == 9
+    assert "train_size" not in full.data_options and len(B.pool_configs(full)) == 27
+    assert set(cpu.baseline_grid) == set(cpu.baselines)
+    assert B.dataset_config("fashion_mnist") == cpu and B.dataset_config("digits") == B.default_config()
+    assert B.default_config(dataset="fashion_mnist", smoke=True).seeds == (0,)
+    assert B.default_config().seeds == (0, 1, 2)
+    with pytest.raises(ValueError, match="there are"):
+        B.dataset_config("svhn")
+    assert list(B.baseline_candidates(B.default_config(), "ft")) == [
+        "epochs5_lr0.02", "epochs5_lr0.1", "epochs10_lr0.02", "epochs10_lr0.1"]
+    with pytest.raises(ValueError, match="baseline_grid"):
+        B.make_config(baseline_grid={"ft": {"lr": ()}})
+    with pytest.raises(ValueError, match="distinct"):
+        B.make_config(seeds=(0, 0))

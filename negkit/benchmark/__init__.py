@@ -1,8 +1,9 @@
 """The NegMerge paper's "standard image classification" protocol, end to end.
 
 One code path serves the built-in digits default (:func:`default_config`: small
-ResNet on 8×8 digits, seconds per run on CPU) and ResNet-18 on CIFAR-10
-(:func:`cifar10_config`, GPU-sized). Per forgetting scenario (``"random_10"``: a random 10 % of the
+ResNet on 8×8 digits, seconds per run on CPU), Fashion-MNIST (:func:`fashion_mnist_config`,
+sized for 2 CPU cores, or the whole training set on a GPU) and ResNet-18 on CIFAR-10
+(:func:`cifar10_config`, GPU-sized); :func:`dataset_config` picks one by dataset name. Per forgetting scenario (``"random_10"``: a random 10 % of the
 training set; ``"class_3"``: every training image of class 3):
 
 1. **Original** θ_o trained on the whole training set; **Retrain**, the same recipe on
@@ -24,9 +25,13 @@ Everything trained goes through :func:`negkit.train.train` with ``out_dir`` unde
 ``run_dir`` (skip if done, resume if interrupted) and records go to
 ``run_dir/results.jsonl``. Layout::
 
-    run_dir/benchmark_config.json   run_dir/results.jsonl   run_dir/original/
-    run_dir/<scenario>/{split.json, retrain/, pool/<name>/, task_vectors/<name>.safetensors,
-                        baselines/<method>/}
+    run_dir/benchmark_config.json   run_dir/results.jsonl
+    run_dir/seed_<s>/original/
+    run_dir/seed_<s>/<scenario>/{split.json, retrain/, pool/<name>/, task_vectors/<name>.safetensors,
+                                 baselines/<method>/<setting>/, baselines/<method>/selection.json}
+
+Each seed of ``cfg.seeds`` redraws the forget split and retrains everything; records
+carry ``seed``, and :func:`summary` / :func:`paired` aggregate over seeds.
 
 Example::
 
@@ -34,15 +39,18 @@ Example::
     df = benchmark.run(benchmark.default_config(), "runs/digits")
     benchmark.summary(df)
 """
-from negkit.benchmark.config import (EDGE, NO_COEF, SETTING, UNLEARNING_METRICS, BenchmarkConfig, PoolSpec,
-                                     cifar10_config, default_config, make_config, parse_scenario, pool_configs, pool_frame)
+from negkit.benchmark.config import (EDGE, NO_COEF, RULES, SETTING, SETTING_MATCH, UNLEARNING_METRICS,
+                                     BenchmarkConfig, PoolSpec, baseline_candidates, cifar10_config, dataset_config,
+                                     default_config, fashion_mnist_config, list_configs, make_config, parse_scenario,
+                                     pool_configs, pool_frame)
 from negkit.benchmark.pipeline import negated_metrics, negated_model, negation_sweep, pool_task_vectors, run
-from negkit.benchmark.report import headline, load_results, summary
-from negkit.benchmark.setup import Setup, prepare, record_method
+from negkit.benchmark.report import headline, load_results, mean_std, paired, results_table, summary
+from negkit.benchmark.setup import Setup, check_run, one_seed, prepare, record_method, seed_dir
 
 __all__ = [
-    "PoolSpec", "BenchmarkConfig", "default_config", "cifar10_config", "make_config", "pool_configs", "pool_frame",
-    "parse_scenario", "Setup", "prepare", "record_method", "pool_task_vectors", "negated_model",
-    "negation_sweep", "negated_metrics", "run", "load_results", "summary", "headline",
-    "SETTING", "UNLEARNING_METRICS", "NO_COEF", "EDGE",
+    "PoolSpec", "BenchmarkConfig", "default_config", "cifar10_config", "fashion_mnist_config", "dataset_config",
+    "list_configs", "make_config", "pool_configs", "pool_frame", "baseline_candidates", "parse_scenario", "Setup",
+    "prepare", "check_run", "one_seed", "seed_dir", "record_method", "pool_task_vectors", "negated_model",
+    "negation_sweep", "negated_metrics", "run", "load_results", "summary", "mean_std", "paired", "headline",
+    "results_table", "SETTING", "SETTING_MATCH", "RULES", "UNLEARNING_METRICS", "NO_COEF", "EDGE",
 ]

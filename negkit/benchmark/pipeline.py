@@ -36,12 +36,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from negkit import merge, unlearn
-from negkit.benchmark.config import (EDGE, NO_COEF, SETTING, UNLEARNING_METRICS, BenchmarkConfig,
-                                     pool_configs)
+from negkit.benchmark.config import (EDGE, NO_COEF, SETTING, SETTING_MATCH, UNLEARNING_METRICS, BenchmarkConfig,
+                                     baseline_candidates, pool_configs)
 from negkit.benchmark.report import load_results
-from negkit.benchmark.setup import Setup, _done_steps, prepare, record_method
+from negkit.benchmark.setup import Setup, _done_steps, check_run, prepare, record_method
 from negkit.config import to_dict
-from negkit.evaluate import CoefSearch, negation_evaluator, search_coef, select_coef
+from negkit.data import get as get_dataset
+from negkit.evaluate import CoefSearch, evaluate, negation_evaluator, search_coef, select_coef
+from negkit.io import save_json
+from negkit.lock import locks_run_dir
 from negkit.metrics import unlearning_metrics
 from negkit.results import COLUMNS, Record
 from negkit.taskvec import TaskVector
@@ -127,10 +130,11 @@ def negation_search(setup: Setup, tau: TaskVector | Mapping[str, torch.Tensor], 
                       hit_max=accs["val_control"][-1] >= cfg.threshold * setup.control_reference, exhaustive=True)
 
 
-def _curve_records(setup: Setup, res: CoefSearch, method: str, pool_config: str) -> list[Record]:
+def _curve_records(setup: Setup, res: CoefSearch, method: str, pool_config: str, *,
+                   setting: str = SETTING) -> list[Record]:
     """The search's λ curve (metric ``"acc"``) and its two summary records (``n_coefs``, ``coef_max_searched``)."""
     cfg = setup.cfg
-    base = dict(setting=SETTING, model=cfg.model, dataset=cfg.dataset, scenario=setup.scenario, method=method,
+    base = dict(setting=setting, model=cfg.model, dataset=cfg.dataset, scenario=setup.scenario, method=method,
                 pool_config=pool_config, seed=cfg.seed)
     rows = [Record(**base, coef=float(r.coef), split=r.split, metric="acc", value=float(r.acc))
             for r in res.curve.itertuples()]
@@ -176,7 +180,8 @@ def _negate(setup: Setup, method: str, tau: TaskVector | Mapping[str, torch.Tens
     """Search λ for θ_o − λτ on validation, measure the metrics, record everything in one append."""
     cfg = setup.cfg
     res = negation_search(setup, tau, rule=rule, target=target)
-    extra, lam = _curve_records(setup, res, method, pool_config), res.coef
+    setting = SETTING_MATCH if rule == "match" else SETTING
+    extra, lam = _curve_records(setup, res, method, pool_config, setting=setting), res.coef
     where = f"{setup.scenario}/{method}" + (f"[{pool_config}]" if pool_config else "")
     if lam is None:
         log.warning("%s: %s (control never ≥ %.2f × %.2f)", where, NO_COEF, cfg.threshold,
@@ -188,12 +193,18 @@ def _negate(setup: Setup, method: str, tau: TaskVector | Mapping[str, torch.Tens
         if note:
             log.info("%s: %s (λ=%g, max %g)", where, EDGE, lam, res.searched[1])
     return record_method(setup.log, setup, method, metrics, pool_config=pool_config, coef=lam, note=note,
-                         extra=extra)
+                         extra=extra, setting=setting)
 
 
-def _select_single(df: pd.DataFrame, setup: Setup, names: list[str]) -> None:
-    """Record "Task Arithmetic (val)": the pool member with the lowest val forget accuracy at its λ."""
-    d = df[(df.scenario == setup.scenario) & (df.method == "task_arithmetic") & df.pool_config.isin(names)]
+def _select_single(df: pd.DataFrame, setup: Setup, names: list[str], *, setting: str = SETTING,
+                   target: float | None = None) -> None:
+    """Record "Task Arithmetic (val)": the pool member whose λ gives the best validation forget accuracy.
+
+    Best is the lowest (``min_forget``) or, with ``target``, the closest to ``target``
+    (the match rule); ties go to the higher control accuracy, then the name.
+    """
+    d = df[(df.seed == setup.seed) & (df.setting == setting) & (df.scenario == setup.scenario)
+           & (df.method == "task_arithmetic") & df.pool_config.isin(names)]
     d = d.drop_duplicates()  # a step resumed after a cut-short append re-writes its records
     candidates = []
     for name in names:
@@ -202,59 +213,126 @@ def _select_single(df: pd.DataFrame, setup: Setup, names: list[str]) -> None:
         if final.empty or not math.isfinite(final.coef.iloc[-1]):
             continue
         lam = final.coef.iloc[-1]
-        at = rows[(rows.metric == "acc") & np.isclose(rows.coef, lam)].set_index("split").value
-        candidates.append((at["val_forget"], -at["val_control"], name, lam))
+        at = rows[(rows.metric == "acc") & np.isclose(rows.coef, lam)].drop_duplicates("split", keep="last")
+        at = at.set_index("split").value
+        score = at["val_forget"] if target is None else abs(at["val_forget"] - target)
+        candidates.append((score, -at["val_control"], name, lam))
     if not candidates:
         record_method(setup.log, setup, "task_arithmetic", {k: math.nan for k in UNLEARNING_METRICS},
-                      note=f"val-selected pool member: none ({NO_COEF} for every member)")
+                      note=f"val-selected pool member: none ({NO_COEF} for every member)", setting=setting)
         return
     _, _, name, lam = min(candidates)
     rows = d[(d.pool_config == name) & d.metric.isin(UNLEARNING_METRICS)].drop_duplicates("metric", keep="last")
     metrics = dict(zip(rows.metric, rows.value))
     record_method(setup.log, setup, "task_arithmetic", metrics, coef=lam,
-                  note=f"val-selected pool member {name}")
+                  note=f"val-selected pool member {name}", setting=setting)
 
 
+@locks_run_dir("run_dir")  # one writer per run dir: a second process fails at once, naming this one
 def run(cfg: BenchmarkConfig, run_dir: str | Path, *, device: str | None = None,
         progress: bool = True) -> pd.DataFrame:
-    """Run the whole protocol for every scenario of ``cfg``; finished steps are skipped.
+    """Run the whole protocol for every seed and scenario of ``cfg``; finished steps are skipped.
+
+    Every precondition of the whole run (:func:`~negkit.benchmark.setup.check_run`) is
+    checked before the first training starts.
 
     Returns:
         All records of ``run_dir/results.jsonl`` (exact duplicates, which only an
         interrupted append can leave, dropped).
     """
     run_dir = Path(run_dir)
-    for scenario in cfg.scenarios:
-        setup = prepare(cfg, run_dir, scenario, device=device, progress=progress)
-        _run_scenario(setup, progress=progress)
+    bundle = get_dataset(cfg.dataset, root=cfg.data_root, **cfg.data_options)
+    sizes = check_run(cfg, run_dir, bundle=bundle)
+    log.info("benchmark %s: %d seeds × %d scenarios; set sizes\n%s", cfg.dataset, len(cfg.seeds),
+             len(cfg.scenarios), sizes.to_string(index=False))
+    for seed in cfg.seeds:
+        for scenario in cfg.scenarios:
+            setup = prepare(cfg, run_dir, scenario, seed=seed, device=device, progress=progress, bundle=bundle)
+            _run_scenario(setup, progress=progress)
     return load_results(run_dir)
 
 
-def _baseline(setup: Setup, method: str) -> None:
-    """Run one classic baseline of :mod:`negkit.unlearn` (checkpointed under the scenario) and record it."""
-    cfg = unlearn.default_config(method, **setup.cfg.baseline_configs.get(method, {}))
-    model = unlearn.get(method)(setup.original, setup.forget, setup.retain, cfg, device=setup.device,
-                                out_dir=setup.scenario_dir / "baselines" / method, progress=False)
-    record_method(setup.log, setup, method,
-                  unlearning_metrics(model, setup.forget, setup.retain, setup.test, device=setup.device))
+def _pick(val: Mapping[str, Mapping[str, float]], reference: float, threshold: float,
+          target: float | None) -> tuple[str, bool]:
+    """The baseline setting the negation's rule would pick from its validation accuracies.
+
+    Among settings with control ≥ threshold × reference: lowest forget accuracy, or the one
+    closest to ``target``; ties go to the order of ``val``. Without an admissible setting,
+    the one with the highest control accuracy (second value False).
+    """
+    names = list(val)
+    ok = [n for n in names if val[n]["val_control"] >= threshold * reference]
+    if not ok:
+        return max(names, key=lambda n: (val[n]["val_control"], -names.index(n))), False
+    key = (lambda n: val[n]["val_forget"]) if target is None else (lambda n: abs(val[n]["val_forget"] - target))
+    return min(ok, key=lambda n: (key(n), names.index(n))), True
+
+
+def _baseline(setup: Setup, method: str, rules: Sequence[str]) -> None:
+    """Run one classic baseline of :mod:`negkit.unlearn` for every setting of its grid, pick one per rule, record.
+
+    Each candidate is checkpointed under ``<scenario>/baselines/<method>/<setting>``; its
+    validation accuracies go to ``<scenario>/baselines/<method>/selection.json``; the
+    chosen setting is named in the record's note.
+    """
+    cfg = setup.cfg
+    candidates = baseline_candidates(cfg, method)
+    folder = setup.scenario_dir / "baselines" / method
+    models, val = {}, {}
+    for name, overrides in candidates.items():
+        ucfg = unlearn.default_config(method, **{"seed": cfg.seed, **overrides})
+        models[name] = unlearn.get(method)(setup.original, setup.forget, setup.retain, ucfg, device=setup.device,
+                                           out_dir=folder / name if name else folder, progress=False)
+        val[name] = {split: float(evaluate(models[name], getattr(setup, split), device=setup.device,
+                                           batch_size=cfg.eval_batch_size)["acc"])
+                     for split in ("val_forget", "val_control")}
+    save_json({"candidates": candidates, "val": val, "control_reference": setup.control_reference}, folder / "selection.json")
+    metrics: dict[str, dict[str, float]] = {}
+    # The match rule first: the step counts as done once its min_forget record exists.
+    for rule in sorted(rules, key=lambda r: r == "min_forget"):
+        target = _match_target(setup) if rule == "match" else None
+        name, admissible = _pick(val, setup.control_reference, cfg.threshold, target)
+        if name not in metrics:
+            metrics[name] = unlearning_metrics(models[name], setup.forget, setup.retain, setup.test,
+                                               device=setup.device, seed=cfg.seed)
+        note = f"chosen setting {name or 'default'} of {len(candidates)}" + (
+            "" if admissible else f"; no setting keeps control ≥ {cfg.threshold:g} × original (highest control)")
+        record_method(setup.log, setup, method, metrics[name], note=note,
+                      setting=SETTING if rule == "min_forget" else SETTING_MATCH)
+
+
+def _rules(setup: Setup) -> tuple[str, ...]:
+    """The selection rules of this scenario: ``match`` only applies to random forgetting."""
+    return tuple(r for r in setup.cfg.rules if r == "min_forget" or setup.split.scenario == "random")
+
+
+def _match_target(setup: Setup) -> float:
+    """The match rule's target: the original's accuracy on the held-out validation split (random forgetting)."""
+    return setup.control_reference
 
 
 def _run_scenario(setup: Setup, *, progress: bool) -> None:
     cfg, sc = setup.cfg, setup.scenario
     tvs = pool_task_vectors(setup, progress=progress)
     names = list(tvs)
-    steps: list[tuple[str, str, Callable[[], Any]]] = []
-    for name in names:
-        steps.append(("task_arithmetic", name,
-                      lambda name=name: _negate(setup, "task_arithmetic", tvs[name], pool_config=name)))
-    steps.append(("task_arithmetic", "", lambda: _select_single(setup.log.read(), setup, names)))
-    for m in cfg.merge_methods:
-        steps.append((m, "", lambda m=m: _negate(
-            setup, m, merge.get(m)([tvs[n] for n in names], names=names, **cfg.merge_options.get(m, {})))))
+    steps: list[tuple[str, str, str, Callable[[], Any]]] = []
+    for rule in _rules(setup):
+        setting = SETTING if rule == "min_forget" else SETTING_MATCH
+        target = _match_target(setup) if rule == "match" else None
+        for name in names:
+            steps.append((setting, "task_arithmetic", name, lambda name=name, rule=rule, target=target: _negate(
+                setup, "task_arithmetic", tvs[name], pool_config=name, rule=rule, target=target)))
+        steps.append((setting, "task_arithmetic", "", lambda setting=setting, target=target: _select_single(
+            setup.log.read(), setup, names, setting=setting, target=target)))
+        for m in cfg.merge_methods:
+            steps.append((setting, m, "", lambda m=m, rule=rule, target=target: _negate(
+                setup, m, merge.get(m)([tvs[n] for n in names], names=names, **cfg.merge_options.get(m, {})),
+                rule=rule, target=target)))
     for m in cfg.baselines:
-        steps.append((m, "", lambda m=m: _baseline(setup, m)))
+        steps.append((SETTING, m, "", lambda m=m: _baseline(setup, m, _rules(setup))))
     done = _done_steps(setup.log.read())
-    for method, pool_config, step in tqdm(steps, desc=f"methods {sc}", disable=not progress):
-        if (sc, method, pool_config) in done:
+    for setting, method, pool_config, step in tqdm(steps, desc=f"methods {sc} seed {setup.seed}",
+                                                   disable=not progress):
+        if (setup.seed, setting, sc, method, pool_config) in done:
             continue
         step()

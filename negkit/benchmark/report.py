@@ -1,15 +1,29 @@
-"""Reading a benchmark run back: records, the summary table, the headline comparison."""
+"""Reading a benchmark run back: records, summaries over seeds, paired comparisons.
+
+Every record carries its ``seed``. :func:`summary` gives mean ± std over seeds per
+(scenario, method, metric); :func:`paired` compares two methods seed by seed (the
+same split, Original and pool) with a t-interval on the mean difference;
+:func:`headline` is the NegMerge vs Task Arithmetic vs uniform-merge table;
+:func:`results_table` is the one-row-per-(scenario, method, metric, seed) table that
+``figures/<dataset>_results.csv`` holds.
+"""
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Sequence
 
+import numpy as np
 import pandas as pd
+from scipy import stats
 
-from negkit.benchmark.config import UNLEARNING_METRICS
+from negkit.benchmark.config import SETTING, UNLEARNING_METRICS
 from negkit.results import METRICS, method_rank, read_results
 
-__all__ = ["load_results", "summary", "headline"]
+__all__ = ["load_results", "summary", "headline", "paired", "results_table", "mean_std"]
+
+_FINAL = UNLEARNING_METRICS + ("avg_gap",)
+
 
 def load_results(run_dir: str | Path) -> pd.DataFrame:
     """The run's records (``run_dir/results.jsonl``), exact duplicates dropped."""
@@ -17,37 +31,103 @@ def load_results(run_dir: str | Path) -> pd.DataFrame:
     return df.drop_duplicates(ignore_index=True)
 
 
-def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """One value per (dataset, scenario, method, metric): what ``figures/digits_results.csv`` holds.
+def _method_rows(df: pd.DataFrame, setting: str | None) -> pd.DataFrame:
+    """Method-level final rows (``pool_config == ""``, UA/RA/TA/MIA/avg_gap) of one setting, last record wins."""
+    d = df[(df.pool_config == "") & df.metric.isin(_FINAL)]
+    if setting is not None and "setting" in d:
+        d = d[d.setting == setting]
+    keys = [k for k in ("setting", "dataset", "scenario", "method", "metric", "seed") if k in d]
+    return d.drop_duplicates(keys, keep="last")
+
+
+def _sorted(out: pd.DataFrame) -> pd.DataFrame:
+    metric_order = {m: i for i, m in enumerate(_FINAL)}
+    out = out.assign(_m=out.method.map(method_rank), _k=out.metric.map(metric_order))
+    keys = [k for k in ("dataset", "scenario", "_m", "_k", "seed") if k in out]
+    return out.sort_values(keys, kind="stable").drop(columns=["_m", "_k"]).reset_index(drop=True)
+
+
+def summary(df: pd.DataFrame, *, setting: str | None = SETTING) -> pd.DataFrame:
+    """Mean ± std over seeds per (dataset, scenario, method, metric).
 
     Keeps the method-level rows (``pool_config == ""``; for ``task_arithmetic`` that is the
-    validation-selected pool member) of the metrics UA, RA, TA, MIA, avg_gap; values of
-    several seeds are averaged.
+    validation-selected pool member) of UA, RA, TA, MIA and avg_gap of one ``setting``
+    (``"standard"``: the paper's λ rule; ``"standard_match"``: the match rule; None: all).
+
+    Returns:
+        Columns ``dataset, scenario, method, metric, value`` (the mean), ``std`` (over seeds,
+        ddof=1; NaN for one seed) and ``n_seeds`` (seeds with a finite value).
     """
-    d = df[(df.pool_config == "") & df.metric.isin(UNLEARNING_METRICS + ("avg_gap",))]
-    out = d.groupby(["dataset", "scenario", "method", "metric"], as_index=False, sort=False).value.mean()
-    metric_order = {m: i for i, m in enumerate(UNLEARNING_METRICS + ("avg_gap",))}
-    out = out.assign(_m=out.method.map(method_rank), _k=out.metric.map(metric_order))
-    return out.sort_values(["dataset", "scenario", "_m", "_k"]).drop(columns=["_m", "_k"]).reset_index(drop=True)
+    d = _method_rows(df, setting)
+    g = d.groupby(["dataset", "scenario", "method", "metric"], sort=False).value
+    out = pd.DataFrame({"value": g.mean(), "std": g.std(ddof=1), "n_seeds": g.count()}).reset_index()
+    return _sorted(out)
 
 
-def headline(df: pd.DataFrame, metric: str = "avg_gap") -> pd.DataFrame:
-    """NegMerge vs single-model Task Arithmetic vs uniform merge, per scenario.
+def mean_std(table: pd.DataFrame, *, digits: int = 2) -> pd.DataFrame:
+    """``summary`` as a wide table of ``"mean ± std"`` strings: rows (scenario, method), columns metrics."""
+    cell = table.apply(lambda r: f"{r.value:.{digits}f}" + ("" if not np.isfinite(r["std"]) else
+                                                           f" ± {r['std']:.{digits}f}"), axis=1)
+    wide = table.assign(cell=cell).pivot_table(index=["scenario", "method"], columns="metric", values="cell",
+                                               aggfunc="first", sort=False)
+    return wide[[m for m in _FINAL if m in wide.columns]]
 
-    Columns: ``scenario``, ``negmerge``, ``task_arithmetic_val`` (the validation-selected
-    member), ``task_arithmetic_best`` / ``_median`` / ``_worst`` (over the pool, an oracle
-    spread on the test metrics), ``pool_std``, ``mean`` (uniform merge), ``n_pool``.
+
+def paired(df: pd.DataFrame, a: str = "negmerge", b: Sequence[str] = ("task_arithmetic", "mean"), *,
+           metric: str = "avg_gap", setting: str | None = SETTING, confidence: float = 0.95) -> pd.DataFrame:
+    """Method ``a`` minus each method of ``b``, seed by seed, with a t-interval on the mean difference.
+
+    Seeds pair the methods: each seed has its own split, Original and pool, which both
+    methods share. For Avg. Gap a negative difference means ``a`` is closer to Retrain.
+
+    Returns:
+        One row per (scenario, other): ``mean_diff``, ``std_diff``, ``n_seeds``, ``ci_low``,
+        ``ci_high`` (``confidence`` t-interval, NaN below two seeds) and ``excludes_zero``.
     """
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; valid metrics are {list(METRICS)}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), e.g. 0.95; got {confidence}")
+    d = _method_rows(df, setting)
+    d = d[d.metric == metric]
     rows = []
-    d = df[df.metric == metric]
     for sc, g in d.groupby("scenario", sort=False):
+        wide = g.pivot_table(index="seed", columns="method", values="value", aggfunc="last")
+        for other in b:
+            if a not in wide or other not in wide:
+                continue
+            diff = (wide[a] - wide[other]).dropna()
+            n = len(diff)
+            mean = float(diff.mean()) if n else math.nan
+            sd = float(diff.std(ddof=1)) if n > 1 else math.nan
+            half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)) if n > 1 else math.nan
+            rows.append({"scenario": sc, "a": a, "b": other, "metric": metric, "mean_diff": mean, "std_diff": sd,
+                         "n_seeds": n, "ci_low": mean - half, "ci_high": mean + half,
+                         "excludes_zero": bool(n > 1 and (mean - half > 0 or mean + half < 0))})
+    return pd.DataFrame(rows, columns=["scenario", "a", "b", "metric", "mean_diff", "std_diff", "n_seeds",
+                                       "ci_low", "ci_high", "excludes_zero"])
+
+
+def headline(df: pd.DataFrame, metric: str = "avg_gap", *, setting: str | None = SETTING) -> pd.DataFrame:
+    """NegMerge vs single-model Task Arithmetic vs uniform merge, per scenario, averaged over seeds.
+
+    Columns: ``scenario``, ``negmerge``, ``task_arithmetic_val`` (the validation-selected
+    member), ``task_arithmetic_best`` / ``_median`` / ``_worst`` (over the pool, an oracle
+    spread on the test metrics), ``pool_std``, ``mean`` (uniform merge), ``n_pool``,
+    ``n_seeds``; ``*_std`` columns give the spread of the first three over seeds.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; valid metrics are {list(METRICS)}")
+    d = df[df.metric == metric]
+    if setting is not None and "setting" in d:
+        d = d[d.setting == setting]
+    per_seed = []
+    for (sc, seed), g in d.groupby(["scenario", "seed"], sort=False):
         method_rows = g[g.pool_config == ""].drop_duplicates("method", keep="last").set_index("method").value
         singles = g[(g.method == "task_arithmetic") & (g.pool_config != "")].drop_duplicates(
             "pool_config", keep="last").value.dropna()
-        rows.append({
-            "scenario": sc, "negmerge": method_rows.get("negmerge", math.nan),
+        per_seed.append({
+            "scenario": sc, "seed": seed, "negmerge": method_rows.get("negmerge", math.nan),
             "task_arithmetic_val": method_rows.get("task_arithmetic", math.nan),
             "task_arithmetic_best": singles.min() if len(singles) else math.nan,
             "task_arithmetic_median": singles.median() if len(singles) else math.nan,
@@ -55,4 +135,35 @@ def headline(df: pd.DataFrame, metric: str = "avg_gap") -> pd.DataFrame:
             "pool_std": singles.std() if len(singles) > 1 else math.nan,
             "mean": method_rows.get("mean", math.nan), "n_pool": len(singles),
         })
-    return pd.DataFrame(rows)
+    cols = ["negmerge", "task_arithmetic_val", "task_arithmetic_best", "task_arithmetic_median",
+            "task_arithmetic_worst", "pool_std", "mean", "n_pool"]
+    if not per_seed:
+        return pd.DataFrame(columns=["scenario", *cols, "n_seeds"])
+    ps = pd.DataFrame(per_seed)
+    g = ps.groupby("scenario", sort=False)
+    out = g[cols].mean()
+    for c in ("negmerge", "task_arithmetic_val", "mean"):
+        out[f"{c}_std"] = g[c].std(ddof=1)
+    out["n_seeds"] = g.seed.nunique()
+    return out.reset_index()
+
+
+def results_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (setting, scenario, method, metric, seed): the committed ``<dataset>_results.csv``.
+
+    Columns: ``setting, dataset, model, scenario, method, metric, seed, value, coef, note``
+    and, for negations, ``n_coefs`` (λ evaluated) and ``coef_max_searched`` (top of the range
+    searched); the note says when λ hit the top of its range or when no λ was admissible.
+    """
+    d = _method_rows(df, None)
+    search = df[df.metric.isin(("n_coefs", "coef_max_searched")) & (df.pool_config == "")]
+    keys = ["setting", "dataset", "scenario", "method", "seed"]
+    if not search.empty:
+        wide = search.pivot_table(index=keys, columns="metric", values="value", aggfunc="last").reset_index()
+        d = d.merge(wide, on=keys, how="left")
+    for c in ("n_coefs", "coef_max_searched"):
+        if c not in d:
+            d[c] = math.nan
+    cols = ["setting", "dataset", "model", "scenario", "method", "metric", "seed", "value", "coef", "note",
+            "n_coefs", "coef_max_searched"]
+    return _sorted(d[cols]).sort_values(["setting", "dataset", "scenario"], kind="stable").reset_index(drop=True)

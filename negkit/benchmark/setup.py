@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from pathlib import Path
 from typing import Mapping
 
@@ -29,7 +30,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from negkit import io
-from negkit.benchmark.config import SETTING, UNLEARNING_METRICS, BenchmarkConfig, parse_scenario
+from negkit.benchmark.config import (SETTING, UNLEARNING_METRICS, BenchmarkConfig, baseline_candidates,
+                                     parse_scenario)
 from negkit.config import to_dict
 from negkit.data import DatasetBundle, labels_of
 from negkit.data import get as get_dataset
@@ -41,14 +43,15 @@ from negkit.models import get as get_model
 from negkit.results import Record, ResultsLog
 from negkit.train import train
 
-__all__ = ["Setup", "prepare", "record_method"]
+__all__ = ["Setup", "prepare", "record_method", "seed_dir", "one_seed", "check_run"]
 
 @dataclasses.dataclass
 class Setup:
     """Everything one scenario's methods need (returned by :func:`prepare`).
 
     Attributes:
-        cfg, run_dir, scenario, device: What was asked for (``scenario`` is the split's name).
+        cfg: The one-seed view of the run's config (``cfg.seeds == (seed,)``).
+        run_dir, scenario, device: What was asked for (``scenario`` is the split's name).
         bundle, split: The dataset and the forget/retain split of its training set.
         forget, retain, test, val: D_f, D_r, the test set (class-wise: without the
             forgotten classes) and the whole validation split.
@@ -77,19 +80,46 @@ class Setup:
     control_reference: float
 
     @property
+    def seed(self) -> int:
+        """The seed of this Setup (split, initialisation, data order)."""
+        return self.cfg.seed
+
+    @property
+    def seed_dir(self) -> Path:
+        """Folder of this seed's artefacts (``run_dir/seed_<s>``): its Original and every scenario."""
+        return seed_dir(self.run_dir, self.seed)
+
+    @property
     def log(self) -> ResultsLog:
         """The run's results log (``run_dir/results.jsonl``)."""
         return ResultsLog(self.run_dir / "results.jsonl")
 
     @property
     def scenario_dir(self) -> Path:
-        """Folder of this scenario's artefacts (``run_dir/<scenario>``)."""
-        return self.run_dir / self.scenario
+        """Folder of this scenario's artefacts (``run_dir/seed_<s>/<scenario>``)."""
+        return self.seed_dir / self.scenario
 
 
-def _check_run_dir(cfg: BenchmarkConfig, run_dir: Path) -> None:
-    """Refuse to mix artefacts of different configs in one run_dir (method lists may differ)."""
-    ignore = {"scenarios", "merge_methods", "baselines"}
+def seed_dir(run_dir: str | Path, seed: int) -> Path:
+    """``run_dir/seed_<seed>``: runs of different seeds never share a folder."""
+    return Path(run_dir) / f"seed_{int(seed)}"
+
+
+def one_seed(cfg: BenchmarkConfig, seed: int | None = None) -> BenchmarkConfig:
+    """The config of one seed of ``cfg`` (None: its first), ``seeds == (seed,)``.
+
+    Raises:
+        ValueError: ``seed`` is not one of ``cfg.seeds``.
+    """
+    seed = cfg.seeds[0] if seed is None else int(seed)
+    if seed not in cfg.seeds:
+        raise ValueError(f"seed {seed} is not one of the config's seeds {list(cfg.seeds)}")
+    return dataclasses.replace(cfg, seeds=(seed,))
+
+
+def _check_run_dir(cfg: BenchmarkConfig, run_dir: Path, *, write: bool = True) -> None:
+    """Refuse to mix artefacts of different configs in one run_dir (method and seed lists may differ)."""
+    ignore = {"scenarios", "merge_methods", "baselines", "seeds", "rules"}
     mine = {k: v for k, v in to_dict(cfg).items() if k not in ignore}
     path = run_dir / "benchmark_config.json"
     if path.exists():
@@ -98,38 +128,16 @@ def _check_run_dir(cfg: BenchmarkConfig, run_dir: Path) -> None:
         if diff:
             raise ValueError(f"{run_dir} holds a run of a different benchmark config (differs in {diff}); "
                              "use another run_dir or delete this one")
-    else:
+    elif write:
         io.save_json(to_dict(cfg), path)
 
 
-def _new_model(cfg: BenchmarkConfig, bundle: DatasetBundle) -> nn.Module:
-    torch.manual_seed(cfg.seed)  # same initialisation for Original and Retrain
-    return get_model(cfg.model, num_classes=bundle.num_classes, in_channels=bundle.input_shape[0],
-                     mean=bundle.mean, std=bundle.std, **cfg.model_options)
-
-
-def prepare(cfg: BenchmarkConfig, run_dir: str | Path, scenario: str, *, device: str | None = None,
-            progress: bool = False) -> Setup:
-    """Data, split, Original and Retrain of one scenario (trained once, reused on rerun).
-
-    Also records the ``original`` and ``retrain`` rows in ``run_dir/results.jsonl``
-    (once). The original model is shared by all scenarios (``run_dir/original``).
-
-    Args:
-        cfg: Benchmark configuration.
-        run_dir: Folder of the run.
-        scenario: A scenario name (need not be in ``cfg.scenarios``).
-        device: None: cuda if available, else cpu.
-        progress: Show training progress bars.
+def _scenario_sets(bundle: DatasetBundle, split: ForgetSplit) -> dict[str, Dataset]:
+    """D_f, D_r, the test set and the two validation sets λ is chosen on (module docstring).
 
     Raises:
-        ValueError: Unknown dataset/model/scenario, a bad split, or a run_dir of another config.
+        ValueError: One of them is empty.
     """
-    run_dir, device = Path(run_dir), str(resolve_device(device))
-    spec = parse_scenario(scenario)
-    bundle = get_dataset(cfg.dataset, root=cfg.data_root, **cfg.data_options)
-    labels = labels_of(bundle.train)
-    split = make_forget_split(labels, seed=cfg.seed, num_classes=bundle.num_classes, **spec)
     forget, retain = subset(bundle.train, split.forget_idx), subset(bundle.train, split.retain_idx)
     if split.scenario == "class":
         test = without_classes(bundle.test, split.classes)
@@ -137,21 +145,104 @@ def prepare(cfg: BenchmarkConfig, run_dir: str | Path, scenario: str, *, device:
         val_control = without_classes(bundle.val, split.classes)
     else:
         test, val_forget, val_control = bundle.test, forget, bundle.val
-    for name, ds in (("val_forget", val_forget), ("val_control", val_control), ("test", test)):
+    sets = {"forget": forget, "retain": retain, "test": test, "val_forget": val_forget, "val_control": val_control}
+    for name, ds in sets.items():
         if len(ds) == 0:
-            raise ValueError(f"scenario {split.name!r} leaves the {name} set empty; pick other classes")
+            raise ValueError(f"scenario {split.name!r} leaves the {name} set empty; pick other classes "
+                             "or a larger training subset")
+    return sets
+
+
+def check_run(cfg: BenchmarkConfig, run_dir: str | Path, *, bundle: DatasetBundle | None = None) -> pd.DataFrame:
+    """Check every precondition of a whole run before anything is trained or written.
+
+    Loads the dataset, draws every (seed, scenario) split, checks that D_f, D_r, the test
+    set and both validation sets are non-empty, builds the model and runs one batch
+    through it, expands every baseline's candidate settings, checks that ``run_dir``
+    holds no run of another config and that it can be written.
+
+    Returns:
+        One row per (seed, scenario): the sizes of its sets (logged by :func:`negkit.benchmark.run`).
+
+    Raises:
+        FileNotFoundError: Missing data (the dataset's own message says how to get it).
+        ValueError: A bad split, model, baseline setting or a run_dir of another config.
+        PermissionError: ``run_dir`` cannot be written.
+    """
+    run_dir = Path(run_dir)
+    if bundle is None:
+        bundle = get_dataset(cfg.dataset, root=cfg.data_root, **cfg.data_options)
+    labels, rows = labels_of(bundle.train), []
+    for seed in cfg.seeds:
+        for scenario in cfg.scenarios:
+            split = make_forget_split(labels, seed=seed, num_classes=bundle.num_classes, **parse_scenario(scenario))
+            sets = _scenario_sets(bundle, split)
+            rows.append({"seed": seed, "scenario": split.name, **{k: len(v) for k, v in sets.items()}})
+    model = _new_model(one_seed(cfg), bundle).eval()
+    with torch.no_grad():
+        out = model(torch.stack([bundle.train[i][0] for i in range(min(2, len(bundle.train)))]))
+    if out.shape[-1] != bundle.num_classes:
+        raise ValueError(f"model {cfg.model!r} gives {out.shape[-1]} outputs for {bundle.num_classes} classes")
+    for m in cfg.baselines:
+        baseline_candidates(cfg, m)
+    _check_run_dir(cfg, run_dir, write=False)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(run_dir, os.W_OK):
+        raise PermissionError(f"run_dir {run_dir} is not writable; pass another run_dir")
+    return pd.DataFrame(rows)
+
+
+def _new_model(cfg: BenchmarkConfig, bundle: DatasetBundle) -> nn.Module:
+    torch.manual_seed(cfg.seed)  # same initialisation for Original and Retrain (of this seed)
+    return get_model(cfg.model, num_classes=bundle.num_classes, in_channels=bundle.input_shape[0],
+                     mean=bundle.mean, std=bundle.std, **cfg.model_options)
+
+
+def prepare(cfg: BenchmarkConfig, run_dir: str | Path, scenario: str, *, seed: int | None = None,
+            device: str | None = None, progress: bool = False,
+            bundle: DatasetBundle | None = None) -> Setup:
+    """Data, split, Original and Retrain of one scenario and seed (trained once, reused on rerun).
+
+    Also records the ``original`` and ``retrain`` rows in ``run_dir/results.jsonl``
+    (once). The original model of a seed is shared by all scenarios
+    (``run_dir/seed_<s>/original``).
+
+    Args:
+        cfg: Benchmark configuration.
+        run_dir: Folder of the run.
+        scenario: A scenario name (need not be in ``cfg.scenarios``).
+        seed: One of ``cfg.seeds`` (None: the first); it draws the forget split and
+            seeds initialisation and data order.
+        device: None: cuda if available, else cpu.
+        progress: Show training progress bars.
+        bundle: The dataset, if already loaded (else built from ``cfg``).
+
+    Raises:
+        ValueError: Unknown dataset/model/scenario/seed, a bad split, or a run_dir of another config.
+    """
+    run_dir, device = Path(run_dir), str(resolve_device(device))
+    full_cfg, cfg = cfg, one_seed(cfg, seed)
+    spec = parse_scenario(scenario)
+    if bundle is None:
+        bundle = get_dataset(cfg.dataset, root=cfg.data_root, **cfg.data_options)
+    labels = labels_of(bundle.train)
+    split = make_forget_split(labels, seed=cfg.seed, num_classes=bundle.num_classes, **spec)
+    sets = _scenario_sets(bundle, split)
+    forget, retain, test = sets["forget"], sets["retain"], sets["test"]
+    val_forget, val_control = sets["val_forget"], sets["val_control"]
     original, retrain = _new_model(cfg, bundle), _new_model(cfg, bundle)  # bad model names fail here
 
     # Nothing is written before every input has been checked.
-    _check_run_dir(cfg, run_dir)
-    sdir = run_dir / split.name
+    _check_run_dir(full_cfg, run_dir)
+    sdir = seed_dir(run_dir, cfg.seed) / split.name
     if not (sdir / "split.json").exists():
         io.save_json(split.to_dict(), sdir / "split.json")
+    recipe = dataclasses.replace(cfg.original, seed=cfg.seed)  # the seed also sets the data order
     # Original and Retrain train on the bundle's augmented view if it names one (CIFAR: crop + flip);
     # every metric below is computed on the clean images.
-    original = train(original, training_view(bundle, bundle.train), cfg.original, device=device,
-                     out_dir=run_dir / "original", progress=progress).model
-    retrain = train(retrain, training_view(bundle, retain), cfg.original, device=device, out_dir=sdir / "retrain",
+    original = train(original, training_view(bundle, bundle.train), recipe, device=device,
+                     out_dir=seed_dir(run_dir, cfg.seed) / "original", progress=progress).model
+    retrain = train(retrain, training_view(bundle, retain), recipe, device=device, out_dir=sdir / "retrain",
                     progress=progress).model
     original.eval()
     retrain.eval()
@@ -167,14 +258,14 @@ def prepare(cfg: BenchmarkConfig, run_dir: str | Path, scenario: str, *, device:
     )
     done = _done_steps(setup.log.read())
     for method, metrics in (("original", setup.original_metrics), ("retrain", setup.retrain_metrics)):
-        if (split.name, method, "") not in done:
+        if (cfg.seed, SETTING, split.name, method, "") not in done:
             record_method(setup.log, setup, method, metrics)
     return setup
 
 
 def record_method(log: ResultsLog, setup: Setup, method: str, metrics: Mapping[str, float], *,
                   pool_config: str = "", coef: float = math.nan, note: str = "",
-                  extra: list[Record] | None = None) -> list[Record]:
+                  extra: list[Record] | None = None, setting: str = SETTING) -> list[Record]:
     """Append UA/RA/TA/MIA and Avg. Gap (vs the Setup's Retrain) of one method, in one write.
 
     Args:
@@ -186,6 +277,7 @@ def record_method(log: ResultsLog, setup: Setup, method: str, metrics: Mapping[s
         coef: λ used, NaN when not applicable.
         note: Free text.
         extra: Further records (e.g. a λ curve) written in the same append, before the metrics.
+        setting: ``"standard"``, or ``"standard_match"`` for the match selection rule.
 
     Returns:
         The records written.
@@ -200,7 +292,7 @@ def record_method(log: ResultsLog, setup: Setup, method: str, metrics: Mapping[s
     splits = {"UA": "forget", "RA": "retain", "TA": "test", "MIA": "forget", "avg_gap": "all"}
     values = {**{k: float(metrics[k]) for k in UNLEARNING_METRICS}, "avg_gap": float(gap)}
     rows = list(extra or []) + [
-        Record(setting=SETTING, model=cfg.model, dataset=cfg.dataset, scenario=setup.scenario,
+        Record(setting=setting, model=cfg.model, dataset=cfg.dataset, scenario=setup.scenario,
                method=method, pool_config=pool_config, coef=float(coef), split=splits[k], metric=k,
                value=v, seed=cfg.seed, note=note)
         for k, v in values.items()
@@ -209,9 +301,9 @@ def record_method(log: ResultsLog, setup: Setup, method: str, metrics: Mapping[s
     return rows
 
 
-def _done_steps(df: pd.DataFrame) -> set[tuple[str, str, str]]:
-    """(scenario, method, pool_config) of steps whose final (avg_gap) record exists."""
+def _done_steps(df: pd.DataFrame) -> set[tuple[int, str, str, str, str]]:
+    """(seed, setting, scenario, method, pool_config) of steps whose final (avg_gap) record exists."""
     if df.empty:
         return set()
     d = df[df.metric == "avg_gap"]
-    return set(zip(d.scenario, d.method, d.pool_config))
+    return set(zip(d.seed.astype(int), d.setting, d.scenario, d.method, d.pool_config))
