@@ -114,3 +114,14 @@ def test_checkpoint_not_fitting_names_first_bad_key(backbone, tmp_path):
     nkio.save_state_dict(missing, path)
     with pytest.raises(ValueError, match="key 'visual.class_embedding' is missing"):
         cm.load_clip(cm.TINY_MODEL, None, checkpoint=path, device="cpu")
+
+
+def test_attention_projections_of_vit_b32_are_the_reference_frozen_part():
+    visual = open_clip.create_model("ViT-B-32", pretrained=None).visual  # random init, no download
+    names = cm.attention_parameter_names(visual)
+    params = dict(visual.named_parameters())
+    assert len(names) == 12 * 4 and set(names) <= set(params)
+    frozen = sum(params[n].numel() for n in names)
+    # 12 layers × (3·768² + 3·768 + 768² + 768) = 28,348,416 of the encoder's 87,849,216 parameters
+    assert frozen == 12 * (4 * 768 * 768 + 4 * 768) == 28_348_416
+    assert sum(p.numel() for p in params.values()) == 87_849_216
