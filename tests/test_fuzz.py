@@ -95,7 +95,7 @@ def files(tmp_path):
     save_file({"w": torch.ones(4)}, str(d / "ok.safetensors"))
     (d / "trunc.safetensors").write_bytes((d / "ok.safetensors").read_bytes()[:-5])
     save_file({"w": torch.ones(4).to(torch.float8_e4m3fn)}, str(d / "fp8.safetensors"))
-    (d / "folder").mkdir()
+    (d / "adir").mkdir()
     return d
 
 
@@ -158,7 +158,7 @@ ROWS = [
     ("train-momentum-bool", lambda d: TrainConfig(momentum=True), ValueError, "momentum"),
     ("train-momentum-1.5", lambda d: TrainConfig(momentum=1.5), ValueError, "momentum"),
     ("train-workers-negative", lambda d: TrainConfig(num_workers=-2), ValueError, "num_workers"),
-    ("train-from-list", lambda d: from_dict(TrainConfig, ["epochs"]), ValueError, "dict"),
+    ("train-from-list", lambda d: from_dict(TrainConfig, ["epochs"]), ValueError, "dict of its fields"),
     ("train-replace-typo", lambda d: replace(TrainConfig(), epoch=3), ValueError, "epoch"),
     ("train-replace-str", lambda d: replace(TrainConfig(), lr="0.1"), ValueError, "lr"),
     # BenchmarkConfig / PoolSpec
@@ -196,7 +196,7 @@ ROWS = [
     ("unlearn-batch-0", lambda d: _unlearn_cfg(batch_size=0), ValueError, "batch_size"),
     ("unlearn-wd-str", lambda d: _unlearn_cfg(weight_decay="5e-4"), ValueError, "weight_decay"),
     # checkpoint files
-    ("load-folder", lambda d: io.load_state_dict(d / "folder"), OSError, "folder"),
+    ("load-folder", lambda d: io.load_state_dict(d / "adir"), OSError, "is a folder"),
     ("load-missing", lambda d: io.load_state_dict(d / "missing.pt"), FileNotFoundError, "does not exist"),
     ("load-device-nonsense", lambda d: io.load_state_dict(d / "ok.pt", device="nonsense"), ValueError, "device"),
     ("load-device-nonsense-st", lambda d: io.load_state_dict(d / "ok.safetensors", device="gpu0"), ValueError,
@@ -208,14 +208,14 @@ ROWS = [
     ("load-malicious-reduce", lambda d: io.load_state_dict(d / "evil.pt"), ValueError, "pickled code"),
     ("load-malicious-global", lambda d: io.load_state_dict(d / "global.pt"), ValueError, "pickled code"),
     ("load-text", lambda d: io.load_state_dict(d / "text.pt"), ValueError, "not a checkpoint"),
-    ("metadata-folder", lambda d: io.read_metadata(d / "folder"), OSError, "folder"),
+    ("metadata-folder", lambda d: io.read_metadata(d / "adir"), OSError, "is a folder"),
     ("save-metadata-name", lambda d: io.save_state_dict({"__metadata__": torch.ones(1)}, d / "m.safetensors"),
      ValueError, "__metadata__"),
     ("writer-metadata-name", lambda d: _writer(d, "__metadata__"), ValueError, "__metadata__"),
     ("save-not-tensor", lambda d: io.save_state_dict({"a": 1}, d / "a.safetensors"), TypeError, "not a tensor"),
     ("save-metadata-int", lambda d: io.save_state_dict({"a": torch.ones(1)}, d / "a.safetensors", metadata={"k": 1}),
      TypeError, "metadata"),
-    ("atomic-write-folder", lambda d: io.save_json({}, d / "folder"), OSError, "folder"),
+    ("atomic-write-folder", lambda d: io.save_json({}, d / "adir"), OSError, "is a folder"),
     # run folders and resumes
     ("done-marker-string", lambda d: ck.is_finished(_finished(d, done={"done": "yes"})), ValueError, "done"),
     ("done-marker-list", lambda d: ck.is_finished(_finished(d, done=[])), ValueError, "done"),
@@ -371,7 +371,7 @@ APPENDER = """
 
 
 def test_concurrent_appends_lose_nothing(tmp_path):
-    path, n = tmp_path / "results.jsonl", 150
+    path, n = tmp_path / "results.jsonl", 80
     procs = [_python(APPENDER, str(path), tag, str(n)) for tag in ("a", "b")]
     for p in procs:
         out, err = p.communicate(timeout=120)
