@@ -5,7 +5,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.negkit-installed
 RUNS   ?= runs
-FIGS   ?= figures
+# make demo writes its figures next to its run, so a demo leaves the git tree clean; the
+# committed figures/ are refreshed deliberately with `make demo FIGS=figures`.
+FIGS   ?= $(RUNS)/digits/figures
 NB     := $(PY) -m papermill --kernel python3 --log-level WARNING
 
 # The kit's default models are tiny: one intra-op thread per process is faster than two
@@ -16,7 +18,7 @@ export OMP_NUM_THREADS ?= 1
 # Notebooks `make demo` executes, in order, on the built-in digits default.
 DEMO_NOTEBOOKS := 01_quickstart 02_sensitivity 03_sign_agreement 04_forget_vectors 05_results
 
-.PHONY: install demo test test-browser bench clean-runs
+.PHONY: install demo lab test test-browser bench bench-fashion fashion-data clean-runs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,9 +34,52 @@ demo: $(STAMP)
 	for nb in $(DEMO_NOTEBOOKS); do \
 	  echo "== $$nb"; \
 	  $(NB) notebooks/$$nb.ipynb $(RUNS)/notebooks/$$nb.ipynb \
-	    -p smoke False -p run_dir $(RUNS)/digits -p figures_dir $(FIGS) || exit 1; \
+	    -p smoke False -p dataset digits -p run_dir $(RUNS)/digits -p figures_dir $(FIGS) || exit 1; \
 	done; \
 	echo "make demo: notebooks ran in $$(( $$(date +%s) - start )) s; figures in $(FIGS)/, executed notebooks in $(RUNS)/notebooks/"
+
+# JupyterLab with the demo's environment (OMP_NUM_THREADS above; the notebooks also set the
+# kit's thread policy). Notebooks resolve run_dir against the repository root, so they open
+# make demo's runs. Pass options through LAB_ARGS, e.g. `make lab LAB_ARGS="--port 9999"`.
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=. $(LAB_ARGS) notebooks/07_explorer.ipynb
+
+# Fashion-MNIST (Debian's dataset-fashion-mnist): the benchmark over 3 seeds, notebooks 02-05 on it,
+# then the committed tables and figures in $(FIGS_FASHION)/fashion_mnist_*. About 45 min on 2 CPU cores;
+# `make bench-fashion FASHION_ARGS="--full --device cuda"` runs the GPU-sized version.
+FASHION_DIR   ?= /usr/share/datasets/fashion-mnist
+FIGS_FASHION  ?= figures
+FASHION_ARGS  ?=
+FASHION_NOTEBOOKS := 02_sensitivity 03_sign_agreement 04_forget_vectors 05_results
+
+fashion-data:
+	@if [ ! -f $(FASHION_DIR)/train-images-idx3-ubyte.gz ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's dataset-fashion-mnist"; \
+	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	  else \
+	    echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist'," \
+	         "or download it with torchvision and pass --data-root to benchmarks/fashion_mnist.py" >&2; exit 1; \
+	  fi; \
+	fi
+
+bench-fashion: $(STAMP) fashion-data
+	@mkdir -p $(RUNS)/notebooks $(FIGS_FASHION)
+	@start=$$(date +%s); \
+	$(PY) benchmarks/fashion_mnist.py run --run-dir $(RUNS)/fashion_mnist $(FASHION_ARGS) || exit 1; \
+	for nb in $(FASHION_NOTEBOOKS); do \
+	  case $$nb in \
+	    03_sign_agreement) extra="-p scenario class_0";; \
+	    04_forget_vectors) extra="-p classes [3,8] -p betas [5] -p select_epochs [5] -p epochs 5";; \
+	    *) extra="";; \
+	  esac; \
+	  echo "== $$nb (fashion_mnist) $$extra"; \
+	  $(NB) notebooks/$$nb.ipynb $(RUNS)/notebooks/fashion_mnist_$$nb.ipynb -p smoke False -p dataset fashion_mnist \
+	    -p run_dir $(RUNS)/fashion_mnist -p figures_dir $(RUNS)/fashion_mnist/figures $$extra || exit 1; \
+	done; \
+	cp $(RUNS)/fashion_mnist/figures/fashion_mnist_*.png $(RUNS)/fashion_mnist/figures/fashion_mnist_*.pdf $(FIGS_FASHION)/ 2>/dev/null; \
+	$(PY) benchmarks/fashion_mnist.py report --run-dir $(RUNS)/fashion_mnist --figures-dir $(FIGS_FASHION) $(FASHION_ARGS) || exit 1; \
+	echo "make bench-fashion: $$(( ($$(date +%s) - start) / 60 )) min; tables and figures in $(FIGS_FASHION)/fashion_mnist_*"
 
 test: $(STAMP)
 	@$(PY) -m pytest -m "not browser"; rc=$$?; \

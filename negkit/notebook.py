@@ -10,8 +10,8 @@
 * :func:`repo_root` / :func:`resolve_path` — ``runs/digits`` means the same folder whether the
   kernel starts in the repository (papermill, ``make demo``) or in ``notebooks/`` (JupyterLab).
 * :func:`execute` — papermill with the parameters checked against the notebook's
-  ``parameters`` cell (papermill's own inspection) before a kernel starts, and the kernel on
-  IPC transport (no TCP port, no "running over TCP without encryption" warning).
+  ``parameters`` cell (papermill's own inspection) before a kernel starts, and without the
+  kernel's start-up noise ("running over TCP without encryption" on a local connection).
 
 A notebook's first cells::
 
@@ -33,12 +33,11 @@ import dataclasses
 import difflib
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping, MutableMapping, Sequence
 
 __all__ = ["Param", "check_parameters", "injected_parameters", "set_threads", "repo_root", "resolve_path",
-           "notebook_parameters", "check_names", "execute"]
+           "notebook_parameters", "check_names", "execute", "KERNEL_ARGUMENTS"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +45,8 @@ _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 # IPython keeps the source of every executed cell in ``In``; papermill's injected cell starts so.
 _INJECTED_HEADER = "# Parameters"
+#: Extra command-line arguments of the kernels :func:`execute` starts: start-up log at ERROR only.
+KERNEL_ARGUMENTS = ("--IPKernelApp.log_level=ERROR",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,8 +338,10 @@ def execute(notebook: str | Path, output: str | Path, parameters: Mapping[str, A
             progress_bar: bool = False) -> Any:
     """Run a notebook with papermill after refusing parameters it does not declare.
 
-    The kernel talks over IPC sockets instead of TCP (it runs on this machine anyway), which
-    also keeps ipykernel's "running over TCP without encryption" warning out of the output.
+    The kernel's own start-up log is limited to errors (:data:`KERNEL_ARGUMENTS`): ipykernel
+    otherwise warns "Kernel is running over TCP without encryption" once per notebook, about
+    a connection that never leaves this machine. Warnings raised by the notebook's code still
+    show in its cells.
 
     Args:
         notebook: The notebook to run.
@@ -353,14 +356,11 @@ def execute(notebook: str | Path, output: str | Path, parameters: Mapping[str, A
         The executed notebook (``nbformat`` node).
     """
     import papermill
-    from traitlets.config import Config
 
     parameters = dict(parameters or {})
     check_names(notebook, parameters)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
-    config = Config({"KernelManager": {"transport": "ipc"}})
-    if sys.platform == "win32":
-        config = Config()
     return papermill.execute_notebook(
         str(notebook), str(output), parameters=parameters, kernel_name=kernel_name,
-        cwd=str(cwd or repo_root()), log_output=log_output, progress_bar=progress_bar, config=config)
+        cwd=str(cwd or repo_root()), log_output=log_output, progress_bar=progress_bar,
+        extra_arguments=list(KERNEL_ARGUMENTS))

@@ -110,6 +110,19 @@ def test_consensus_heatmap_from_analysis_table():
     np.testing.assert_allclose(mesh2.get_array(), mesh[0].get_array())
 
 
+def test_consensus_heatmap_network_order_and_informative_colour_range():
+    table = pd.DataFrame({1: [1.0, 1.0, 1.0], 2: [0.9, 0.8, 0.85], 3: [0.7, 0.6, 0.65]},
+                         index=pd.Index(["fc", "layers.10", "stem"], name="group"))
+    table.loc["layers.2"] = [1.0, 0.95, 0.9]
+    ax = plotting.consensus_heatmap(table, draws=5)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["stem", "layers.2", "layers.10", "fc"]
+    mesh = [c for c in ax.collections if isinstance(c, QuadMesh)][0]
+    assert mesh.get_clim() == (0.6, 0.95)  # the trivial K = 1 column (all 1.0) is left out of the range
+    assert "mean over 5 random draws" in ax.collections[0].colorbar.ax.get_ylabel()
+    assert plotting.network_order(["proj", "resblocks.1", "conv1", "resblocks.0", "ln_post"]) == [
+        "conv1", "resblocks.0", "resblocks.1", "ln_post", "proj"]
+
+
 def test_agreement_heatmap_wide_and_long():
     wide = pairwise_agreement(_pool(3), names=["a", "b", "c"])
     for data in (wide, pairwise_agreement(_pool(3), names=["a", "b", "c"], form="long")):
@@ -130,6 +143,9 @@ def test_consensus_curve_lines_and_bands():
     assert len(ax.lines) == 2 and ax.get_legend() is not None
     with pytest.raises(ValueError, match="no rows for group"):
         plotting.consensus_curve(df, groups=["nope"])
+    high = pd.DataFrame({"group": "all", "k": [1, 2, 3], "draw": 0, "frac_consistent": [1.0, 0.97, 0.95]})
+    lo, hi = plotting.consensus_curve(high).get_ylim()
+    assert 0.9 < lo < 0.95 and 1.0 <= hi < 1.02  # the y range fits the data, not 0..1
 
 
 # --------------------------------------------------------------------------- curves
@@ -153,7 +169,7 @@ def test_coef_curve_draws_curves_threshold_and_choice():
     assert ax.lines[2].get_ydata()[0] == pytest.approx(0.95 * 60)
     assert ax.lines[3].get_xdata()[0] == 0.5
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels[0] == "forget (forget)" and "chosen λ = 0.5" in labels
+    assert labels[0] == "forget" and "chosen λ = 0.5" in labels
     ax = plotting.coef_curve(_sweep(), "negmerge", control_reference=50, threshold=0.9)
     assert len(ax.lines) == 3 and ax.lines[2].get_ydata()[0] == pytest.approx(45)
     with pytest.raises(ValueError, match="swept methods: \\['negmerge'\\]"):
@@ -198,6 +214,26 @@ def test_sensitivity_orders_pool_members_by_value_and_keeps_legend_outside():
         plotting.sensitivity(df, order=pool_order[:3])
 
 
+def test_sensitivity_grid_facets_by_hyperparameter():
+    pool = pd.DataFrame([{"pool_config": f"e{e}_wd{wd}_ls{ls}", "epochs": e, "weight_decay": wd, "label_smoothing": ls}
+                         for e in (4, 5) for wd in (1e-4, 5e-5) for ls in (0.0, 0.1)])
+    rows = [dict(method="task_arithmetic", pool_config=p, metric="avg_gap", value=e + 10 * ls, coef=0.5)
+            for p, e, ls in zip(pool.pool_config, pool.epochs, pool.label_smoothing)]
+    rows += [dict(method=m, metric="avg_gap", value=3.0, coef=0.5) for m in ("negmerge", "mean")]  # coinciding lines
+    axes = plotting.sensitivity_grid(_records(rows), pool)
+    assert len(axes) == 2 and [a.get_title() for a in axes] == ["epochs = 4", "epochs = 5"]
+    assert [t.get_text() for t in axes[0].get_xticklabels()] == ["5e-05", "0.0001"]
+    assert axes[0].get_xlabel() == "weight decay"
+    pts = [ln for ln in axes[1].lines if ln.get_marker() == "o"]
+    assert [list(ln.get_ydata()) for ln in pts] == [[5.0, 5.0], [6.0, 6.0]]  # one series per label smoothing
+    assert pts[0].get_xdata()[0] != pts[1].get_xdata()[0]  # set apart, so equal values stay visible
+    refs = [ln for ln in axes[0].lines if ln.get_label() in ("NegMerge", "Uniform merge")]
+    assert len(refs) == 2 and refs[0].get_linewidth() > refs[1].get_linewidth()  # the wider one stays visible
+    assert axes[0].get_legend() is None and axes[1].get_legend() is not None  # one legend per figure
+    with pytest.raises(ValueError, match="pool lacks column"):
+        plotting.sensitivity_grid(_records(rows), pool.drop(columns="epochs"))
+
+
 def test_sensitivity_degenerate_panel_says_so():
     rows = [dict(method="task_arithmetic", pool_config=f"m{i}", metric="avg_gap", value=0.787, coef=0.0)
             for i in range(3)]
@@ -213,15 +249,29 @@ def test_sensitivity_degenerate_panel_says_so():
 # --------------------------------------------------------------------------- results
 
 
+def _bar_containers(ax):
+    from matplotlib.container import BarContainer
+
+    return [c for c in ax.containers if isinstance(c, BarContainer) and c.get_label() != "_nolegend_"
+            and not any(p.get_hatch() for p in c)]
+
+
 def test_results_bars_and_table():
     df = _results()
     ax = plotting.results_bars(df[df.pool_config == ""])
-    bars = [b for c in ax.containers for b in c]  # ax.patches also holds seaborn's legend proxies
-    assert len(ax.containers) == 5 and len(bars) == 3 * 5  # one container per metric, a bar per method
+    gap = ax.negkit_gap_ax  # Avg. Gap in its own panel, not on the 0-100 accuracy axis
+    bars, gap_bars = _bar_containers(ax), _bar_containers(gap)
+    assert len(bars) == 4 and len(gap_bars) == 1
     assert [t.get_text() for t in ax.get_xticklabels()] == ["Retrain", "TIES", "NegMerge"]
-    heights = sorted(b.get_height() for b in bars)
-    assert heights == [5.5] * 5 + [10.5] * 5 + [20.5] * 5  # mean over the two seeds
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["UA", "RA", "TA", "MIA-efficacy", "Avg. gap ↓"]
+    heights = sorted(b.get_height() for c in bars for b in c)
+    assert heights == [5.5] * 4 + [10.5] * 4 + [20.5] * 4  # mean over the two seeds
+    assert sorted(b.get_height() for b in gap_bars[0]) == [5.5, 10.5, 20.5]
+    assert ax.get_ylim() == (0, 105)
+    # two seeds -> error bars of the std over seeds (0.71 for values x and x + 1)
+    err = bars[0].errorbar.lines[2][0].get_segments()
+    assert [round(float(s[1][1] - s[0][1]) / 2, 2) for s in err] == [0.71] * 3
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["UA", "RA", "TA", "MIA-efficacy"]
+    assert gap.get_title(loc="left") == "Avg. Gap (%) ↓"
     table = plotting.results_table(df)
     assert list(table.index) == ["retrain", "task_arithmetic", "ties", "negmerge"]
     assert list(table.columns) == ["UA", "RA", "TA", "MIA", "avg_gap"]
@@ -231,6 +281,30 @@ def test_results_bars_and_table():
         plotting.results_table(pd.concat([df, _records([dict(method="negmerge", metric="UA", split="val")])]))
     shown = plotting.results_table(df, metrics=("UA",), methods=["negmerge"], show_std=True)
     assert shown.loc["negmerge", "UA"] == "10.50 ± 0.71"
+
+
+def test_results_bars_tell_missing_from_zero():
+    rows = [dict(method="negmerge", metric=m, value=v, pool_config="") for m, v in (("UA", 0.0), ("RA", 50.0))]
+    rows += [dict(method="ties", metric="RA", value=40.0, pool_config="")]  # ties has no UA at all
+    ax = plotting.results_bars(_records(rows), metrics=("UA", "RA"))
+    texts = [t for t in ax.texts if t.get_text() == "n/a"]
+    assert len(texts) == 1 and texts[0].get_position()[0] == pytest.approx(-0.2)  # ties (x = 0), UA slot
+    hatched = [p for p in ax.patches if p.get_hatch()]
+    assert len(hatched) == 1
+    stubs = [ln for ln in ax.lines if len(ln.get_xdata()) == 2 and list(ln.get_ydata()) == [0, 0]]
+    assert len(stubs) == 1 and stubs[0].get_xdata()[0] == pytest.approx(0.6)  # negmerge's UA = 0: a stub
+    assert not _bar_containers(ax)[0].errorbar  # one seed: no error bars
+
+
+def test_labels_come_from_one_place():
+    assert [style.label(n) for n in ("negmerge", "mean", "avg_gap", "MIA", "val_forget")] == [
+        "NegMerge", "Uniform merge", "Avg. Gap (%) ↓", "MIA-efficacy (%)", "forget (val.)"]
+    assert style.label("class_3") == "class 3 forgotten" and style.label("class_3-8") == "classes 3, 8 forgotten"
+    assert style.label("random_10") == "random 10 % forgotten"
+    assert style.label("e4_wd1e-4_ls0.05") == "4 ep · wd 1e-4 · ls 0.05"
+    assert style.label("custom_rule") == "custom_rule"
+    assert style.method_color("negmerge") != style.method_color("mean")
+    assert style.method_color("my_rule") == style.method_color("my_rule")  # stable for unknown names
 
 
 def test_results_table_reads_benchmark_summary():

@@ -10,21 +10,23 @@ sign-consensus plots read the DataFrames of :mod:`negkit.analysis`.
 The functions live in one module per kind of figure and are re-exported here, so
 ``negkit.plotting.X`` is the way to call them:
 
-- :mod:`~negkit.plotting.style`: :func:`set_style`, :func:`save_figure`, the display labels;
+- :mod:`~negkit.plotting.style`: :func:`set_style`, :func:`save_figure`, :func:`label` (every
+  readable name), :func:`method_color` and :data:`METRIC_COLORS` (one palette);
 - :mod:`~negkit.plotting.consensus`: :func:`consensus_heatmap`, :func:`agreement_heatmap`,
   :func:`consensus_curve`;
-- :mod:`~negkit.plotting.curves`: :func:`coef_curve`, :func:`sensitivity`;
+- :mod:`~negkit.plotting.curves`: :func:`coef_curve`, :func:`sensitivity`, :func:`sensitivity_grid`;
 - :mod:`~negkit.plotting.results`: :func:`results_bars`, :func:`results_table`;
 - :mod:`~negkit.plotting.images`: :func:`per_class_bars`, :func:`image_grid`.
 """
-from negkit.plotting.consensus import agreement_heatmap, consensus_curve, consensus_heatmap
-from negkit.plotting.curves import coef_curve, sensitivity
+from negkit.plotting.consensus import agreement_heatmap, consensus_curve, consensus_heatmap, network_order
+from negkit.plotting.curves import coef_curve, sensitivity, sensitivity_grid
 from negkit.plotting.images import image_grid, per_class_bars
 from negkit.plotting.results import results_bars, results_table
-from negkit.plotting.style import METHOD_LABELS, METRIC_LABELS, save_figure, set_style
+from negkit.plotting.style import (METHOD_LABELS, METRIC_COLORS, METRIC_LABELS, SCENARIO_LABELS, SPLIT_LABELS, label,
+                                   method_color, save_figure, set_style)
 
 __all__ = [
     "set_style", "save_figure", "consensus_heatmap", "agreement_heatmap", "consensus_curve", "coef_curve",
-    "sensitivity", "results_bars", "results_table", "per_class_bars", "image_grid", "METHOD_LABELS",
-    "METRIC_LABELS",
+    "sensitivity", "sensitivity_grid", "results_bars", "results_table", "per_class_bars", "image_grid", "METHOD_LABELS",
+    "METRIC_LABELS", "METRIC_COLORS", "network_order", "SCENARIO_LABELS", "SPLIT_LABELS", "label", "method_color",
 ]

@@ -8,17 +8,19 @@ They read the DataFrames of :mod:`negkit.analysis`, in its wide or long form.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 
 from negkit.plotting.style import _axes
 
-__all__ = ["consensus_heatmap", "agreement_heatmap", "consensus_curve"]
+__all__ = ["consensus_heatmap", "agreement_heatmap", "consensus_curve", "network_order"]
 
 
 def _wide(df: pd.DataFrame, index: str, columns: str, values: str) -> pd.DataFrame:
@@ -28,27 +30,60 @@ def _wide(df: pd.DataFrame, index: str, columns: str, values: str) -> pd.DataFra
     return df
 
 
+_INPUT_SIDE = ("stem", "conv1", "patch_embed", "embed", "token_embedding", "class_embedding", "positional_embedding",
+               "ln_pre")
+_OUTPUT_SIDE = ("ln_post", "ln_final", "proj", "text_projection", "fc", "head", "classifier", "linear")
+_NUMBER = re.compile(r"(\d+)")
+
+
+def network_order(groups: Sequence[str]) -> list[str]:
+    """Layer groups from input to output: stems and embeddings, numbered blocks in numeric
+    order (``layers.2`` before ``layers.10``), then heads (``fc``, ``proj``, ...); names the
+    rule does not know keep their given order in the middle."""
+    def key(item: tuple[int, str]) -> tuple:
+        i, g = item
+        if g in _INPUT_SIDE:
+            return (0, _INPUT_SIDE.index(g), (), i)
+        if g in _OUTPUT_SIDE:
+            return (2, _OUTPUT_SIDE.index(g), (), i)
+        numbered = [(int(t) if t.isdigit() else t) for t in _NUMBER.split(g) if t] if _NUMBER.search(g) else None
+        return (1, 0 if numbered else 1, tuple((isinstance(t, str), t) for t in numbered or ()), i)
+    return [g for _, g in sorted(enumerate(groups), key=key)]
+
+
 def consensus_heatmap(table: pd.DataFrame, ax: Axes | None = None, *, annot: bool | None = None,
-                      **kw: Any) -> Axes:
-    """Heatmap of the consensus rate per layer group (rows) and pool size K (columns).
+                      draws: int | None = None, **kw: Any) -> Axes:
+    """Heatmap of the mean consensus rate per layer group (rows, input to output) and pool size K (columns).
+
+    Rows follow :func:`network_order`. At K = 1 every non-zero element is trivially
+    consistent, so that column is left out of the colour range (its cells are still drawn);
+    the colour bar says that a cell is a mean over random draws of K members.
 
     Args:
         table: :func:`negkit.analysis.consensus_by_layer_vs_k` (wide) or the long
             :func:`negkit.analysis.consensus_vs_k` table with ``by_group=True``.
         ax: Axes to draw on.
         annot: Write the values in the cells (default: when there are at most 150).
-        **kw: Forwarded to :func:`seaborn.heatmap` (e.g. ``cmap``).
+        draws: Number of random draws per K, for the colour bar's label.
+        **kw: Forwarded to :func:`seaborn.heatmap` (e.g. ``cmap``, ``vmin``).
     """
     if "group" in table.columns:
         table = table[table["group"] != "all"]
     table = _wide(table, "group", "k", "frac_consistent")
+    table = table.loc[network_order(list(table.index))]
     ax = _axes(ax, (1.2 + 0.55 * table.shape[1], 1.0 + 0.28 * table.shape[0]))
     annot = table.size <= 150 if annot is None else annot
-    opts = dict(vmin=0.0, vmax=1.0, cmap="viridis", annot=annot, fmt=".2f",
-                cbar_kws={"label": "sign-consistent fraction"})
+    informative = table.drop(columns=[c for c in table.columns if c == 1]) if table.shape[1] > 1 else table
+    lo, hi = float(np.nanmin(informative.to_numpy())), float(np.nanmax(informative.to_numpy()))
+    if hi - lo < 1e-3:
+        lo, hi = max(0.0, lo - 0.01), min(1.0, hi + 0.01)
+    over = f"mean over {draws} random draws of K members" if draws else "mean over random draws of K members"
+    opts = dict(vmin=lo, vmax=hi, cmap="viridis", annot=annot, fmt=".2f",
+                cbar_kws={"label": f"sign-consistent fraction\n({over})"})
     sns.heatmap(table, ax=ax, **{**opts, **kw})
     ax.set_xlabel("K (fine-tuned models merged)")
-    ax.set_ylabel("layer group")
+    ax.set_ylabel("layer group (input → output)")
+    ax.tick_params(axis="y", rotation=0)
     return ax
 
 
@@ -83,6 +118,7 @@ def consensus_curve(df: pd.DataFrame, ax: Axes | None = None, *, groups: Sequenc
     if groups is None:
         groups = ["all"] if (df["group"] == "all").any() else list(dict.fromkeys(df["group"]))
     ax = _axes(ax)
+    bottom = 1.0
     for group in groups:
         part = df[df["group"] == group]
         if part.empty:
@@ -92,9 +128,12 @@ def consensus_curve(df: pd.DataFrame, ax: Axes | None = None, *, groups: Sequenc
                   else (stats["min"], stats["max"]))
         (line,) = ax.plot(stats.index, stats["mean"], marker="o", label=group, **kw)
         ax.fill_between(stats.index, lo.clip(0, 1), hi.clip(0, 1), color=line.get_color(), alpha=0.2, lw=0)
+        bottom = min(bottom, float(lo.clip(0, 1).min()))
     ax.set_xlabel("K (fine-tuned models merged)")
-    ax.set_ylabel("sign-consistent fraction")
-    ax.set_ylim(0, 1.02)
+    ax.set_ylabel(f"sign-consistent fraction\n(mean {'± std' if spread == 'std' else 'and range'} over draws)")
+    # The y range fits the data (with a margin), so small declines with K stay visible.
+    pad = max(0.02, 0.08 * (1.0 - bottom))
+    ax.set_ylim(max(0.0, bottom - pad), 1.0 + pad / 4)
     ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     if len(groups) > 1:
         ax.legend(title="layer group", fontsize="small")

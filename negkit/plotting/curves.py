@@ -8,14 +8,15 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 
-from negkit.plotting.style import METRIC_LABELS, _axes, _label
+from negkit.plotting.style import METRIC_LABELS, _axes, _label, label, method_color, style_context
 
-__all__ = ["coef_curve", "sensitivity"]
+__all__ = ["coef_curve", "sensitivity", "sensitivity_grid"]
 
 #: A number inside a name: "4", "0.05", "1e-4", "5e-5" (the forms pool-member names use).
 _NUMBER = re.compile(r"(\d+(?:\.\d+)?(?:e[-+]?\d+)?)")
@@ -93,12 +94,13 @@ def coef_curve(
     f_split = _pick_split(rows, forget_split, ("forget", "val_forget"), "forget")
     c_split = _pick_split(rows, control_split, ("control", "val_control", "retain", "test"), "control")
     ax = _axes(ax)
-    # Forget above control, small dots on larger squares: where the curves coincide
-    # (e.g. both at 100 % when no λ forgets anything) both stay visible.
-    styles = {"forget": dict(marker="o", ms=3, zorder=3), "control": dict(marker="s", ms=5, zorder=2)}
+    # Forget drawn on top (solid, filled dots), control under it (dashed, open squares): where the
+    # curves coincide (e.g. both at 100 % when no λ forgets anything) both stay visible.
+    styles = {"forget": dict(marker="o", ms=3.5, lw=1.6, ls="-", color="#0173b2", zorder=4),
+              "control": dict(marker="s", ms=6, lw=1.2, ls=(0, (4, 2)), mfc="none", color="#de8f05", zorder=3)}
     for split, role in ((f_split, "forget"), (c_split, "control")):
         stats = _mean_by(rows[rows["split"] == split], "coef")
-        (line,) = ax.plot(stats.index, stats["mean"], label=f"{role} ({split})", **styles[role])
+        (line,) = ax.plot(stats.index, stats["mean"], label=label(split, "split"), **styles[role])
         if (stats["std"] > 0).any():
             ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
                             color=line.get_color(), alpha=0.2, lw=0)
@@ -114,7 +116,7 @@ def coef_curve(
         ax.axvline(chosen, ls=":", color="k", lw=1, label=f"chosen λ = {chosen:g}")
     ax.set_xlabel("λ (negation coefficient)")
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
-    ax.set_title(_label(method) + (f" · {pool_config}" if pool_config else ""))
+    ax.set_title(_label(method) + (f" · {label(pool_config, 'pool')}" if pool_config else ""))
     ax.legend(fontsize="small")
     return ax
 
@@ -217,3 +219,100 @@ def sensitivity(
     # Outside on the right: with 27 members the points fill the whole width.
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return ax
+
+
+#: Readable names of the pool's hyperparameters (columns of ``benchmark.pool_frame``).
+_HYPER_LABELS = {"epochs": "epochs", "weight_decay": "weight decay", "label_smoothing": "label smoothing",
+                 "lr": "learning rate"}
+
+
+def sensitivity_grid(
+    df: pd.DataFrame,
+    pool: pd.DataFrame,
+    metric: str = "avg_gap",
+    *,
+    col: str = "epochs",
+    x: str = "weight_decay",
+    hue: str = "label_smoothing",
+    reference_methods: Sequence[str] = ("negmerge", "mean", "ties", "magmax"),
+    point_method: str = "task_arithmetic",
+    split: str | None = None,
+    axes: Sequence[Axes] | None = None,
+    legend: bool = True,
+) -> np.ndarray:
+    """Single fine-tunes by hyperparameter: one panel per value of ``col``, ``x`` on the axis, ``hue`` as colour.
+
+    The readable form of :func:`sensitivity` for a grid pool (27 names on one axis become
+    e.g. 3 epoch panels × 3 weight decays × 3 label smoothings). Points are mean ± std over
+    seeds, set slightly apart per ``hue`` so coinciding values stay visible; the merges are
+    horizontal lines in every panel, each with its own colour and dash pattern (drawn
+    widest first, so lines on the same value all show). One legend for the figure.
+
+    Args:
+        df: Tidy results of one setup at the chosen coefficients.
+        pool: One row per pool member with column ``pool_config`` and the hyperparameter
+            columns, e.g. ``negkit.benchmark.pool_frame(cfg)``.
+        metric: Metric on the y axis.
+        col, x, hue: Hyperparameter columns of ``pool`` for the panels, the x axis and the colours.
+        reference_methods: Merges drawn as horizontal lines (absent ones are skipped).
+        point_method: Method of the per-fine-tune points.
+        split: Keep only this split (when ``metric`` is measured on several).
+        axes: One Axes per value of ``col`` (a new figure when None).
+        legend: Draw the figure's legend (right of the last panel).
+
+    Returns:
+        The Axes, one per value of ``col``.
+
+    Raises:
+        ValueError: If a column is missing from ``pool``, or ``df`` has no points.
+    """
+    missing = [c for c in ("pool_config", col, x, hue) if c not in pool.columns]
+    if missing:
+        raise ValueError(f"pool lacks column(s) {missing}; pass benchmark.pool_frame(cfg) (columns {list(pool.columns)})")
+    rows = df[df["metric"] == metric]
+    if split is not None:
+        rows = rows[rows["split"] == split]
+    elif rows["split"].nunique() > 1:
+        raise ValueError(f"{metric!r} is measured on several splits {sorted(set(rows['split']))}; pass split=...")
+    points = rows[(rows["method"] == point_method) & (rows["pool_config"] != "")]
+    if points.empty:
+        raise ValueError(f"no {point_method!r} rows with metric {metric!r} and a pool_config")
+    for name, part in points.groupby("pool_config"):
+        _one_coef(part, f"{point_method} / {name}")
+    stats = _mean_by(points, "pool_config").join(pool.set_index("pool_config")[[col, x, hue]], how="inner")
+    cols, xs, hues = (sorted(stats[c].unique()) for c in (col, x, hue))
+    if axes is None:
+        with style_context():
+            fig = plt.figure(figsize=(1.2 + 2.6 * len(cols), 3.0), layout="constrained")
+            axes = fig.subplots(1, len(cols), sharey=True, squeeze=False)[0]
+    axes = np.asarray(axes, dtype=object).ravel()
+    if len(axes) < len(cols):
+        raise ValueError(f"got {len(axes)} axes for {len(cols)} values of {col!r}")
+    palette = sns.color_palette("crest", len(hues))
+    offsets = (np.arange(len(hues)) - (len(hues) - 1) / 2) * (0.5 / max(len(hues), 1))
+    refs = [(m, rows[(rows["method"] == m) & (rows["pool_config"] == "")]) for m in reference_methods]
+    refs = [(m, r) for m, r in refs if not r.empty]
+    dashes = ["-", (0, (5, 2)), (0, (1, 1.5)), (0, (6, 2, 1, 2)), (0, (3, 3))]
+    for ax, c in zip(axes, cols):
+        part = stats[stats[col] == c]
+        for j, (h, color) in enumerate(zip(hues, palette)):
+            sub = part[part[hue] == h].set_index(x).reindex(xs)
+            pos = np.arange(len(xs)) + offsets[j]
+            ax.errorbar(pos, sub["mean"], yerr=sub["std"] if (sub["std"] > 0).any() else None, fmt="o-", ms=4.5,
+                        lw=0.8, capsize=2, color=color, zorder=3, label=f"single fine-tune, {_HYPER_LABELS.get(hue, hue)} {h:g}")
+        for i, (m, ref) in enumerate(refs):
+            _one_coef(ref, m)
+            ax.axhline(ref["value"].mean(), color=method_color(m), lw=2.6 - 0.45 * i, ls=dashes[i % len(dashes)],
+                       zorder=2 + 0.01 * i, label=label(m))
+        ax.set_xticks(np.arange(len(xs)), [f"{v:g}" for v in xs])
+        ax.set_xlim(-0.5, len(xs) - 0.5)
+        ax.set_xlabel(_HYPER_LABELS.get(x, x))
+        ax.set_title(f"{_HYPER_LABELS.get(col, col)} = {c:g}", fontsize="medium")
+    axes[0].set_ylabel(label(metric, "metric"))
+    for ax in axes[len(cols):]:
+        ax.set_visible(False)
+    if legend:
+        handles, names = axes[len(cols) - 1].get_legend_handles_labels()
+        axes[len(cols) - 1].legend(handles, names, fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                                   frameon=False)
+    return axes[:len(cols)]

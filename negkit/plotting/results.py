@@ -1,4 +1,4 @@
-"""Result summaries: grouped bars and a method × metric table.
+"""Result summaries: grouped bars (accuracies, and Avg. Gap in its own panel) and a method × metric table.
 
 Both read the tidy table of :func:`negkit.results.read_results` or the output of
 :func:`negkit.benchmark.summary`, and warn when one cell would average over
@@ -9,11 +9,11 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.axes import Axes
 
-from negkit.plotting.style import _axes, _label
+from negkit.plotting.style import METRIC_COLORS, _axes, label, method_color
 from negkit.results import method_rank
 
 __all__ = ["results_bars", "results_table"]
@@ -43,12 +43,49 @@ def _metric_rows(df: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
     return rows
 
 
-#: Metric names in bar legends (the y axis already says %).
-_LEGEND_METRICS = {"MIA": "MIA-efficacy", "avg_gap": "Avg. gap ↓"}
-
-
 def _method_order(methods: Sequence[str]) -> list[str]:
     return sorted(dict.fromkeys(methods), key=lambda m: (method_rank(m), m))
+
+
+def _cell_stats(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean and spread per (method, metric): over seeds when the rows carry several, else none.
+
+    Pool members of one seed are averaged first, so the error bar is the spread over seeds only.
+    :func:`negkit.benchmark.summary` output with a ``std`` column keeps its own spread.
+    """
+    if "seed" in rows.columns:
+        per_seed = rows.groupby(["method", "metric", "seed"])["value"].mean()
+        stats = per_seed.groupby(level=["method", "metric"]).agg(["mean", "std", "count"])
+    else:
+        stats = rows.groupby(["method", "metric"])["value"].agg(["mean", "count"])
+        stats["std"] = rows.groupby(["method", "metric"])["std"].mean() if "std" in rows.columns else float("nan")
+    return stats
+
+
+def _bars(ax: Axes, stats: pd.DataFrame, methods: Sequence[str], metrics: Sequence[str], *,
+          colors: Sequence, by_method: bool = False) -> None:
+    """One bar per (method, metric); a zero is a coloured stub on the axis, a missing value a hatched "n/a"."""
+    k = len(metrics)
+    width = 0.8 / k
+    top = float(stats["mean"].max()) if len(stats) else 1.0
+    stub = 0.012 * max(top, 1.0)
+    for j, (metric, color) in enumerate(zip(metrics, colors)):
+        xs = np.arange(len(methods)) + (j - (k - 1) / 2) * width
+        means = np.array([stats["mean"].get((m, metric), np.nan) for m in methods], dtype=float)
+        stds = np.array([stats["std"].get((m, metric), np.nan) for m in methods], dtype=float)
+        present = ~np.isnan(means)
+        yerr = np.where(present & ~np.isnan(stds), stds, 0.0)
+        ax.bar(xs, np.where(present, means, 0.0), width, color=[method_color(m) for m in methods] if by_method else color,
+               zorder=2,
+               yerr=yerr if yerr.any() else None, error_kw={"elinewidth": 0.9, "capsize": 1.5, "ecolor": "0.15"},
+               label=label(metric, "metric_short"))
+        for i, (x, mean, ok) in enumerate(zip(xs, means, present)):
+            if not ok:  # missing: an outlined, hatched box, never mistaken for a zero
+                ax.bar(x, 3 * stub, width, bottom=0, fill=False, hatch="////", edgecolor="0.6", lw=0.5, zorder=1)
+                ax.text(x, 4 * stub, "n/a", rotation=90, ha="center", va="bottom", fontsize=5.5, color="0.45")
+            elif abs(mean) < stub:  # a true zero stays visible as a stub in the bar's colour
+                ax.plot([x - width / 2, x + width / 2], [0, 0], lw=2.5, solid_capstyle="butt", zorder=3,
+                        clip_on=False, color=method_color(methods[i]) if by_method else color)
 
 
 def results_bars(
@@ -57,35 +94,61 @@ def results_bars(
     ax: Axes | None = None,
     *,
     methods: Sequence[str] | None = None,
+    gap_ax: Axes | None = None,
+    legend: bool = True,
 ) -> Axes:
-    """Grouped bars: one group per method, one bar per metric (mean over rows, ± std).
+    """Grouped bars per method: the accuracies on a 0–100 axis, Avg. Gap in a panel of its own.
 
-    Rows of a method are averaged (over seeds, and over pool members if several
-    are present: filter ``df`` first to show one).
+    Avg. Gap is small next to accuracies, so it gets its own axis (right of ``ax``, or
+    ``gap_ax``). Bars are means over seeds with ± std error bars when several seeds are
+    present (pool members of one seed are averaged first: filter ``df`` to show one).
+    A missing value is a hatched "n/a" box; a zero is a coloured stub on the axis.
 
     Args:
-        df: Tidy results.
-        metrics: Metrics drawn, in this order.
-        ax: Axes to draw on.
+        df: Tidy results, or :func:`negkit.benchmark.summary` output (a ``std`` column gives error bars).
+        metrics: Metrics drawn, in this order; ``avg_gap`` goes to its own panel.
+        ax: Axes of the accuracies (a new figure when None).
         methods: Methods drawn (default: all present, in :data:`negkit.results.METHODS` order).
+        gap_ax: Axes of the Avg. Gap panel (default: a panel attached right of ``ax``).
+        legend: Draw the metric legend (above ``ax``); pass False on all but one panel of a figure.
+
+    Returns:
+        The accuracies' Axes (the Avg. Gap panel is ``ax.negkit_gap_ax``).
     """
     rows = _metric_rows(df, metrics)
     if methods is None:
         methods = _method_order(rows["method"])
+    methods = list(methods)
     rows = rows[rows["method"].isin(methods)]
     if rows.empty:
         raise ValueError(f"no rows for metrics {list(metrics)}; metrics present are {sorted(set(df['metric']))}")
-    hue_order = [m for m in metrics if m in set(rows["metric"])]
-    ax = _axes(ax, (max(4.5, 0.9 * len(methods) + 1.5), 3.2))
-    sns.barplot(data=rows, x="method", y="value", hue="metric", order=list(methods), hue_order=hue_order,
-                errorbar="sd", palette="colorblind", ax=ax, err_kws={"linewidth": 1}, capsize=0.1)
-    ax.set_xticks(range(len(methods)), [_label(m) for m in methods], rotation=30, ha="right")
+    stats = _cell_stats(rows)
+    acc_metrics = [m for m in metrics if m != "avg_gap" and m in set(rows["metric"])]
+    with_gap = "avg_gap" in metrics and "avg_gap" in set(rows["metric"])
+    if ax is None:
+        ax = _axes(None, (max(4.5, 0.75 * len(methods) + 1.5), 3.2))
+    _bars(ax, stats, methods, acc_metrics, colors=[METRIC_COLORS.get(m, "0.5") for m in acc_metrics])
+    ticks = [label(m, "method") for m in methods]
+    ax.set_xticks(range(len(methods)), ticks, rotation=35, ha="right", rotation_mode="anchor")
+    ax.set_xlim(-0.55, len(methods) - 0.45)
+    ax.set_ylim(0, 105)
     ax.set_xlabel("")
-    ax.set_ylabel("value (%)")
-    # Outside on the right, so it never covers bars or a title set by the caller.
-    handles, names = ax.get_legend_handles_labels()
-    ax.legend(handles, [_LEGEND_METRICS.get(n, n) for n in names], title="", fontsize="small", loc="upper left",
-              bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.set_ylabel("accuracy / MIA-efficacy (%)")
+    if legend:
+        # Above the panel's right end: a caller's title sits on the left (loc="left").
+        ax.legend(fontsize="small", loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=len(acc_metrics),
+                  frameon=False, borderaxespad=0.2, handlelength=1.0, columnspacing=1.0)
+    if with_gap:
+        if gap_ax is None:
+            # Attached outside the right edge in axes coordinates, so it follows ax in any layout.
+            gap_ax = ax.inset_axes([1.07, 0.0, 0.36, 1.0])
+        _bars(gap_ax, stats, methods, ["avg_gap"], colors=[METRIC_COLORS["avg_gap"]], by_method=True)
+        gap_ax.set_xticks(range(len(methods)), ticks, rotation=90, fontsize="x-small")
+        gap_ax.set_xlim(-0.6, len(methods) - 0.4)
+        gap_ax.set_ylim(bottom=0)
+        gap_ax.set_title(label("avg_gap", "metric"), fontsize="small", loc="left")
+        gap_ax.grid(axis="x", visible=False)
+        ax.negkit_gap_ax = gap_ax
     return ax
 
 
