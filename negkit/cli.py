@@ -1,0 +1,430 @@
+"""The ``negkit`` command: a thin runner over the library (also ``python -m negkit``).
+
+Every subcommand builds its configuration from a YAML/JSON file (``--config``) and/or
+flags (flags win), validates all of it, and only then starts work; each calls one or
+a few library functions a notebook could call too. ``negkit <command> --help`` shows
+examples.
+
+    negkit benchmark     the standard-classification protocol (local or Ray executor)
+    negkit clip-negation CLIP task negation (notebook 06's protocol)
+    negkit merge         merge task vectors stored as safetensors files
+    negkit negate        θ = θ_o − λ·τ, written as a checkpoint
+    negkit notebook      run a notebook with papermill after checking its parameters
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import yaml
+
+__all__ = ["main", "build_parser", "load_config_file"]
+
+log = logging.getLogger("negkit.cli")
+
+
+class CliError(Exception):
+    """A bad argument or config value; reported as ``negkit <command>: error: ...`` with exit status 2."""
+
+
+# --------------------------------------------------------------------------- helpers
+def load_config_file(path: str | Path | None) -> dict[str, Any]:
+    """A YAML (``.yaml``/``.yml``) or JSON (``.json``) file holding one mapping; ``{}`` for None."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise CliError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise CliError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}")
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise CliError(f"config file {path} must hold a mapping of option names to values, got {type(data).__name__}")
+    return dict(data)
+
+
+def _value(text: str) -> Any:
+    """A flag's value as YAML reads it: ``0.2`` -> float, ``true`` -> bool, ``[1, 2]`` -> list, else the string."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _key_values(pairs: Sequence[str] | None, flag: str) -> dict[str, Any]:
+    out = {}
+    for pair in pairs or ():
+        key, sep, val = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"{flag} takes KEY=VALUE, got {pair!r}")
+        out[key] = _value(val)
+    return out
+
+
+def _flags(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    """The given (non-None) flags among ``names``, under their config names."""
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _sub(subs: argparse._SubParsersAction, name: str, summary: str, examples: str) -> argparse.ArgumentParser:
+    return subs.add_parser(name, help=summary, description=summary, epilog="examples:\n" + examples,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+# --------------------------------------------------------------------------- benchmark
+_BENCH_FLAGS = ("seeds", "scenarios", "data_root")
+
+
+def benchmark_config(args: argparse.Namespace):
+    """The :class:`~negkit.benchmark.BenchmarkConfig` of ``negkit benchmark``'s config file and flags."""
+    from negkit import benchmark
+
+    values = {**load_config_file(args.config), **_flags(args, _BENCH_FLAGS)}
+    dataset = args.dataset or values.pop("dataset", "digits")
+    values.pop("dataset", None)
+    smoke = bool(args.smoke or values.pop("smoke", False))
+    try:
+        return benchmark.dataset_config(dataset, smoke=smoke, **values)
+    except (TypeError, ValueError) as err:
+        raise CliError(str(err)) from None
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from negkit import benchmark, executor
+
+    cfg = benchmark_config(args)
+    df = executor.run_benchmark(
+        cfg, args.run_dir, executor=args.executor, address=args.address, num_cpus=args.num_cpus,
+        cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task, retries=args.retries,
+        device=args.device, progress=not args.quiet)
+    print(f"{len(df)} records in {Path(args.run_dir) / 'results.jsonl'}")
+    if not args.quiet:
+        print(benchmark.headline(df).round(2).to_string(index=False))
+    return 0
+
+
+# --------------------------------------------------------------------------- clip-negation
+@dataclasses.dataclass(frozen=True)
+class ClipNegationOptions:
+    """Options of ``negkit clip-negation`` (notebook 06's parameters)."""
+
+    model: str = "ViT-B-32"
+    pretrained: str | None = "openai"
+    datasets: tuple[str, ...] = ("cars", "dtd", "eurosat", "gtsrb", "mnist", "resisc45", "sun397", "svhn")
+    control: str = "imagenet"
+    data_root: str = "data"
+    data_source: str = "torchvision"
+    pool: str = "paper"
+    pool_overrides: dict = dataclasses.field(default_factory=dict)
+    merge_methods: tuple[str, ...] = ("negmerge", "mean", "ties", "magmax")
+    threshold: float = 0.95
+    device: str | None = None
+    num_workers: int = 8
+    smoke: bool = False
+
+
+_CLIP_FLAGS = ("model", "pretrained", "datasets", "control", "data_root", "data_source", "pool", "merge_methods",
+               "threshold", "device", "num_workers")
+
+
+def clip_options(args: argparse.Namespace) -> ClipNegationOptions:
+    """Options from the config file and flags, checked against the registries before any work."""
+    from negkit import merge
+    from negkit.clip import datasets as clip_datasets  # noqa: F401  (registers the CLIP tasks)
+    from negkit.clip import finetune
+    from negkit.config import from_dict
+    from negkit.data import list_datasets
+
+    values = {**load_config_file(args.config), **_flags(args, _CLIP_FLAGS)}
+    if args.smoke:
+        values["smoke"] = True
+    try:
+        opts = from_dict(ClipNegationOptions, values)
+        for m in opts.merge_methods:
+            merge.get(m)
+    except (TypeError, ValueError) as err:
+        raise CliError(str(err)) from None
+    if not opts.smoke:
+        known = list_datasets()
+        bad = [d for d in (*opts.datasets, opts.control) if d not in known]
+        if bad:
+            raise CliError(f"unknown dataset(s) {bad}; known datasets are {known}")
+        if not 0.0 < opts.threshold <= 1.0:
+            raise CliError(f"threshold must be in (0, 1], got {opts.threshold}")
+        try:
+            for name in opts.datasets:
+                finetune.resolve_pool(opts.pool, name, **opts.pool_overrides)
+        except (TypeError, ValueError) as err:
+            raise CliError(str(err)) from None
+    return opts
+
+
+def _cmd_clip_negation(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    import negkit.data
+    from negkit import clip, io
+    from negkit.clip import finetune, negation
+    from negkit.results import ResultsLog, read_results
+
+    opts = clip_options(args)
+    run = Path(args.run_dir)
+    model, pretrained, data_root, data_source = opts.model, opts.pretrained, opts.data_root, opts.data_source
+    datasets, pool, pool_overrides = list(opts.datasets), opts.pool, dict(opts.pool_overrides)
+    methods, num_workers = list(opts.merge_methods), opts.num_workers
+    if opts.smoke:  # notebook 06's smoke setting: a tiny offline CLIP on generated images
+        model, pretrained = clip.TINY_MODEL, None
+        data_root, data_source = str(clip.datasets.write_smoke_data(run / "data")), "imagefolder"
+        datasets, pool, pool_overrides, methods, num_workers = ["mnist", "svhn"], finetune.smoke_pool(3), {}, \
+            ["negmerge", "mean"], 0
+    backbone = clip.load_clip(model, pretrained, device=opts.device)
+    data_kw = {"source": data_source, "transform": backbone.preprocess}
+    bundles = {name: negkit.data.get(name, root=data_root, **data_kw) for name in [*datasets, opts.control]}
+    results = ResultsLog(run / "results.jsonl")
+    summaries = []
+    for name in datasets:
+        members = finetune.resolve_pool(pool, name, **pool_overrides)
+        finetuned = finetune.finetune_pool(
+            backbone, name, members, out_dir=run / "finetunes" / backbone.name.replace("/", "_") / name,
+            data_root=data_root, data_kw={"source": data_source}, head_cache=run / "heads", device=opts.device,
+            num_workers=num_workers, progress=not args.quiet)
+        summaries.append(negation.run_task_negation(
+            backbone, bundles[name], bundles[opts.control], finetuned, results, methods=methods,
+            threshold=opts.threshold, head_cache=run / "heads", device=opts.device, num_workers=num_workers,
+            progress=not args.quiet).assign(dataset=name))
+    table = negation.paper_table(read_results(run / "results.jsonl"), model=backbone.name)
+    io.save_text(table.to_csv(), run / "clip_negation_table.csv")
+    print(f"records in {run / 'results.jsonl'}; table in {run / 'clip_negation_table.csv'}")
+    if not args.quiet:
+        print(pd.concat(summaries).round(2).to_string())
+        print(table.round(2).to_string())
+    return 0
+
+
+# --------------------------------------------------------------------------- merge / negate
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from negkit import merge
+
+    values = load_config_file(args.config)
+    method = args.method or values.pop("method", "negmerge")
+    values.pop("method", None)
+    options = {**values.pop("options", {}), **_key_values(args.option, "--option")}
+    pretrained = args.pretrained or values.pop("pretrained", None)
+    values.pop("pretrained", None)
+    if values:
+        raise CliError(f"unknown merge config key(s) {sorted(values)}; valid keys are ['method', 'options', "
+                       "'pretrained']")
+    try:
+        merge.get(method)
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    missing = [p for p in args.task_vectors if not Path(p).is_file()]
+    if missing:
+        raise CliError(f"task vector file(s) not found: {missing}")
+    if pretrained is not None and not Path(pretrained).is_file():
+        raise CliError(f"--pretrained {pretrained} not found")
+    if Path(args.output).suffix != ".safetensors":
+        raise CliError(f"-o must name a .safetensors file, got {args.output}")
+    try:
+        out = merge.merge_files(args.task_vectors, method, pretrained=pretrained, out_path=args.output,
+                                progress=not args.quiet, **options)
+    except TypeError as err:  # an option the rule does not take
+        raise CliError(f"merge rule {method!r}: {err}") from None
+    print(f"{method} of {len(args.task_vectors)} task vectors -> {out}")
+    return 0
+
+
+def _cmd_negate(args: argparse.Namespace) -> int:
+    from negkit import io
+    from negkit.taskvec import TaskVector
+
+    for flag, path in (("--model", args.model), ("--task-vector", args.task_vector)):
+        if not Path(path).is_file():
+            raise CliError(f"{flag} {path} not found")
+    if Path(args.output).suffix != ".safetensors":
+        raise CliError(f"-o must name a .safetensors file, got {args.output}")
+    tv = TaskVector.load(args.task_vector)
+    try:
+        theta = tv.apply_to(io.load_state_dict(args.model), -args.coef)
+    except (KeyError, ValueError) as err:
+        raise CliError(f"cannot negate {args.task_vector} on {args.model}: {err}") from None
+    io.save_state_dict(theta, args.output, metadata={
+        "negated_from": str(args.model), "task_vector": str(args.task_vector), "coef": repr(float(args.coef))})
+    print(f"θ_o − {args.coef:g}·τ -> {args.output}")
+    return 0
+
+
+# --------------------------------------------------------------------------- notebook
+def _notebook_path(name: str) -> Path:
+    from negkit.notebook import repo_root
+
+    p = Path(name)
+    if p.suffix == ".ipynb" and p.is_file():
+        return p
+    folder = repo_root() / "notebooks"
+    hits = sorted(folder.glob(f"{p.stem}*.ipynb")) if folder.is_dir() else []
+    exact = [h for h in hits if h.stem == p.stem]
+    if exact or len(hits) == 1:
+        return (exact or hits)[0]
+    names = sorted(h.stem for h in folder.glob("*.ipynb")) if folder.is_dir() else []
+    raise CliError(f"no notebook {name!r}" + (f" (matches {[h.stem for h in hits]})" if hits else "")
+                   + f"; the notebooks are {names}")
+
+
+def _cmd_notebook(args: argparse.Namespace) -> int:
+    from negkit import notebook
+
+    path = _notebook_path(args.name)
+    params = {**load_config_file(args.config), **{k: _value(v) for k, v in (args.parameter or [])}}
+    try:
+        notebook.check_names(path, params)
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    output = Path(args.output or Path("runs") / "notebooks" / path.name)
+    notebook.execute(path, output, params, log_output=not args.quiet)
+    print(f"{path.name} ran; executed copy in {output}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    """The ``negkit`` argument parser (one subparser per command)."""
+    parser = argparse.ArgumentParser(prog="negkit", description="negkit: machine unlearning by task-vector "
+                                     "negation (NegMerge) and forget vectors, from the command line.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Run 'negkit <command> --help' for a command's options and examples.")
+    parser.add_argument("--version", action="version", version=_version())
+    subs = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+
+    p = _sub(subs, "benchmark", "Run the standard-classification protocol (Original, Retrain, pool, negation, "
+             "baselines) and write its records.", """\
+  negkit benchmark --smoke --run-dir runs/smoke
+  negkit benchmark --smoke --run-dir runs/smoke-ray --executor ray
+  negkit benchmark --dataset fashion_mnist --seeds 0 1 2 --run-dir runs/fashion --executor ray --num-cpus 8
+  negkit benchmark --config bench.yaml --run-dir /shared/runs/digits --executor ray --address auto
+A config file holds BenchmarkConfig fields (and 'dataset'), e.g.
+  dataset: digits
+  seeds: [0, 1]
+  pool: {epochs: [4, 5]}
+  merge_options: {ties: {density: 0.2}}
+""")
+    p.add_argument("--config", help="YAML/JSON file of BenchmarkConfig fields (flags override it)")
+    p.add_argument("--dataset", help="dataset whose ready config is the base (digits, fashion_mnist, cifar10); "
+                   "default: the file's 'dataset', else digits")
+    p.add_argument("--smoke", action="store_true", help="the shrunken CI configuration (seconds on a CPU)")
+    p.add_argument("--run-dir", required=True, help="folder of the run; rerunning it resumes")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (each redraws the split and retrains everything)")
+    p.add_argument("--scenarios", nargs="+", help="e.g. random_10 class_3")
+    p.add_argument("--data-root", help="folder of on-disk datasets")
+    p.add_argument("--executor", choices=("local", "ray"), default="local", help="who trains the units (default local)")
+    p.add_argument("--address", help="Ray cluster to join ('auto' or HEAD_IP:6379); default: start an embedded Ray")
+    p.add_argument("--num-cpus", type=int, help="embedded Ray: CPUs it may use (default: all)")
+    p.add_argument("--cpus-per-task", type=float, default=1.0, help="Ray: CPUs per training unit (default 1)")
+    p.add_argument("--gpus-per-task", type=float, default=0.0,
+                   help="Ray: GPUs per unit, 0.25 packs four on a GPU (default 0)")
+    p.add_argument("--retries", type=int, default=2, help="Ray: further attempts of a failed unit (default 2)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available; Ray units: cuda iff given GPUs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, no table")
+    p.set_defaults(func=_cmd_benchmark)
+
+    p = _sub(subs, "clip-negation", "CLIP task negation: fine-tune a pool per task, negate it merged and "
+             "member by member, choose λ on validation, write the paper's table.", """\
+  negkit clip-negation --smoke --run-dir runs/clip-smoke
+  negkit clip-negation --datasets mnist svhn --data-root data --run-dir runs/clip --device cuda
+  negkit clip-negation --config clip.yaml --run-dir runs/clip
+A config file holds the options below under their names (datasets, merge_methods, pool_overrides, ...).
+""")
+    p.add_argument("--config", help="YAML/JSON file of options (flags override it)")
+    p.add_argument("--run-dir", required=True, help="folder of fine-tunes, heads and records; rerunning resumes")
+    p.add_argument("--smoke", action="store_true", help="a tiny offline CLIP on generated images (CI)")
+    p.add_argument("--model", help="open_clip architecture (default ViT-B-32)")
+    p.add_argument("--pretrained", help="open_clip weights tag (default openai)")
+    p.add_argument("--datasets", nargs="+", help="tasks to forget (default: the paper's eight)")
+    p.add_argument("--control", help="control task (default imagenet)")
+    p.add_argument("--data-root", help="folder of the datasets (default data)")
+    p.add_argument("--data-source", help="torchvision, imagefolder or hf (default torchvision)")
+    p.add_argument("--pool", help="pool name (default paper)")
+    p.add_argument("--merge-methods", nargs="+", help="merge rules (default negmerge mean ties magmax)")
+    p.add_argument("--threshold", type=float, help="fraction of zero-shot control accuracy to keep (default 0.95)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--num-workers", type=int, help="DataLoader workers (default 8)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, no tables")
+    p.set_defaults(func=_cmd_clip_negation)
+
+    p = _sub(subs, "merge", "Merge task vectors stored as safetensors files (streamed tensor by tensor).", """\
+  negkit merge runs/digits/seed_0/class_3/task_vectors/*.safetensors --method negmerge -o negmerge.safetensors
+  negkit merge ft/*.safetensors --pretrained zeroshot.safetensors --method ties --option density=0.2 -o ties.safetensors
+  negkit merge tvs/*.safetensors --config merge.yaml -o merged.safetensors   # method:, options:, pretrained:
+""")
+    p.add_argument("task_vectors", nargs="+", metavar="TV", help="task vector files (or fine-tuned checkpoints "
+                   "with --pretrained)")
+    p.add_argument("--method", help="merge rule (default negmerge; see negkit.merge.list_methods())")
+    p.add_argument("--pretrained", help="θ_pre checkpoint: the TVs are then fine-tuned checkpoints")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="rule option, repeatable")
+    p.add_argument("--config", help="YAML/JSON file with method, options, pretrained")
+    p.add_argument("-o", "--output", required=True, help="output .safetensors file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_merge)
+
+    p = _sub(subs, "negate", "Write θ = θ_o − λ·τ: a checkpoint with a task vector negated into it.", """\
+  negkit negate --model runs/digits/seed_0/original/model.safetensors \\
+                --task-vector negmerge.safetensors --coef 0.8 -o unlearned.safetensors
+""")
+    p.add_argument("--model", required=True, help="θ_o checkpoint (.safetensors)")
+    p.add_argument("--task-vector", required=True, help="τ (.safetensors, e.g. from 'negkit merge')")
+    p.add_argument("--coef", type=float, required=True, help="λ")
+    p.add_argument("-o", "--output", required=True, help="output .safetensors file")
+    p.set_defaults(func=_cmd_negate)
+
+    p = _sub(subs, "notebook", "Run a notebook with papermill after checking its parameters.", """\
+  negkit notebook 01_quickstart -p smoke true
+  negkit notebook 02 -p dataset fashion_mnist -p run_dir runs/fashion -o runs/notebooks/02_fashion.ipynb
+  negkit notebook notebooks/05_results.ipynb --config params.yaml
+Values are read as YAML (true, 0.5, [1, 2]); a parameter the notebook does not declare is refused.
+""")
+    p.add_argument("name", help="notebook file, or its name (or unique prefix) under notebooks/")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), help="repeatable")
+    p.add_argument("--config", help="YAML/JSON file of parameters (-p overrides it)")
+    p.add_argument("-o", "--output", help="executed copy (default runs/notebooks/<name>.ipynb)")
+    p.add_argument("--quiet", action="store_true", help="do not forward cell output")
+    p.set_defaults(func=_cmd_notebook)
+    return parser
+
+
+def _version() -> str:
+    from negkit import __version__
+
+    return f"negkit {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``negkit`` and ``python -m negkit``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("negkit").setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
+    func: Callable[[argparse.Namespace], int] = args.func
+    from negkit.executor import UnitFailed
+
+    try:
+        return func(args)
+    except CliError as err:
+        parser.exit(2, f"negkit {args.command}: error: {err}\n")
+    except UnitFailed as err:
+        parser.exit(1, f"negkit {args.command}: {err}\n")
+    except (FileNotFoundError, PermissionError, ValueError) as err:  # the library's messages say the fix
+        parser.exit(2, f"negkit {args.command}: error: {err}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

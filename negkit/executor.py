@@ -1,0 +1,203 @@
+"""Executors: who runs the benchmark's training units — this process, or Ray tasks on a cluster.
+
+:func:`run_benchmark` checks the config and the run folder, trains every unit of
+:func:`negkit.benchmark.units.training_units` that is not done yet, then calls the
+ordinary :func:`negkit.benchmark.run`, which finds every model trained and writes the
+records. Both executors call the same unit functions into the same folders with the
+same done-markers, so they give the same records, and a run started by one resumes
+under the other.
+
+- ``"local"``: the units one after another in this process.
+- ``"ray"``: one Ray task per unit, each asking for ``cpus_per_task`` CPUs and
+  ``gpus_per_task`` GPUs (a fraction packs several small models on one GPU); a task
+  that fails is retried ``retries`` times. Pool members and baselines wait for
+  Original. Without ``address`` an embedded Ray starts on this machine's CPUs; with
+  ``address`` (``"auto"`` or ``"<head-ip>:6379"``) the units run on that cluster, and
+  ``run_dir`` and the data root must be on storage every node sees at the same path.
+
+Ray is optional (``pip install 'negkit[ray]'``) and only imported when asked for.
+
+Example::
+
+    from negkit import benchmark, executor
+    df = executor.run_benchmark(benchmark.default_config(smoke=True), "runs/smoke", executor="ray")
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from negkit.benchmark import BenchmarkConfig, run
+from negkit.benchmark import units as U
+from negkit.lock import lock_run_dir
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EXECUTORS", "UnitFailed", "run_benchmark", "run_units"]
+
+EXECUTORS = ("local", "ray")
+
+
+class UnitFailed(RuntimeError):
+    """A training unit raised; the message names the unit and carries its traceback."""
+
+    def __init__(self, unit: str, detail: str) -> None:
+        super().__init__(f"training unit {unit!r} failed: {detail}")
+        self.unit = unit
+
+
+def run_benchmark(cfg: BenchmarkConfig, run_dir: str | Path, *, executor: str = "local",
+                  address: str | None = None, num_cpus: int | None = None, cpus_per_task: float = 1,
+                  gpus_per_task: float = 0, retries: int = 2, device: str | None = None,
+                  progress: bool = True) -> pd.DataFrame:
+    """Train every unit with ``executor``, then evaluate and record with :func:`negkit.benchmark.run`.
+
+    Args:
+        cfg: The benchmark's configuration.
+        run_dir: Folder of the run (shared storage on a cluster).
+        executor: ``"local"`` or ``"ray"``.
+        address: Ray only: an existing cluster to join; None starts an embedded one.
+        num_cpus: Ray only, embedded: CPUs it may use (None: all of this machine's).
+        cpus_per_task: Ray only: CPUs each unit asks for.
+        gpus_per_task: Ray only: GPUs each unit asks for (0.25: four units share a GPU).
+        retries: Ray only: further attempts of a failed unit.
+        device: Device of the units (None: ``"cuda"`` for Ray units given a GPU, else
+            ``"cpu"``; locally cuda when available) and of the evaluation in this process.
+        progress: One overall progress bar (plus Original/Retrain/evaluation bars of ``run``).
+
+    Returns:
+        The records of ``run_dir/results.jsonl``, as :func:`negkit.benchmark.run` returns them.
+
+    Raises:
+        ValueError: Unknown executor, bad resources, or anything :func:`units.validate` refuses.
+        UnitFailed: A unit still failed after its retries (names it; carries its traceback).
+        ImportError: ``executor="ray"`` without Ray installed.
+    """
+    _check(executor, address, num_cpus, cpus_per_task, gpus_per_task, retries)
+    U.validate(cfg, run_dir)  # before the lock creates run_dir
+    with lock_run_dir(run_dir, device=device):  # one lock over training and evaluation
+        run_units(cfg, run_dir, executor=executor, address=address, num_cpus=num_cpus,
+                  cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task, retries=retries, device=device,
+                  progress=progress)
+        return run(cfg, run_dir, device=device, progress=progress)
+
+
+def _check(executor: str, address: str | None, num_cpus: int | None, cpus_per_task: float, gpus_per_task: float,
+           retries: int) -> None:
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; valid executors are {list(EXECUTORS)}")
+    if cpus_per_task <= 0 or gpus_per_task < 0 or retries < 0:
+        raise ValueError(f"need cpus_per_task > 0, gpus_per_task >= 0 and retries >= 0; got "
+                         f"{cpus_per_task}, {gpus_per_task}, {retries}")
+    if num_cpus is not None and num_cpus < 1:
+        raise ValueError(f"num_cpus must be >= 1 (or None for all CPUs), got {num_cpus}")
+    if executor == "local" and address is not None:
+        raise ValueError("address joins a Ray cluster; pass executor='ray' with it")
+
+
+def run_units(cfg: BenchmarkConfig, run_dir: str | Path, *, executor: str = "local", address: str | None = None,
+              num_cpus: int | None = None, cpus_per_task: float = 1, gpus_per_task: float = 0,
+              retries: int = 2, device: str | None = None, progress: bool = True) -> list[str]:
+    """Only the training part of :func:`run_benchmark` (same arguments).
+
+    Returns:
+        Names of the units that were run (those not done before).
+    """
+    _check(executor, address, num_cpus, cpus_per_task, gpus_per_task, retries)
+    U.validate(cfg, run_dir)
+    with lock_run_dir(run_dir, device=device):  # the units' workers write under this process's lock
+        return _run_units(cfg, Path(run_dir), executor, address=address, num_cpus=num_cpus,
+                          cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task, retries=retries,
+                          device=device, progress=progress)
+
+
+def _run_units(cfg: BenchmarkConfig, run_dir: Path, executor: str, *, address: str | None, num_cpus: int | None,
+               cpus_per_task: float, gpus_per_task: float, retries: int, device: str | None,
+               progress: bool) -> list[str]:
+    todo = [u for u in U.training_units(cfg) if not U.is_done(cfg, run_dir, u)]
+    log.info("%d training units to run (%d already done)", len(todo), len(U.training_units(cfg)) - len(todo))
+    if todo:
+        bar = tqdm(total=len(todo), desc=f"training units ({executor})", unit="unit", disable=not progress)
+        with bar:
+            if executor == "local":
+                _local(cfg, run_dir, todo, device, bar)
+            else:
+                _ray(cfg, run_dir, todo, bar, address=address, num_cpus=num_cpus,
+                     cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task, retries=retries, device=device)
+    return [u.name for u in todo]
+
+
+def _local(cfg: BenchmarkConfig, run_dir: Path, todo: list[U.Unit], device: str | None, bar: tqdm) -> None:
+    for unit in todo:
+        bar.set_postfix_str(unit.name)
+        start = time.perf_counter()
+        try:
+            U.run_unit(cfg, run_dir, unit, device=device)
+        except Exception as err:
+            raise UnitFailed(unit.name, "\n" + traceback.format_exc()) from err
+        log.info("unit %s done in %.1f s", unit.name, time.perf_counter() - start)
+        bar.update()
+
+
+def _remote_unit(cfg: BenchmarkConfig, run_dir: str, unit: U.Unit, device: str, *after: Any) -> dict:
+    """Body of a Ray task; ``after`` are the results of the units it waits for (unused)."""
+    start, host = time.perf_counter(), os.uname().nodename
+    try:
+        U.run_unit(cfg, run_dir, unit, device=device)
+    except Exception as err:
+        # The traceback as the worker saw it, in plain text, whatever Ray does to the exception on its way back.
+        raise RuntimeError(f"on {host} (pid {os.getpid()}):\n{traceback.format_exc()}") from err
+    return {"unit": unit.name, "seconds": time.perf_counter() - start, "host": host}
+
+
+def _ray(cfg: BenchmarkConfig, run_dir: Path, todo: list[U.Unit], bar: tqdm, *, address: str | None,
+         num_cpus: int | None, cpus_per_task: float, gpus_per_task: float, retries: int,
+         device: str | None) -> None:
+    try:
+        import ray
+    except ImportError as err:
+        raise ImportError("executor='ray' needs Ray: pip install 'negkit[ray]' (make install includes it)") from err
+    started = not ray.is_initialized()
+    if started:
+        if address is None:
+            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+        else:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+    try:
+        task = ray.remote(_remote_unit)
+        resources = dict(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_retries=retries, retry_exceptions=True)
+        device = device or ("cuda" if gpus_per_task > 0 else "cpu")
+        # Units run in the list's order of submission; a unit's refs to the units it waits for
+        # make Ray hold it back until they are finished (units done earlier are not waited for).
+        refs: dict[str, Any] = {}
+        names: dict[Any, str] = {}
+        for unit in todo:
+            deps = [refs[a] for a in unit.after if a in refs]
+            ref = task.options(name=unit.name, **resources).remote(cfg, str(run_dir), unit, device, *deps)
+            refs[unit.name], names[ref] = ref, unit.name
+        pending = list(names)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            name = names[ready[0]]
+            try:
+                info = ray.get(ready[0])
+            except Exception as err:  # RayTaskError; its cause is the worker's RuntimeError from _remote_unit
+                for ref in pending:
+                    ray.cancel(ref)
+                cause = getattr(err, "cause", None)
+                detail = str(cause) if isinstance(cause, RuntimeError) else f"{type(err).__name__}: {err}"
+                raise UnitFailed(name, f"after {retries + 1} attempt(s) on Ray, {detail}") from None
+            log.info("unit %s done in %.1f s on %s", name, info["seconds"], info["host"])
+            bar.set_postfix_str(f"{len(pending)} queued or running; last: {name}")
+            bar.update()
+    finally:
+        if started:
+            ray.shutdown()
