@@ -366,6 +366,21 @@ def test_image_grid_scales_and_layout():
         plotting.image_grid(torch.zeros(2, 2, 4, 4))
 
 
+def test_image_grid_per_panel_scales_next_to_reference_images():
+    deltas = torch.zeros(2, 1, 4, 4)
+    deltas[0, 0, 0, 0], deltas[1, 0, 1, 1] = 0.4, -0.1
+    means = torch.full((2, 1, 4, 4), 0.5)
+    axes = plotting.image_grid(deltas, titles=["class 3", "class 5"], references=means, shared_scale=False)
+    assert [a.get_title() for a in axes[:4]] == ["class 3: mean image", "class 3", "class 5: mean image", "class 5"]
+    assert axes[0].images[0].get_cmap().name == "gray" and axes[0].images[0].get_clim() == (0, 1.0)
+    assert axes[1].images[0].get_clim() == pytest.approx((-0.4, 0.4))
+    assert axes[3].images[0].get_clim() == pytest.approx((-0.1, 0.1))
+    bars = [a for a in axes[0].get_figure().axes if a.get_label() == "<colorbar>"]
+    assert len(bars) == 2 and "pixels span 0–1" in bars[0].get_ylabel()  # a colour scale per δ panel
+    with pytest.raises(ValueError, match="1 references for 2 images"):
+        plotting.image_grid(deltas, references=means[:1])
+
+
 def test_save_figure_is_byte_reproducible(tmp_path):
     # Re-running make demo must not churn committed figures: same drawing -> same bytes (PDF too).
     import matplotlib.pyplot as plt

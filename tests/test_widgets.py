@@ -92,9 +92,9 @@ def test_results_mode_chooses_lambda_on_the_curve_when_no_final_rows(results_dir
 
 def test_results_mode_pool_dropdown_follows_method(results_dir):
     view = NegationView(results_dir)
-    assert view.pool.disabled
+    assert view.pool.disabled and view.pool.layout.display == "none"  # hidden for merges
     view.method.value = "task_arithmetic"
-    assert not view.pool.disabled and view.pool.value == "e1_ls0"
+    assert not view.pool.disabled and view.pool.layout.display == "" and view.pool.value == "e1_ls0"
     view.pool.value = "e2_ls0"
     view.slider.value = 1.0
     assert shown(view)["val_forget acc (%)"] == "5.00"
@@ -158,8 +158,11 @@ def test_results_figure_marks_chosen_and_shown_lambda(results_dir):
     st = NegationState(RecordedCurves(results_dir))
     st.set_coef(1.0)
     fig = st.figure()
-    xs = {round(float(line.get_xdata()[0]), 3) for line in fig.axes[0].lines if len(set(line.get_xdata())) == 1}
-    assert {0.5, 1.0} <= xs  # vertical lines at the chosen λ and at the λ shown
+    vertical = {round(float(line.get_xdata()[0]), 3): line for line in fig.axes[0].lines
+                if len(set(line.get_xdata())) == 1}
+    assert {0.5, 1.0} <= set(vertical)  # vertical lines at the chosen λ and at the λ shown
+    chosen, current = vertical[0.5], vertical[1.0]
+    assert (chosen.get_linestyle(), chosen.get_linewidth()) != (current.get_linestyle(), current.get_linewidth())
 
 
 # --------------------------------------------------------------------------- live mode
@@ -218,6 +221,22 @@ def test_live_slider_reevaluates_the_negated_model():
     assert view.slider.step == 0.01  # live mode evaluates any λ, not just the grid
     for k, v in model.state_dict().items():  # the view never writes into the model
         assert torch.equal(v, before[k]), k
+
+
+def test_live_numbers_show_retrain_as_the_target():
+    model, pre, tvs, splits = tiny_setup()
+    retrain = {"UA": 100.0, "RA": 90.0, "TA": 90.0, "MIA": 100.0}
+    live = LiveNegation(model, pre, tvs, splits, methods=(), coefs=[0.0, 1.0], device="cpu", retrain_metrics=retrain)
+    view = NegationView(live)
+    view.method.value = "task_arithmetic"
+    view.slider.value = 0.0  # θ_o: UA = 100 − forget accuracy
+    got = shown(view)
+    ua, ra = float(got["UA (Retrain 100.00)"]), float(got["RA (Retrain 90.00)"])
+    ta, mia = float(got["TA (Retrain 90.00)"]), float(got["MIA (Retrain 100.00)"])
+    want = (abs(ua - 100) + abs(ra - 90) + abs(ta - 90) + abs(mia - 100)) / 4
+    assert float(got["Avg. Gap to Retrain ↓"]) == pytest.approx(want, abs=0.01)
+    plain = NegationView(LiveNegation(model, pre, tvs, splits, methods=(), coefs=[0.0, 1.0], device="cpu"))
+    assert "UA" in shown(plain) and not any(k.startswith("Avg. Gap") for k in shown(plain))  # no target, no gap
 
 
 def test_live_chosen_lambda_follows_the_admissibility_rule():
@@ -302,15 +321,27 @@ def test_consensus_k_slider_updates_per_layer_rates():
     assert t.loc["layer1", "frac_consistent"] == pytest.approx(2 / 4)
     assert t.loc["fc", "frac_consistent"] == pytest.approx(1 / 2)
     assert shown(view)["sign consensus (%)"] == f"{100 * 3 / 6:.2f}"
-    assert shown(view)["negmerge keeps (%)"] == f"{100 * 3 / 6:.2f}"  # NegMerge keeps exactly the consensus
+    assert shown(view)["NegMerge keeps (%)"] == f"{100 * 3 / 6:.2f}"  # NegMerge keeps exactly the consensus
+    assert shown(view)["members"] == "all 3"
+    assert "<th>NegMerge keeps (%)</th>" in view.table.value and "<td>50.0</td>" in view.table.value  # % too
     view.k.value = 1  # a single member: everything non-zero is "consistent"
     members = view.state.subset()
     assert len(members) == 1
     nonzero = sum(int((v != 0).sum()) for v in pool3()[members[0]].values())
     assert shown(view)["sign consensus (%)"] == f"{100 * nonzero / 6:.2f}"
     view.rules.value = ("magmax",)
-    assert "negmerge keeps (%)" not in shown(view) and "magmax keeps (%)" in shown(view)
+    assert "NegMerge keeps (%)" not in shown(view) and "MagMax keeps (%)" in shown(view)
     assert view.message.value == ""
+
+
+def test_consensus_member_list_stays_short():
+    st = ConsensusState({f"m{i}": {"w": torch.ones(2)} for i in range(27)}, methods=("negmerge",))
+    assert st.members_text() == "all 27"
+    st.set_k(10)
+    text = st.members_text()
+    assert text.count(",") == 3 and "(+7 more; draw 0)" in text
+    st.set_k(2)
+    assert st.members_text().count(",") == 1
 
 
 def test_consensus_draws_are_seeded_and_bad_k_is_refused():
@@ -356,6 +387,11 @@ def test_forget_vector_view_per_class_accuracy():
     assert shown(view)["forgotten classes: acc with δ (%)"] == "0.00"
     assert shown(view)["other classes: acc with δ (%)"] == "100.00"
     assert torch.allclose(view.state.combined().delta, torch.tensor([[[-0.4, -0.4, 0.4]]]))
+    fig = view.state.figure(classes=(0, 1))  # a report figure of another selection...
+    assert view.state.selected == (0, 1) and len(fig.axes) >= 3
+    view.classes.value = (1,)
+    view.state.figure(classes=(0, 1))
+    assert view.state.selected == (1,)  # ...leaves the view's own selection alone
     view.classes.value = ()  # nothing selected: said in place, previous numbers kept
     assert "at least one class" in view.message.value
     with pytest.raises(ValueError, match="shape"):

@@ -85,65 +85,101 @@ def image_grid(
     shared_scale: bool = True,
     cmap: str = "RdBu_r",
     colorbar: bool = True,
+    references: Sequence[Any] | None = None,
+    pixel_range: float | None = 1.0,
 ) -> np.ndarray:
-    """Show perturbations δ (or images) in a grid, one panel each.
+    """Show perturbations δ (or images) in a grid, one panel each, with their colour scale.
 
     1-channel images are drawn symmetric around 0 with a diverging colormap
     (white = 0, limits ±max|δ|); RGB images are min–max rescaled to [0, 1].
-    With ``shared_scale`` the limits are taken over all images, so panels compare
-    in magnitude; otherwise each panel is scaled on its own.
+    With ``shared_scale`` the limits are taken over all images and one colour bar
+    states them, so panels compare in magnitude; otherwise each panel gets its own
+    colour bar. With ``pixel_range`` the colour bar says how large δ is against the
+    pixels' range (raw [0, 1] images: 1.0). ``references`` (e.g. each class's mean
+    image) are drawn in grey, each left of its δ, so a δ can be read against what it
+    acts on.
 
     Args:
         images: (N, C, H, W) or (N, H, W) tensor/array, or a list of (C, H, W)/(H, W) items; C is 1 or 3.
         titles: One title per image.
-        ax: Axes to draw on, one per image (at least N); a new figure when None.
+        ax: Axes to draw on, one per panel (at least N, or 2N with ``references``); a new figure when None.
         fig: Figure to fill with a new grid of subplots (ignored when ``ax`` is given).
-        ncols: Grid columns (default min(N, 8)).
-        shared_scale: One colour scale for all panels.
+        ncols: Grid columns of δ panels (default min(N, 8), or min(N, 4) with references).
+        shared_scale: One colour scale for all panels (else one per panel).
         cmap: Diverging colormap of 1-channel images.
-        colorbar: Add a colorbar (1-channel, shared scale only).
+        colorbar: Add colour bars (1-channel images).
+        references: One image per δ, drawn in grey left of it (same shape as the δ).
+        pixel_range: Range of the pixel values δ is added to, for the colour bar's label (None: not stated).
 
     Returns:
-        The array of Axes used (unused grid cells are hidden).
+        The array of Axes used (δ panels, each preceded by its reference panel when given;
+        unused grid cells are hidden).
     """
-    items = [np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
-             for x in images]
-    items = [x[None] if x.ndim == 2 else x for x in items]
+    items = _as_images(images)
     if not items:
         raise ValueError("image_grid got no images")
-    if any(x.ndim != 3 or x.shape[0] not in (1, 3) for x in items):
-        raise ValueError(f"images must be (C, H, W) with C in (1, 3); got shapes {[x.shape for x in items]}; "
-                         "select channels first, e.g. images[:, :3]")
+    refs = _as_images(references) if references is not None else None
+    if refs is not None and len(refs) != len(items):
+        raise ValueError(f"got {len(refs)} references for {len(items)} images")
     if titles is not None and len(titles) != len(items):
         raise ValueError(f"got {len(titles)} titles for {len(items)} images")
     n = len(items)
+    per = 2 if refs is not None else 1
     if ax is not None:
         axes = np.ravel(np.asarray(ax, dtype=object))
-        if len(axes) < n:
-            raise ValueError(f"got {len(axes)} axes for {n} images")
+        if len(axes) < per * n:
+            raise ValueError(f"got {len(axes)} axes for {per * n} panels")
     else:
-        ncols = ncols or min(n, 8)
+        ncols = ncols or min(n, 8 if per == 1 else 4)
         nrows = -(-n // ncols)
-        fig = fig or plt.figure(figsize=(1.6 * ncols + (0.6 if colorbar else 0), 1.7 * nrows), layout="constrained")
-        axes = np.ravel(fig.subplots(nrows, ncols, squeeze=False))
+        per_colorbar = colorbar and not shared_scale
+        width = (1.6 + (0.5 if per_colorbar else 0)) * per * ncols + (0.6 if colorbar and shared_scale else 0)
+        fig = fig or plt.figure(figsize=(width, 1.8 * nrows), layout="constrained")
+        axes = np.ravel(fig.subplots(nrows, per * ncols, squeeze=False))
     lim = max(float(np.abs(x).max()) for x in items)
     lo, hi = min(float(x.min()) for x in items), max(float(x.max()) for x in items)
-    im = None
+    scale = "" if pixel_range is None else f"; pixels span 0–{pixel_range:g}"
+    ims = []
     for i, a in enumerate(axes):
         a.set_xticks([])
         a.set_yticks([])
-        if i >= n:
+        a.grid(False)
+        if i >= per * n:
             a.set_visible(False)
             continue
-        x = items[i]
+        j, is_ref = divmod(i, per)[0], per == 2 and i % 2 == 0
+        x = refs[j] if is_ref else items[j]
+        if is_ref:
+            a.imshow(x[0] if x.shape[0] == 1 else np.transpose(x, (1, 2, 0)).clip(0, 1), cmap="gray", vmin=0,
+                     vmax=pixel_range or float(x.max()) or 1.0, interpolation="nearest")
+            a.set_title("mean image" if titles is None else f"{titles[j]}: mean image", fontsize="x-small")
+            continue
         if x.shape[0] == 1:
             m = (lim if shared_scale else float(np.abs(x).max())) or 1.0
             im = a.imshow(x[0], cmap=cmap, vmin=-m, vmax=m, interpolation="nearest")
+            ims.append((a, im, m))
         else:
             xmin, xmax = (lo, hi) if shared_scale else (float(x.min()), float(x.max()))
             a.imshow(np.transpose((x - xmin) / ((xmax - xmin) or 1.0), (1, 2, 0)), interpolation="nearest")
         if titles is not None:
-            a.set_title(str(titles[i]), fontsize="small")
-    if colorbar and shared_scale and im is not None and all(x.shape[0] == 1 for x in items):
-        axes[0].get_figure().colorbar(im, ax=list(axes[:n]), shrink=0.8, label="δ")
+            a.set_title(str(titles[j]), fontsize="small")
+    one_channel = all(x.shape[0] == 1 for x in items)
+    if colorbar and ims and one_channel:
+        figure = axes[0].get_figure()
+        if shared_scale:
+            figure.colorbar(ims[0][1], ax=list(axes[:per * n]), shrink=0.8,
+                            label=f"δ (one scale for all panels{scale})")
+        else:
+            for a, im, m in ims:
+                figure.colorbar(im, ax=a, shrink=0.8, label=f"δ (own scale{scale})" if a is ims[0][0] else None)
     return axes
+
+
+def _as_images(images: Any) -> list[np.ndarray]:
+    """Items as float (C, H, W) arrays, C in (1, 3)."""
+    items = [np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float32) for x in images]
+    items = [x[None] if x.ndim == 2 else x for x in items]
+    if any(x.ndim != 3 or x.shape[0] not in (1, 3) for x in items):
+        raise ValueError(f"images must be (C, H, W) with C in (1, 3); got shapes {[x.shape for x in items]}; "
+                         "select channels first, e.g. images[:, :3]")
+    return items

@@ -1,8 +1,9 @@
 """SIGN-CONSENSUS view: how much of the pool agrees, per layer, as K grows.
 
 NegMerge keeps element j of the merged vector iff sign(τ_1[j]) = … = sign(τ_K[j]) ≠ 0
-(Kim et al., ICML 2025, §3), so the fraction it keeps is the consensus rate, which can
-only shrink as fine-tunes are added. The view draws a random subset of K pool members
+(Kim et al., ICML 2025, §3), so the fraction it keeps is the consensus rate. For one
+subset it can only shrink as members are added; the mean over random draws shown on the
+curve usually falls with K but need not at every step. The view draws a random subset of K pool members
 (a seeded draw; "draw" picks another subset of the same size), shows the per-layer
 consensus rate and the fraction of elements each selected merge rule keeps, and marks K
 on the consensus-vs-K curve of the whole pool. The numbers come from
@@ -15,7 +16,11 @@ from typing import Any, Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import PercentFormatter
 from torch import Tensor
+
+from negkit.plotting.consensus import network_order
+from negkit.plotting.style import label, method_color
 
 __all__ = ["ConsensusState"]
 
@@ -96,11 +101,20 @@ class ConsensusState:
         """Whole-vector (numel-weighted) consensus and kept fractions, in %."""
         t = self.layer_table()
         w = t["numel"].to_numpy(dtype=float)
-        rows: list[tuple[str, Any]] = [("K", str(self.k)), ("members", ", ".join(self.subset())),
+        rows: list[tuple[str, Any]] = [("K", str(self.k)), ("members", self.members_text()),
                                        ("sign consensus (%)", 100 * float(np.average(t["frac_consistent"], weights=w)))]
         for m in self.selected:
-            rows.append((f"{m} keeps (%)", 100 * float(np.average(t[f"frac_kept_{m}"], weights=w))))
+            rows.append((f"{label(m, 'method')} keeps (%)", 100 * float(np.average(t[f"frac_kept_{m}"], weights=w))))
         return rows
+
+    def members_text(self, show: int = 4) -> str:
+        """The merged members, short enough for a table cell: all names up to ``show``, else a count."""
+        members = self.subset()
+        if len(members) == len(self.names):
+            return f"all {len(members)}"
+        if len(members) <= show:
+            return ", ".join(members)
+        return f"{', '.join(members[:show - 1])}, … (+{len(members) - show + 1} more; draw {self.draw})"
 
     def consensus_curve(self) -> pd.DataFrame:
         """Consensus rate of random sub-pools for every K (computed once)."""
@@ -119,15 +133,19 @@ class ConsensusState:
         fig, (ax_k, ax_l) = plt.subplots(1, 2, figsize=(10, max(3.2, 0.28 * len(t) + 1.2)),
                                          gridspec_kw={"width_ratios": [1, 1.3]})
         plotting.consensus_curve(self.consensus_curve(), ax=ax_k)
-        ax_k.axvline(self.k, color="0.3", ls=":", lw=1.2)
-        cols = {"frac_consistent": "sign consensus", **{f"frac_kept_{m}": f"{m} keeps" for m in self.selected}}
+        ax_k.axvline(self.k, color="#d62728", ls="-", lw=3, alpha=0.45, zorder=1)
+        ax_k.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))  # % like the numbers and table
+        ax_k.set_ylabel("sign-consistent elements\n(mean over random draws)")
+        cols = {"frac_consistent": "sign consensus",
+                **{f"frac_kept_{m}": f"{label(m, 'method')} keeps" for m in self.selected}}
         # Groups the pool never moves (e.g. the Normalize layer's constant buffers, τ = 0) have no bars.
         still = t[t["mean_abs"] == 0]["group"].tolist()
         bars = t[t["mean_abs"] > 0].set_index("group")[list(cols)[::-1]].rename(columns=cols).iloc[::-1]
-        bars.plot.barh(ax=ax_l, width=0.8)
-        ax_l.set_xlabel("fraction of elements")
+        bars = 100 * bars.loc[network_order(list(bars.index))[::-1]]  # input side on top
+        bars.plot.barh(ax=ax_l, width=0.8, color=["0.35", *[method_color(m) for m in self.selected]][::-1])
+        ax_l.set_xlabel("elements (%)")
         ax_l.set_ylabel("")
-        ax_l.set_xlim(0, 1)
+        ax_l.set_xlim(0, 100)
         ax_l.set_title(f"per layer, K = {self.k}" + (f" (τ = 0, not shown: {', '.join(still)})" if still else ""),
                        fontsize=9)
         handles, labels = ax_l.get_legend_handles_labels()

@@ -105,8 +105,20 @@ class ForgetVectorState:
                          (f"{label}: acc with δ (%)", float(part["acc_with"].mean()))]
         return rows
 
-    def figure(self) -> plt.Figure:
-        """Top: the selected δ_c and δ(w) as images. Bottom: per-class accuracy without / with δ(w)."""
+    def figure(self, classes: Sequence[int] | None = None) -> plt.Figure:
+        """Top: the selected δ_c and δ(w) as images. Bottom: per-class accuracy without / with δ(w).
+
+        Args:
+            classes: Draw this selection instead of the current one, leaving the view's
+                selection as it is (e.g. a report figure forgetting every class at once).
+        """
+        if classes is not None:
+            kept = self.selected
+            try:
+                self.select(classes)
+                return self.figure()
+            finally:
+                self.selected = kept
         from negkit import plotting
 
         deltas = [self.vectors[c].delta for c in self.selected]

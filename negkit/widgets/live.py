@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from negkit import merge
 from negkit.evaluate import CoefSearch, coef_grid, resolve_device, search_coef, true_class_confidence
-from negkit.metrics import accuracy, mia_efficacy
+from negkit.metrics import accuracy, avg_gap, mia_efficacy
 from negkit.taskvec import TaskVector
 from negkit.widgets.negation import RunKey, curve_records
 
@@ -58,6 +58,8 @@ class LiveNegation:
         run: Names the experiment in the view.
         device: Torch device (None: cuda if available, else cpu).
         mia: Compute MIA-efficacy at every λ (needs forget, retain and test splits).
+        retrain_metrics: Retrain's UA/RA/TA/MIA, the target the numbers are judged against
+            (shown beside each metric, with the Avg. Gap to them).
     """
 
     live = True
@@ -68,7 +70,8 @@ class LiveNegation:
                  method_options: Mapping[str, Mapping[str, Any]] | None = None, coefs: Sequence[float] | None = None,
                  threshold: float = 0.95, coef_step: float | None = None, coef_max: float = 8.0,
                  forget_split: str = "val_forget", control_split: str = "val_control",
-                 run: RunKey | None = None, device: str | torch.device | None = None, mia: bool = True) -> None:
+                 run: RunKey | None = None, device: str | torch.device | None = None, mia: bool = True,
+                 retrain_metrics: Mapping[str, float] | None = None) -> None:
         for name in (forget_split, control_split):
             if name not in splits:
                 raise ValueError(f"splits lack {name!r} (needed for the λ curve); given: {sorted(splits)}")
@@ -99,6 +102,7 @@ class LiveNegation:
         self.run = run or RunKey(dataset="live", scenario="")
         self.where = "live mode"
         self.mia = mia and {"forget", "retain", "test"} <= set(self.splits)
+        self.retrain_metrics = {k: float(v) for k, v in (retrain_metrics or {}).items()}
         self._vectors: dict[tuple[str, str], dict[str, Tensor]] = {}
         self._evals: dict[tuple[str, str, float], dict[str, float]] = {}
 
@@ -122,7 +126,7 @@ class LiveNegation:
                   "forget": setup.forget, "retain": setup.retain, "test": setup.test}
         options = dict(methods=cfg.merge_methods, method_options=cfg.merge_options, coefs=cfg.coefs,
                        threshold=cfg.threshold, coef_step=cfg.coef_step, coef_max=cfg.coef_max,
-                       device=setup.device,
+                       device=setup.device, retrain_metrics=setup.retrain_metrics,
                        run=RunKey(cfg.dataset, setup.scenario, cfg.model, "standard", cfg.seed))
         options.update(kw)
         return cls(setup.original, setup.original.state_dict(), task_vectors, splits, **options)
@@ -180,9 +184,13 @@ class LiveNegation:
         out += [(f"{s} acc (%)", res[s]) for s in self.splits]
         ref = self.control_reference(run, method, pool_config)
         out.append(("admissible", "yes" if res[self.control_split] >= self.threshold * ref else "no"))
+        target = self.retrain_metrics
         for key in ("UA", "RA", "TA", "MIA"):
             if key in res:
-                out.append((key, res[key]))
+                out.append((f"{key} (Retrain {target[key]:.2f})" if key in target else key, res[key]))
+        shared = [k for k in ("UA", "RA", "TA", "MIA") if k in res and k in target]
+        if shared:  # the headline number, against the model retrained without D_f
+            out.append(("Avg. Gap to Retrain ↓", avg_gap(res, target, keys=shared)))
         return out
 
     # --- computation ------------------------------------------------------------------------

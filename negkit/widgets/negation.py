@@ -346,7 +346,8 @@ class NegationState:
         plotting.coef_curve(curve, self.method, ax=ax, control_reference=self.control_reference(),
                             threshold=self.threshold, chosen=self.chosen_coef(),
                             forget_split=self.source.forget_split, control_split=self.source.control_split)
-        ax.axvline(self.coef, color="0.3", ls=":", lw=1.2, label=f"λ shown = {self.coef:.2f}")
+        # The λ being shown: a wide translucent band, never confused with the chosen λ (thin dotted black).
+        ax.axvline(self.coef, color="#d62728", ls="-", lw=3, alpha=0.45, zorder=1, label=f"λ shown = {self.coef:.2f}")
         ax.legend(fontsize=7, loc="best")
         fig.tight_layout()
         return fig

@@ -15,6 +15,7 @@ from typing import Any
 import ipywidgets as w
 import pandas as pd
 
+from negkit.plotting.style import label
 from negkit.widgets._display import message_html, numbers_html, show_figure
 from negkit.widgets.consensus import ConsensusState
 from negkit.widgets.forget import ForgetVectorState
@@ -23,6 +24,11 @@ from negkit.widgets.negation import NegationState, RecordedCurves
 __all__ = ["NegationView", "ConsensusView", "ForgetVectorView", "explorer"]
 
 log = logging.getLogger(__name__)
+
+# Header and cells padded apart, numbers right-aligned, so column names stay readable side by side.
+_TABLE_CSS = ("<style>.negkit-layer-table th, .negkit-layer-table td {padding: 2px 12px 2px 0; text-align: right;"
+              " white-space: nowrap} .negkit-layer-table th:first-child, .negkit-layer-table td:first-child "
+              "{text-align: left}</style>")
 
 
 class _View:
@@ -112,7 +118,10 @@ class NegationView(_View):
             self.method.value = s.method or None
             self.pool.options = [(s.pool_label(p), p) for p in s.pool_configs()]
             self.pool.value = s.pool_config or None
-            self.pool.disabled = s.method != "task_arithmetic"
+            # Only Task Arithmetic negates one pool member; for merges the box is hidden, not greyed out.
+            single = s.method == "task_arithmetic"
+            self.pool.disabled = not single
+            self.pool.layout.display = "" if single else "none"
             coefs = s.coefs()
             if coefs:
                 step = 0.01 if s.source.live else min((b - a for a, b in zip(coefs, coefs[1:])), default=0.05)
@@ -165,6 +174,7 @@ class ConsensusView(_View):
         self.k.observe(lambda ch: self._update(s.set_k, ch["new"]), "value")
         self.draw_index.observe(lambda ch: self._update(s.set_draw, ch["new"]), "value")
         self.rules.observe(lambda ch: self._update(s.set_methods, ch["new"]), "value")
+        self.numbers.layout = w.Layout(max_width="640px")
         self.widget = w.VBox([w.HBox([self.k, self.draw_index, self.rules]), self.message,
                               self.numbers, self.table, self.plot])
         self.widget.add_class(self.css)
@@ -182,10 +192,13 @@ class ConsensusView(_View):
         super().refresh()
         try:
             t = self.state.layer_table()
-            cols = {"group": "layer group", "numel": "elements", "frac_consistent": "sign consensus",
-                    **{f"frac_kept_{m}": f"{m} keeps" for m in self.state.selected}}
-            self.table.value = t[list(cols)].rename(columns=cols).to_html(
-                index=False, float_format=lambda v: f"{v:.3f}", border=0)
+            cols = {"group": "layer group", "numel": "elements", "frac_consistent": "sign consensus (%)",
+                    **{f"frac_kept_{m}": f"{label(m, 'method')} keeps (%)" for m in self.state.selected}}
+            shown = t[list(cols)].rename(columns=cols)
+            for c in list(cols.values())[2:]:
+                shown[c] = 100 * shown[c]  # percent, like the numbers above and the figure
+            self.table.value = _TABLE_CSS + shown.to_html(index=False, float_format=lambda v: f"{v:.1f}", border=0,
+                                                          classes="negkit-layer-table")
         except Exception as err:  # noqa: BLE001 - shown in place
             self.message.value = message_html(f"{type(err).__name__}: {err}", kind="error")
 
@@ -205,7 +218,10 @@ class ForgetVectorView(_View):
         self.classes = w.SelectMultiple(options=[(s.classnames[c], c) for c in s.classes()], value=s.selected,
                                         description="forget", rows=min(10, len(s.classes())))
         self.classes.observe(self._on_classes, "value")
-        self.widget = w.VBox([self.classes, self.message, w.HBox([self.numbers, self.plot])])
+        hint = w.HTML("<small>Ctrl/⌘-click or Shift-click to forget several classes at once: "
+                      "δ(w) = Σ w<sub>c</sub> δ<sub>c</sub></small>")
+        hint.add_class("negkit-hint")
+        self.widget = w.VBox([w.HBox([self.classes, hint]), self.message, w.HBox([self.numbers, self.plot])])
         self.widget.add_class(self.css)
         self.refresh()
 
