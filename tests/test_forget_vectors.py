@@ -527,7 +527,7 @@ def test_run_benchmark_records_next_to_weight_based_methods(tmp_path, toy, class
     assert sorted(rows.index) == ["MIA", "RA", "TA", "UA", "avg_gap"]
     assert rows["UA"] == pytest.approx(metrics["UA"]) and metrics["UA"] > 50  # class 0 is forgotten
     assert rows["avg_gap"] == pytest.approx(sum(abs(metrics[k] - retrain_metrics[k]) for k in metrics) / 4)
-    assert (tmp_path / "class_0" / "forget_vectors" / "forget_vector.safetensors").exists()
+    assert (setup.scenario_dir / "forget_vectors" / "forget_vector.safetensors").exists()  # run_dir/seed_<s>/class_0
 
     again, _ = fvs.run_benchmark(setup, FAST)  # rerun: the cached δ is reused, no duplicate records
     assert torch.equal(again.delta, fv.delta)
