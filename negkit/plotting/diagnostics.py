@@ -1,0 +1,144 @@
+"""Diagnostic figures of a multi-seed benchmark: error bars, paired intervals, pool diversity, λ curves.
+
+- :func:`errorbar_results`: one metric per method, mean ± std over seeds (reads
+  :func:`negkit.benchmark.summary`);
+- :func:`paired_intervals`: NegMerge minus another method, seed-paired mean difference
+  with its t-interval (reads :func:`negkit.benchmark.paired`);
+- :func:`diversity_heatmap`: K × K cosine, sign agreement or relative distance of the
+  pool's task vectors (reads :func:`negkit.analysis.pool_diversity`);
+- :func:`member_curves`: every pool member's validation accuracy against λ, with the
+  merges on top and the λ each one chose (reads the benchmark's records).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+
+from negkit.plotting.style import _axes, label, method_color
+from negkit.results import method_rank
+
+__all__ = ["errorbar_results", "paired_intervals", "diversity_heatmap", "member_curves"]
+
+
+def errorbar_results(summary: pd.DataFrame, metric: str = "avg_gap", ax: Axes | None = None) -> Axes:
+    """Bars of ``metric`` per method with mean ± std error bars over seeds.
+
+    Args:
+        summary: Rows of :func:`negkit.benchmark.summary` for one scenario (columns
+            ``method, metric, value, std, n_seeds``).
+        metric: Which metric to draw.
+        ax: Axes to draw on (new if None).
+
+    Raises:
+        ValueError: ``summary`` has no row of ``metric``.
+    """
+    d = summary[summary.metric == metric]
+    if d.empty:
+        raise ValueError(f"no rows of metric {metric!r}; the summary has {sorted(set(summary.metric))}")
+    d = d.assign(_r=d.method.map(method_rank)).sort_values("_r", kind="stable")
+    ax = _axes(ax, figsize=(8, 3))
+    x = np.arange(len(d))
+    err = d["std"].fillna(0.0).to_numpy()
+    ax.bar(x, d.value, yerr=err, capsize=3, color=[method_color(m) for m in d.method], edgecolor="none")
+    ax.set_xticks(x, [label(m, "method") for m in d.method], rotation=30, ha="right")
+    ax.set_ylabel(label(metric, "metric"))
+    n = d.n_seeds.max() if "n_seeds" in d else 1
+    ax.text(1.0, 1.0, f"mean ± std, {n} seeds", transform=ax.transAxes, ha="right", va="bottom", fontsize="small")
+    return ax
+
+
+def paired_intervals(paired: pd.DataFrame, ax: Axes | None = None) -> Axes:
+    """Seed-paired mean differences ``a − b`` with their confidence intervals, one row per (scenario, b).
+
+    A difference whose interval excludes 0 is drawn filled; one that includes 0 hollow.
+
+    Args:
+        paired: Output of :func:`negkit.benchmark.paired`.
+        ax: Axes to draw on (new if None).
+    """
+    ax = _axes(ax, figsize=(6, 2.6))
+    rows = paired.reset_index(drop=True)
+    y = np.arange(len(rows))[::-1]
+    for yi, r in zip(y, rows.itertuples()):
+        lo, hi = r.mean_diff - r.ci_low, r.ci_high - r.mean_diff
+        filled = bool(r.excludes_zero)
+        ax.errorbar(r.mean_diff, yi, xerr=[[lo], [hi]] if math.isfinite(lo) else None, fmt="o", capsize=3,
+                    color=method_color(r.b), markerfacecolor=method_color(r.b) if filled else "white")
+    ax.axvline(0.0, color="0.5", lw=0.8)
+    ax.set_yticks(y, [f"{label(r.scenario, 'scenario')}: {label(r.a, 'method')} − {label(r.b, 'method')}"
+                      for r in rows.itertuples()])
+    metric = rows.metric.iloc[0] if len(rows) else "avg_gap"
+    ax.set_xlabel(f"difference in {label(metric, 'metric_short')} (95 % t-interval over seeds)")
+    return ax
+
+
+def diversity_heatmap(diversity: pd.DataFrame, value: str = "cosine", ax: Axes | None = None, *,
+                      annot: bool | None = None) -> Axes:
+    """K × K heatmap of one column of :func:`negkit.analysis.pool_diversity`.
+
+    Args:
+        diversity: Long table ``a, b, cosine, agreement, rel_distance``.
+        value: ``"cosine"``, ``"agreement"`` or ``"rel_distance"``.
+        ax: Axes to draw on (new if None).
+        annot: Write the values in the cells (default: when K ≤ 9).
+
+    Raises:
+        ValueError: Unknown ``value``.
+    """
+    if value not in ("cosine", "agreement", "rel_distance"):
+        raise ValueError(f"value must be 'cosine', 'agreement' or 'rel_distance', got {value!r}")
+    order = list(dict.fromkeys(diversity["a"]))
+    wide = diversity.pivot(index="a", columns="b", values=value).loc[order, order]
+    wide.index = [label(n, "pool") for n in order]
+    wide.columns = wide.index
+    k = len(order)
+    ax = _axes(ax, figsize=(2 + 0.45 * k, 1.5 + 0.4 * k))
+    sns.heatmap(wide, ax=ax, cmap="viridis", annot=k <= 9 if annot is None else annot, fmt=".2f",
+                cbar_kws={"label": value.replace("_", " ")}, square=True)
+    ax.set_xlabel("")
+    ax.set_ylabel("")
+    return ax
+
+
+def member_curves(records: pd.DataFrame, split: str = "val_forget", ax: Axes | None = None, *,
+                  threshold: float | None = None, control_reference: float | None = None) -> Axes:
+    """Validation accuracy on ``split`` against λ for every pool member (thin) and every merge (bold).
+
+    Each curve holds the λ its search evaluated; a dot marks the λ it chose. With
+    ``threshold`` and ``control_reference`` the admissibility line threshold × reference
+    is drawn (use it on ``split="val_control"``).
+
+    Args:
+        records: One scenario's and one seed's records of one setting.
+        split: ``"val_forget"`` or ``"val_control"``.
+        ax: Axes to draw on (new if None).
+        threshold, control_reference: The control constraint, drawn when both are given.
+    """
+    ax = _axes(ax, figsize=(6, 3.4))
+    curves = records[(records.metric == "acc") & (records.split == split)]
+    chosen = records[records.metric == "UA"].drop_duplicates(["method", "pool_config"], keep="last")
+    chosen = chosen.set_index(["method", "pool_config"]).coef
+    for (method, pc), g in curves.groupby(["method", "pool_config"], sort=False):
+        g = g.drop_duplicates("coef", keep="last").sort_values("coef")
+        single = pc != ""
+        color = method_color(method)
+        ax.plot(g.coef, g.value, lw=0.8 if single else 2.0, alpha=0.45 if single else 1.0, color=color,
+                label=None if single else label(method, "method"), marker="." if single else None, ms=3)
+        lam = chosen.get((method, pc), math.nan)
+        if math.isfinite(lam):
+            at = g[np.isclose(g.coef, lam)]
+            if len(at):
+                ax.plot([lam], [at.value.iloc[0]], "o", color=color, ms=3 if single else 6, mec="white")
+    ax.plot([], [], lw=0.8, alpha=0.45, color=method_color("task_arithmetic"),
+            label=f"{label('task_arithmetic', 'method')} (each member)")
+    if threshold is not None and control_reference is not None:
+        ax.axhline(threshold * control_reference, color="0.3", ls="--", lw=0.8,
+                   label=f"{threshold:g} × original")
+    ax.set_xlabel("λ")
+    ax.set_ylabel(f"{label(split, 'split')} accuracy (%)")
+    ax.legend(fontsize="x-small", ncol=2)
+    return ax
