@@ -151,6 +151,52 @@ class ClipBackbone:
         return {k: v.detach().clone() for k, v in self.model.visual.state_dict().items()}
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers (False at once when HF_HUB_OFFLINE is set)."""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _require_weights_or_network(model_name: str, pretrained: str, cache_dir: str | os.PathLike | None) -> None:
+    """Fail in seconds, saying where the weights go, when they are neither cached nor downloadable.
+
+    Without this, open_clip spends most of a minute in Hub retries offline and ends in a raw error.
+    """
+    cfg = open_clip.get_pretrained_cfg(model_name, pretrained) or {}
+    if not cfg or "file" in cfg:
+        return
+    hub, url = cfg.get("hf_hub", ""), cfg.get("url", "")
+    repo, filename = os.path.split(hub) if hub else ("", "")
+    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    if repo:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            try_to_load_from_cache = None
+        if try_to_load_from_cache is not None:
+            for name in names:
+                hit = try_to_load_from_cache(repo, name, cache_dir=None if cache_dir is None else str(cache_dir))
+                if isinstance(hit, str):
+                    return
+    if url and (Path(cache_dir or Path.home() / ".cache" / "clip") / os.path.basename(url)).is_file():
+        return
+    if _hub_reachable():
+        return
+    fetch = (f"`huggingface-cli download {repo} {names[0]}` on a machine with internet, then copy its Hugging "
+             f"Face cache (~/.cache/huggingface/hub, or pass cache_dir=) here" if repo else f"{url} into {cache_dir}")
+    raise FileNotFoundError(
+        f"open_clip weights {model_name}/{pretrained} are not on this machine and the Hugging Face Hub cannot be "
+        f"reached (offline). Fetch them with {fetch}; or save the weights as one safetensors file and pass "
+        f"load_clip({model_name!r}, pretrained=None, checkpoint='path/to/weights.safetensors').")
+
+
 def load_clip(
     model_name: str = "ViT-B-32",
     pretrained: str | None = "openai",
@@ -178,6 +224,8 @@ def load_clip(
     Raises:
         ValueError: Unknown architecture or tag (the message lists the valid ones),
             or a checkpoint that does not fit the architecture.
+        FileNotFoundError: Pretrained weights neither cached nor downloadable (offline); the
+            message says where to put them, in seconds rather than after the Hub's retries.
     """
     if model_name == TINY_MODEL:
         register_tiny_model()
@@ -194,6 +242,7 @@ def load_clip(
                 f"unknown pretrained tag {pretrained!r} for {model_name!r}; valid tags are {tags}. "
                 "Use pretrained=None with checkpoint=<file.safetensors> for local weights."
             )
+        _require_weights_or_network(model_name, pretrained, cache_dir)
     device = resolve_device(device)
     model, _, preprocess = open_clip.create_model_and_transforms(
         model_name, pretrained=pretrained, device=device, cache_dir=None if cache_dir is None else str(cache_dir)
