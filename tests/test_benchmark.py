@@ -405,8 +405,8 @@ def test_fashion_mnist_and_dataset_configs():
     assert B.default_config().seeds == (0, 1, 2)
     with pytest.raises(ValueError, match="there are"):
         B.dataset_config("svhn")
-    assert list(B.baseline_candidates(B.default_config(), "ft")) == [
-        "epochs5_lr0.02", "epochs5_lr0.1", "epochs10_lr0.02", "epochs10_lr0.1"]
+    assert list(B.baseline_candidates(B.default_config(), "ga")) == [
+        "epochs3_lr0.001", "epochs3_lr0.003", "epochs6_lr0.001", "epochs6_lr0.003"]
     with pytest.raises(ValueError, match="baseline_grid"):
         B.make_config(baseline_grid={"ft": {"lr": ()}})
     with pytest.raises(ValueError, match="distinct"):
