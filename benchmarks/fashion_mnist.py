@@ -5,9 +5,10 @@ Two steps, run by ``make bench-fashion`` around notebooks 02-05:
     python benchmarks/fashion_mnist.py run    [--run-dir runs/fashion_mnist] [--full] [--device cuda]
     python benchmarks/fashion_mnist.py report [--run-dir runs/fashion_mnist] [--figures-dir figures]
 
-``run`` trains and evaluates everything (:func:`negkit.benchmark.fashion_mnist_config`;
+``run`` trains and evaluates every weight-space method (:func:`negkit.benchmark.fashion_mnist_config`;
 ``--full`` takes the whole training set and the paper-sized pool, meant for a GPU) and
-prints the wall time. ``report`` writes ``<figures>/fashion_mnist_results.csv`` (one row per
+prints the wall time. ``report`` learns the forget vectors of every seed (notebook 04 has
+done seed 0's with the same settings) and writes ``<figures>/fashion_mnist_results.csv`` (one row per
 setting, scenario, method, metric and seed), ``fashion_mnist_summary.csv`` (mean ± std over
 seeds, both λ rules), ``fashion_mnist_paired.csv`` (NegMerge minus validation-selected Task
 Arithmetic and minus the uniform merge, seed by seed, with 95 % t-intervals) and the figures
@@ -27,10 +28,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from negkit import analysis, benchmark, plotting  # noqa: E402
+from negkit import forget_vectors as fvs  # noqa: E402
+from negkit.config import from_dict  # noqa: E402
 from negkit.io import save_text  # noqa: E402
 from negkit.plotting import diagnostics  # noqa: E402
 
 DATASET = "fashion_mnist"
+FV_EPOCHS = 5  # forget vectors: the epochs make bench-fashion passes to notebook 04
 
 
 def _config(args: argparse.Namespace) -> benchmark.BenchmarkConfig:
@@ -46,9 +50,20 @@ def run(args: argparse.Namespace) -> None:
           f"in {minutes:.1f} min ({args.run_dir})")
 
 
+def forget_vectors(cfg: benchmark.BenchmarkConfig, args: argparse.Namespace) -> None:
+    """Forget vectors on every seed and scenario (notebook 04 learns seed 0's with the same settings)."""
+    for seed in cfg.seeds:
+        fv_cfg = from_dict(fvs.ForgetVectorConfig, epochs=FV_EPOCHS, steps_per_epoch=None, batch_size=64,
+                           augment="none", seed=seed)
+        for sc in cfg.scenarios:
+            fvs.run_benchmark(benchmark.prepare(cfg, args.run_dir, sc, seed=seed, device=args.device), fv_cfg,
+                              device=args.device)
+
+
 def report(args: argparse.Namespace) -> None:
     cfg = _config(args)
     figs = Path(args.figures_dir)
+    forget_vectors(cfg, args)
     df = benchmark.load_results(args.run_dir)
     table = benchmark.results_table(df)
     save_text(table.to_csv(index=False), figs / f"{DATASET}_results.csv")

@@ -106,7 +106,7 @@ def run_benchmark(setup: Any, cfg: ForgetVectorConfig | Mapping[str, Any] | None
     fv = _cached(Path(setup.scenario_dir) / "forget_vectors" / f"{method}.safetensors", cfg, learn, vectors)
     metrics = unlearning_metrics(setup.original, setup.forget, setup.retain, setup.test, device=device,
                                  input_transform=fv, seed=setup.cfg.seed)
-    if not setup.log.has(scenario=setup.scenario, method=method, metric="avg_gap"):
+    if not setup.log.has(scenario=setup.scenario, method=method, metric="avg_gap", seed=setup.cfg.seed):
         from negkit.benchmark import record_method  # benchmark imports the whole pipeline; load it lazily
 
         note = f"||δ||₂={fv.norm():.3g}" + (f"; w={fv.meta['weights']}" if vectors is not None else "")
