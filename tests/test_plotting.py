@@ -232,6 +232,9 @@ def test_sensitivity_grid_facets_by_hyperparameter():
     assert axes[0].get_legend() is None and axes[1].get_legend() is not None  # one legend per figure
     with pytest.raises(ValueError, match="pool lacks column"):
         plotting.sensitivity_grid(_records(rows), pool.drop(columns="epochs"))
+    flat = [dict(r, value=0.79, coef=0.0) for r in rows]  # every method chose λ = 0: one value everywhere
+    axes = plotting.sensitivity_grid(_records(flat), pool)
+    assert any("every method chose λ = 0" in t.get_text() for t in axes[0].texts)
 
 
 def test_sensitivity_degenerate_panel_says_so():

@@ -121,6 +121,21 @@ def coef_curve(
     return ax
 
 
+def _say_if_flat(ax: Axes, values: Sequence[float], coefs: Sequence[float]) -> bool:
+    """A degenerate panel (one value everywhere) says so, instead of letting matplotlib zoom
+    into a ±0.05 band that suggests a spread. Returns whether it was flat."""
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    if hi - lo > 1e-9 * max(1.0, abs(hi)):
+        return False
+    pad = max(1.0, 0.1 * abs(hi))
+    ax.set_ylim(max(hi - pad, 0.0) if hi >= 0 else hi - pad, hi + pad)  # gaps, accuracies: not below 0
+    why = " (every method chose λ = 0)" if len(coefs) and all(c == 0 for c in coefs) else ""
+    ax.text(0.5, 0.2, f"all single fine-tunes and merges: {hi:.3g}{why}", transform=ax.transAxes,
+            ha="center", va="center", fontsize="small", wrap=True,
+            bbox=dict(boxstyle="round", facecolor="white", edgecolor="0.7", alpha=0.9))
+    return True
+
+
 def _one_coef(rows: pd.DataFrame, what: str) -> None:
     # Seeds may pick different λ; several λ within one seed mean a whole sweep was passed.
     n = int(rows.groupby("seed")["coef"].nunique(dropna=False).max())
@@ -201,16 +216,7 @@ def sensitivity(
         ax.axhline(ref["value"].mean(), color=color, lw=1.6, ls=dashes[i % len(dashes)], label=_label(m))
         values.append(float(ref["value"].mean()))
         coefs += list(ref["coef"])
-    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
-    if hi - lo <= 1e-9 * max(1.0, abs(hi)):
-        # Degenerate panel: one value everywhere. Say so rather than let matplotlib
-        # zoom into a ±0.05 band that suggests a spread.
-        pad = max(1.0, 0.1 * abs(hi))
-        ax.set_ylim(max(hi - pad, 0.0) if hi >= 0 else hi - pad, hi + pad)  # gaps, accuracies: not below 0
-        why = " (every method chose λ = 0)" if coefs and all(c == 0 for c in coefs) else ""
-        ax.text(0.5, 0.2, f"all single fine-tunes and merges: {hi:.3g}{why}", transform=ax.transAxes,
-                ha="center", va="center", fontsize="small",
-                bbox=dict(boxstyle="round", facecolor="white", edgecolor="0.7", alpha=0.9))
+    _say_if_flat(ax, values, coefs)
     ax.set_xticks(pos, [str(i) for i in stats.index], rotation=60, ha="right", rotation_mode="anchor",
                   fontsize="small")
     ax.set_xlim(-0.7, len(stats) - 0.3)
@@ -308,6 +314,10 @@ def sensitivity_grid(
         ax.set_xlim(-0.5, len(xs) - 0.5)
         ax.set_xlabel(_HYPER_LABELS.get(x, x))
         ax.set_title(f"{_HYPER_LABELS.get(col, col)} = {c:g}", fontsize="medium")
+    values = [*stats["mean"], *(float(r["value"].mean()) for _, r in refs)]
+    coefs = [*points["coef"], *(c for _, r in refs for c in r["coef"])]
+    if len(np.unique(np.round(values, 9))) == 1:
+        _say_if_flat(axes[0], values, coefs)  # shared y: one note, in the first panel
     axes[0].set_ylabel(label(metric, "metric"))
     for ax in axes[len(cols):]:
         ax.set_visible(False)
