@@ -14,7 +14,6 @@ examples.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -113,100 +112,38 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- clip-negation
-@dataclasses.dataclass(frozen=True)
-class ClipNegationOptions:
-    """Options of ``negkit clip-negation`` (notebook 06's parameters)."""
-
-    model: str = "ViT-B-32"
-    pretrained: str | None = "openai"
-    datasets: tuple[str, ...] = ("cars", "dtd", "eurosat", "gtsrb", "mnist", "resisc45", "sun397", "svhn")
-    control: str = "imagenet"
-    data_root: str = "data"
-    data_source: str = "torchvision"
-    pool: str = "paper"
-    pool_overrides: dict = dataclasses.field(default_factory=dict)
-    merge_methods: tuple[str, ...] = ("negmerge", "mean", "ties", "magmax")
-    threshold: float = 0.95
-    device: str | None = None
-    num_workers: int = 8
-    smoke: bool = False
-
-
+CLIP_NOTEBOOK = "06_clip_negation"
 _CLIP_FLAGS = ("model", "pretrained", "datasets", "control", "data_root", "data_source", "pool", "merge_methods",
                "threshold", "device", "num_workers")
 
 
-def clip_options(args: argparse.Namespace) -> ClipNegationOptions:
-    """Options from the config file and flags, checked against the registries before any work."""
-    from negkit import merge
-    from negkit.clip import datasets as clip_datasets  # noqa: F401  (registers the CLIP tasks)
-    from negkit.clip import finetune
-    from negkit.config import from_dict
-    from negkit.data import list_datasets
-
-    values = {**load_config_file(args.config), **_flags(args, _CLIP_FLAGS)}
+def clip_parameters(args: argparse.Namespace) -> dict[str, Any]:
+    """Notebook 06's parameters from the config file, ``-p`` pairs and flags (in rising precedence)."""
+    params = {**load_config_file(args.config), **{k: _value(v) for k, v in (args.parameter or [])},
+              **_flags(args, _CLIP_FLAGS)}
     if args.smoke:
-        values["smoke"] = True
-    try:
-        opts = from_dict(ClipNegationOptions, values)
-        for m in opts.merge_methods:
-            merge.get(m)
-    except (TypeError, ValueError) as err:
-        raise CliError(str(err)) from None
-    if not opts.smoke:
-        known = list_datasets()
-        bad = [d for d in (*opts.datasets, opts.control) if d not in known]
-        if bad:
-            raise CliError(f"unknown dataset(s) {bad}; known datasets are {known}")
-        if not 0.0 < opts.threshold <= 1.0:
-            raise CliError(f"threshold must be in (0, 1], got {opts.threshold}")
-        try:
-            for name in opts.datasets:
-                finetune.resolve_pool(opts.pool, name, **opts.pool_overrides)
-        except (TypeError, ValueError) as err:
-            raise CliError(str(err)) from None
-    return opts
+        params["smoke"] = True
+    run_dir = Path(args.run_dir).resolve()
+    params.setdefault("run_dir", str(run_dir))
+    params.setdefault("figures_dir", str(run_dir / "figures"))
+    return params
 
 
 def _cmd_clip_negation(args: argparse.Namespace) -> int:
-    import pandas as pd
+    # The protocol is defined once, as library calls in notebook 06; the command runs that notebook, whose
+    # first cells check every parameter (types, ranges, names) before any model or data is loaded.
+    from negkit import notebook
 
-    import negkit.data
-    from negkit import clip, io
-    from negkit.clip import finetune, negation
-    from negkit.results import ResultsLog, read_results
-
-    opts = clip_options(args)
-    run = Path(args.run_dir)
-    model, pretrained, data_root, data_source = opts.model, opts.pretrained, opts.data_root, opts.data_source
-    datasets, pool, pool_overrides = list(opts.datasets), opts.pool, dict(opts.pool_overrides)
-    methods, num_workers = list(opts.merge_methods), opts.num_workers
-    if opts.smoke:  # notebook 06's smoke setting: a tiny offline CLIP on generated images
-        model, pretrained = clip.TINY_MODEL, None
-        data_root, data_source = str(clip.datasets.write_smoke_data(run / "data")), "imagefolder"
-        datasets, pool, pool_overrides, methods, num_workers = ["mnist", "svhn"], finetune.smoke_pool(3), {}, \
-            ["negmerge", "mean"], 0
-    backbone = clip.load_clip(model, pretrained, device=opts.device)
-    data_kw = {"source": data_source, "transform": backbone.preprocess}
-    bundles = {name: negkit.data.get(name, root=data_root, **data_kw) for name in [*datasets, opts.control]}
-    results = ResultsLog(run / "results.jsonl")
-    summaries = []
-    for name in datasets:
-        members = finetune.resolve_pool(pool, name, **pool_overrides)
-        finetuned = finetune.finetune_pool(
-            backbone, name, members, out_dir=run / "finetunes" / backbone.name.replace("/", "_") / name,
-            data_root=data_root, data_kw={"source": data_source}, head_cache=run / "heads", device=opts.device,
-            num_workers=num_workers, progress=not args.quiet)
-        summaries.append(negation.run_task_negation(
-            backbone, bundles[name], bundles[opts.control], finetuned, results, methods=methods,
-            threshold=opts.threshold, head_cache=run / "heads", device=opts.device, num_workers=num_workers,
-            progress=not args.quiet).assign(dataset=name))
-    table = negation.paper_table(read_results(run / "results.jsonl"), model=backbone.name)
-    io.save_text(table.to_csv(), run / "clip_negation_table.csv")
-    print(f"records in {run / 'results.jsonl'}; table in {run / 'clip_negation_table.csv'}")
-    if not args.quiet:
-        print(pd.concat(summaries).round(2).to_string())
-        print(table.round(2).to_string())
+    path = _notebook_path(CLIP_NOTEBOOK)
+    params = clip_parameters(args)
+    try:
+        notebook.check_names(path, params)
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    output = Path(params["run_dir"]) / f"{CLIP_NOTEBOOK}.ipynb"
+    notebook.execute(path, output, params, log_output=not args.quiet)
+    print(f"records in {Path(params['run_dir']) / 'results.jsonl'}; table and figures in {params['figures_dir']}; "
+          f"executed notebook {output}")
     return 0
 
 
@@ -336,16 +273,19 @@ A config file holds BenchmarkConfig fields (and 'dataset'), e.g.
     p.add_argument("--quiet", action="store_true", help="no progress bars, no table")
     p.set_defaults(func=_cmd_benchmark)
 
-    p = _sub(subs, "clip-negation", "CLIP task negation: fine-tune a pool per task, negate it merged and "
-             "member by member, choose λ on validation, write the paper's table.", """\
+    p = _sub(subs, "clip-negation", "CLIP task negation (notebook 06's protocol): fine-tune a pool per task, "
+             "negate it merged and member by member, choose λ on validation, write the paper's table.", """\
   negkit clip-negation --smoke --run-dir runs/clip-smoke
-  negkit clip-negation --datasets mnist svhn --data-root data --run-dir runs/clip --device cuda
-  negkit clip-negation --config clip.yaml --run-dir runs/clip
-A config file holds the options below under their names (datasets, merge_methods, pool_overrides, ...).
+  negkit clip-negation --datasets mnist svhn --data-root /data --device cuda --run-dir runs/clip
+  negkit clip-negation --config clip.yaml -p finetuning_mode linear --run-dir runs/clip-linear
+Every parameter of notebooks/06_clip_negation.ipynb can be set with -p NAME VALUE or in the config
+file; a name the notebook does not declare is refused. The executed notebook is kept in the run dir.
 """)
-    p.add_argument("--config", help="YAML/JSON file of options (flags override it)")
+    p.add_argument("--config", help="YAML/JSON file of notebook 06 parameters (-p and flags override it)")
     p.add_argument("--run-dir", required=True, help="folder of fine-tunes, heads and records; rerunning resumes")
     p.add_argument("--smoke", action="store_true", help="a tiny offline CLIP on generated images (CI)")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="any notebook 06 parameter, value read as YAML; repeatable")
     p.add_argument("--model", help="open_clip architecture (default ViT-B-32)")
     p.add_argument("--pretrained", help="open_clip weights tag (default openai)")
     p.add_argument("--datasets", nargs="+", help="tasks to forget (default: the paper's eight)")
@@ -357,7 +297,7 @@ A config file holds the options below under their names (datasets, merge_methods
     p.add_argument("--threshold", type=float, help="fraction of zero-shot control accuracy to keep (default 0.95)")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     p.add_argument("--num-workers", type=int, help="DataLoader workers (default 8)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars, no tables")
+    p.add_argument("--quiet", action="store_true", help="do not forward cell output")
     p.set_defaults(func=_cmd_clip_negation)
 
     p = _sub(subs, "merge", "Merge task vectors stored as safetensors files (streamed tensor by tensor).", """\

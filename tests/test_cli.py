@@ -135,6 +135,24 @@ def test_notebook_command_refuses_an_undeclared_parameter(capsys):
     assert exc.value.code == 2 and "01_quickstart" in capsys.readouterr().err
 
 
+def test_clip_negation_maps_flags_onto_notebook_06_parameters(tmp_path, capsys):
+    from negkit import cli, notebook
+
+    declared = notebook.notebook_parameters(cli._notebook_path(cli.CLIP_NOTEBOOK))
+    assert set(cli._CLIP_FLAGS) <= set(declared)  # every flag names a parameter the notebook declares
+    path = tmp_path / "clip.yaml"
+    path.write_text("datasets: [cars]\nthreshold: 0.9\n")
+    args = build_parser().parse_args(["clip-negation", "--config", str(path), "--datasets", "mnist", "svhn",
+                                      "-p", "finetuning_mode", "linear", "--run-dir", str(tmp_path / "r")])
+    params = cli.clip_parameters(args)
+    assert params["datasets"] == ["mnist", "svhn"] and params["threshold"] == 0.9  # flags beat the file
+    assert params["finetuning_mode"] == "linear" and params["run_dir"] == str((tmp_path / "r").resolve())
+    with pytest.raises(SystemExit) as exc:
+        main(["clip-negation", "--smoke", "--run-dir", str(tmp_path / "r"), "-p", "datasetz", "[mnist]"])
+    assert exc.value.code == 2 and "datasetz" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_executor_arguments_are_checked_first(tmp_path):
     cfg = B.dataset_config("digits", smoke=True, **TINY)
     with pytest.raises(ValueError, match="valid executors are"):
