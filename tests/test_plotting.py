@@ -221,7 +221,7 @@ def test_sensitivity_grid_facets_by_hyperparameter():
             for p, e, ls in zip(pool.pool_config, pool.epochs, pool.label_smoothing)]
     rows += [dict(method=m, metric="avg_gap", value=3.0, coef=0.5) for m in ("negmerge", "mean")]  # coinciding lines
     axes = plotting.sensitivity_grid(_records(rows), pool)
-    assert len(axes) == 2 and [a.get_title() for a in axes] == ["epochs = 4", "epochs = 5"]
+    assert len(axes) == 2 and [a.get_title(loc="left") for a in axes] == ["epochs = 4", "epochs = 5"]
     assert [t.get_text() for t in axes[0].get_xticklabels()] == ["5e-05", "0.0001"]
     assert axes[0].get_xlabel() == "weight decay"
     pts = [ln for ln in axes[1].lines if ln.get_marker() == "o"]

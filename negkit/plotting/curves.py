@@ -116,7 +116,8 @@ def coef_curve(
         ax.axvline(chosen, ls=":", color="k", lw=1, label=f"chosen λ = {chosen:g}")
     ax.set_xlabel("λ (negation coefficient)")
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
-    ax.set_title(_label(method) + (f" · {label(pool_config, 'pool')}" if pool_config else ""))
+    # Left, like every title of the kit: a caller's ax.set_title(..., loc="left") replaces it, never overlaps it.
+    ax.set_title(_label(method) + (f" · {label(pool_config, 'pool')}" if pool_config else ""), loc="left")
     ax.legend(fontsize="small")
     return ax
 
@@ -313,7 +314,7 @@ def sensitivity_grid(
         ax.set_xticks(np.arange(len(xs)), [f"{v:g}" for v in xs])
         ax.set_xlim(-0.5, len(xs) - 0.5)
         ax.set_xlabel(_HYPER_LABELS.get(x, x))
-        ax.set_title(f"{_HYPER_LABELS.get(col, col)} = {c:g}", fontsize="medium")
+        ax.set_title(f"{_HYPER_LABELS.get(col, col)} = {c:g}", fontsize="medium", loc="left")
     values = [*stats["mean"], *(float(r["value"].mean()) for _, r in refs)]
     coefs = [*points["coef"], *(c for _, r in refs for c in r["coef"])]
     if len(np.unique(np.round(values, 9))) == 1:
