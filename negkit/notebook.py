@@ -335,7 +335,7 @@ def check_names(path: str | Path, parameters: Mapping[str, Any]) -> None:
 
 def execute(notebook: str | Path, output: str | Path, parameters: Mapping[str, Any] | None = None, *,
             cwd: str | Path | None = None, kernel_name: str = "python3", log_output: bool = False,
-            progress_bar: bool = False) -> Any:
+            progress_bar: bool = False, execution_timeout: float | None = None) -> Any:
     """Run a notebook with papermill after refusing parameters it does not declare.
 
     The kernel's own start-up log is limited to errors (:data:`KERNEL_ARGUMENTS`): ipykernel
@@ -351,6 +351,8 @@ def execute(notebook: str | Path, output: str | Path, parameters: Mapping[str, A
         kernel_name: Jupyter kernel.
         log_output: Forward cell output to the log.
         progress_bar: Show papermill's per-cell bar.
+        execution_timeout: Seconds one cell may run (None: no limit). A bound turns the rare
+            lost-reply hang of nbclient with widget outputs into an error instead of a wait forever.
 
     Returns:
         The executed notebook (``nbformat`` node).
@@ -363,4 +365,4 @@ def execute(notebook: str | Path, output: str | Path, parameters: Mapping[str, A
     return papermill.execute_notebook(
         str(notebook), str(output), parameters=parameters, kernel_name=kernel_name,
         cwd=str(cwd or repo_root()), log_output=log_output, progress_bar=progress_bar,
-        extra_arguments=list(KERNEL_ARGUMENTS))
+        execution_timeout=execution_timeout, extra_arguments=list(KERNEL_ARGUMENTS))

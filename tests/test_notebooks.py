@@ -43,7 +43,10 @@ def test_notebook_shape(nb_path: Path):
 def test_notebook_runs_in_smoke_mode(nb_path: Path, tmp_path: Path):
     out = tmp_path / nb_path.name
     figures = tmp_path / "figures"
-    notebook.execute(nb_path, out, {"smoke": True, "run_dir": str(tmp_path / "run"), "figures_dir": str(figures)})
+    # A cell limit: nbclient can lose the reply of a cell that displays widgets (jupyter/nbclient#312);
+    # then the test fails instead of waiting forever.
+    notebook.execute(nb_path, out, {"smoke": True, "run_dir": str(tmp_path / "run"), "figures_dir": str(figures)},
+                     execution_timeout=600)
     executed = json.loads(out.read_text())
     errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
