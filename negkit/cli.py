@@ -354,6 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("negkit").setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
     func: Callable[[argparse.Namespace], int] = args.func
     from negkit.executor import UnitFailed
+    from negkit.lock import RunDirLocked
 
     try:
         return func(args)
@@ -361,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, f"negkit {args.command}: error: {err}\n")
     except UnitFailed as err:
         parser.exit(1, f"negkit {args.command}: {err}\n")
-    except (FileNotFoundError, PermissionError, ValueError) as err:  # the library's messages say the fix
+    except (FileNotFoundError, PermissionError, ValueError, ImportError, RunDirLocked) as err:  # messages say the fix
         parser.exit(2, f"negkit {args.command}: error: {err}\n")
     return 0
 
