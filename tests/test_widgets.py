@@ -92,7 +92,8 @@ def test_results_mode_chooses_lambda_on_the_curve_when_no_final_rows(results_dir
 
 def test_results_mode_pool_dropdown_follows_method(results_dir):
     view = NegationView(results_dir)
-    assert view.pool.disabled and view.pool.layout.display == "none"  # hidden for merges
+    assert view.pool.disabled and view.pool.layout.display == "none"  # hidden for merges...
+    assert view.run.layout.display != "none" and view.method.layout.display != "none"  # ...alone
     view.method.value = "task_arithmetic"
     assert not view.pool.disabled and view.pool.layout.display == "" and view.pool.value == "e1_ls0"
     view.pool.value = "e2_ls0"

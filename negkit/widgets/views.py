@@ -15,6 +15,7 @@ from typing import Any
 import ipywidgets as w
 import pandas as pd
 
+from negkit.plotting.consensus import network_order
 from negkit.plotting.style import label
 from negkit.widgets._display import message_html, numbers_html, show_figure
 from negkit.widgets.consensus import ConsensusState
@@ -88,10 +89,12 @@ class NegationView(_View):
         self.state = NegationState(source, threshold=threshold)
         self._init_outputs()
         s = self.state
-        wide = dict(style={"description_width": "initial"}, layout=w.Layout(width="max-content", min_width="200px"))
-        self.run = w.Dropdown(options=[(r.label, r) for r in s.runs], description="run", **wide)
-        self.method = w.Dropdown(options=s.methods(), description="method", **wide)
-        self.pool = w.Dropdown(description="pool member", **wide)
+        # One Layout per control: a shared one would hide all three when the pool box is hidden.
+        def wide() -> dict:
+            return dict(style={"description_width": "initial"}, layout=w.Layout(width="max-content", min_width="200px"))
+        self.run = w.Dropdown(options=[(r.label, r) for r in s.runs], description="run", **wide())
+        self.method = w.Dropdown(options=s.methods(), description="method", **wide())
+        self.pool = w.Dropdown(description="pool member", **wide())
         # Applied on release / key press: a live re-evaluation with its figure takes a few hundred ms
         # on CPU, and a drag that sent every intermediate λ would queue stale work in the kernel.
         self.slider = w.FloatSlider(description="λ", min=0.0, max=1.0, step=0.05, readout_format=".2f",
@@ -192,6 +195,7 @@ class ConsensusView(_View):
         super().refresh()
         try:
             t = self.state.layer_table()
+            t = t.set_index("group", drop=False).loc[network_order(list(t["group"]))]  # input to output
             cols = {"group": "layer group", "numel": "elements", "frac_consistent": "sign consensus (%)",
                     **{f"frac_kept_{m}": f"{label(m, 'method')} keeps (%)" for m in self.state.selected}}
             shown = t[list(cols)].rename(columns=cols)
