@@ -379,7 +379,7 @@ def test_image_grid_per_panel_scales_next_to_reference_images():
     assert axes[1].images[0].get_clim() == pytest.approx((-0.4, 0.4))
     assert axes[3].images[0].get_clim() == pytest.approx((-0.1, 0.1))
     bars = [a for a in axes[0].get_figure().axes if a.get_label() == "<colorbar>"]
-    assert len(bars) == 2 and "pixels span 0–1" in bars[0].get_ylabel()  # a colour scale per δ panel
+    assert len(bars) == 2 and bars[0].get_ylabel() == "δ (own scale; pixels 0–1)"  # a colour scale per δ panel
     with pytest.raises(ValueError, match="1 references for 2 images"):
         plotting.image_grid(deltas, references=means[:1])
 

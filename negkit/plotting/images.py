@@ -138,7 +138,7 @@ def image_grid(
         axes = np.ravel(fig.subplots(nrows, per * ncols, squeeze=False))
     lim = max(float(np.abs(x).max()) for x in items)
     lo, hi = min(float(x.min()) for x in items), max(float(x.max()) for x in items)
-    scale = "" if pixel_range is None else f"; pixels span 0–{pixel_range:g}"
+    scale = "" if pixel_range is None else f"pixels 0–{pixel_range:g}"
     ims = []
     for i, a in enumerate(axes):
         a.set_xticks([])
@@ -167,11 +167,13 @@ def image_grid(
     if colorbar and ims and one_channel:
         figure = axes[0].get_figure()
         if shared_scale:
-            figure.colorbar(ims[0][1], ax=list(axes[:per * n]), shrink=0.8,
-                            label=f"δ (one scale for all panels{scale})")
+            what = "shared scale" if n > 1 else ""
+            note = "; ".join(x for x in (what, scale) if x)
+            figure.colorbar(ims[0][1], ax=list(axes[:per * n]), shrink=0.8, label=f"δ ({note})" if note else "δ")
         else:
             for a, im, m in ims:
-                figure.colorbar(im, ax=a, shrink=0.8, label=f"δ (own scale{scale})" if a is ims[0][0] else None)
+                note = "; ".join(x for x in ("own scale", scale) if x)
+                figure.colorbar(im, ax=a, shrink=0.8, label=f"δ ({note})" if a is ims[0][0] else None)
     return axes
 
 
