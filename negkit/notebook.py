@@ -158,8 +158,9 @@ def _coerce(name: str, value: Any, p: Param) -> Any:
                 try:
                     value = ast.literal_eval(text)
                 except (ValueError, SyntaxError):
-                    raise ValueError(f"notebook parameter {name!r}: cannot read {value!r} as a list; write it as "
-                                     f"\"[3, 5]\" or \"3,5\" (or pass lists with papermill -y 'name: [3, 5]')") from None
+                    raise ValueError(f"notebook parameter {name!r}: cannot read {value!r} as a list; write it "
+                                     f"as \"[3, 5]\" or \"3,5\" (or pass lists with papermill -y 'name: [3, 5]')"
+                                     ) from None
             else:
                 value = [v.strip() for v in text.split(",") if v.strip()]
         if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -74,9 +74,11 @@ def _ns(**values):
 
 def test_strings_from_the_command_line_become_the_declared_kind(tmp_path: Path):
     ns = _ns(smoke="false", draws="7", lr="0.5", classes="[3, 5]", pair="3,8", opts="{'a': 1}", name=3)
-    out = notebook.check_parameters(ns, {"smoke": bool, "draws": int, "lr": float, "classes": notebook.Param(list, items=int),
-                                         "pair": notebook.Param(list, items=int), "opts": dict, "name": str}, root=tmp_path)
-    assert out == {"smoke": False, "draws": 7, "lr": 0.5, "classes": [3, 5], "pair": [3, 8], "opts": {"a": 1}, "name": "3"}
+    spec = {"smoke": bool, "draws": int, "lr": float, "classes": notebook.Param(list, items=int),
+            "pair": notebook.Param(list, items=int), "opts": dict, "name": str}
+    out = notebook.check_parameters(ns, spec, root=tmp_path)
+    assert out == {"smoke": False, "draws": 7, "lr": 0.5, "classes": [3, 5], "pair": [3, 8], "opts": {"a": 1},
+                   "name": "3"}
     assert ns["smoke"] is False and ns["classes"] == [3, 5]  # written back into the namespace
 
 
@@ -110,7 +112,8 @@ def test_optional_accepts_none_as_a_string(tmp_path: Path):
 
 def test_paths_follow_the_dataset_and_start_at_the_root(tmp_path: Path):
     ns = _ns(dataset="fashion_mnist", run_dir="runs/{dataset}", figures_dir=str(tmp_path / "abs"), cache="~/x")
-    out = notebook.check_parameters(ns, {"dataset": str, "run_dir": Path, "figures_dir": Path, "cache": Path}, root=tmp_path)
+    spec = {"dataset": str, "run_dir": Path, "figures_dir": Path, "cache": Path}
+    out = notebook.check_parameters(ns, spec, root=tmp_path)
     assert out["run_dir"] == str(tmp_path / "runs" / "fashion_mnist")
     assert out["figures_dir"] == str(tmp_path / "abs")
     assert out["cache"] == str(Path.home() / "x")

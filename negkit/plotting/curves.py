@@ -275,7 +275,8 @@ def sensitivity_grid(
     """
     missing = [c for c in ("pool_config", col, x, hue) if c not in pool.columns]
     if missing:
-        raise ValueError(f"pool lacks column(s) {missing}; pass benchmark.pool_frame(cfg) (columns {list(pool.columns)})")
+        raise ValueError(f"pool lacks column(s) {missing}; pass benchmark.pool_frame(cfg) "
+                         f"(columns {list(pool.columns)})")
     rows = df[df["metric"] == metric]
     if split is not None:
         rows = rows[rows["split"] == split]
@@ -306,7 +307,8 @@ def sensitivity_grid(
             sub = part[part[hue] == h].set_index(x).reindex(xs)
             pos = np.arange(len(xs)) + offsets[j]
             ax.errorbar(pos, sub["mean"], yerr=sub["std"] if (sub["std"] > 0).any() else None, fmt="o-", ms=4.5,
-                        lw=0.8, capsize=2, color=color, zorder=3, label=f"single fine-tune, {_HYPER_LABELS.get(hue, hue)} {h:g}")
+                        lw=0.8, capsize=2, color=color, zorder=3,
+                        label=f"single fine-tune, {_HYPER_LABELS.get(hue, hue)} {h:g}")
         for i, (m, ref) in enumerate(refs):
             _one_coef(ref, m)
             ax.axhline(ref["value"].mean(), color=method_color(m), lw=2.6 - 0.45 * i, ls=dashes[i % len(dashes)],

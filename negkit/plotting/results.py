@@ -75,8 +75,8 @@ def _bars(ax: Axes, stats: pd.DataFrame, methods: Sequence[str], metrics: Sequen
         stds = np.array([stats["std"].get((m, metric), np.nan) for m in methods], dtype=float)
         present = ~np.isnan(means)
         yerr = np.where(present & ~np.isnan(stds), stds, 0.0)
-        ax.bar(xs, np.where(present, means, 0.0), width, color=[method_color(m) for m in methods] if by_method else color,
-               zorder=2,
+        colored = [method_color(m) for m in methods] if by_method else color
+        ax.bar(xs, np.where(present, means, 0.0), width, color=colored, zorder=2,
                yerr=yerr if yerr.any() else None, error_kw={"elinewidth": 0.9, "capsize": 1.5, "ecolor": "0.15"},
                label=label(metric, "metric_short"))
         for i, (x, mean, ok) in enumerate(zip(xs, means, present)):

@@ -36,7 +36,8 @@ METHOD_LABELS = {
 METRIC_LABELS = {"UA": "UA (%)", "RA": "RA (%)", "TA": "TA (%)", "MIA": "MIA-efficacy (%)",
                  "avg_gap": "Avg. Gap (%) ↓", "acc": "accuracy (%)"}
 #: Short metric names for legends (the axis already says %).
-_METRIC_SHORT = {"UA": "UA", "RA": "RA", "TA": "TA", "MIA": "MIA-efficacy", "avg_gap": "Avg. Gap ↓", "acc": "accuracy"}
+_METRIC_SHORT = {"UA": "UA", "RA": "RA", "TA": "TA", "MIA": "MIA-efficacy", "avg_gap": "Avg. Gap ↓",
+                 "acc": "accuracy"}
 #: Split names as readers know them.
 SPLIT_LABELS = {"val_forget": "forget (val.)", "val_control": "control (val.)", "test_forget": "forget (test)",
                 "test_control": "control (test)", "forget": "forget", "control": "control", "retain": "retain",
