@@ -337,6 +337,8 @@ def test_per_class_bars():
     ax = plotting.per_class_bars(acc, forgotten=[1], classnames=["zero", "one", "two"])
     assert len(ax.containers) == 2
     np.testing.assert_allclose([b.get_height() for b in ax.containers[1]], [99, 5, 70])
+    zero = plotting.per_class_bars(pd.DataFrame({"with δ": [0.0, 50.0]}))
+    assert [list(ln.get_ydata()) for ln in zero.lines] == [[0, 0]]  # a 0 % class is a visible stub
     centres = [[b.get_x() + b.get_width() / 2 for b in c] for c in ax.containers]
     assert centres[0][1] < 1 < centres[1][1]  # the two bars of class 1 sit either side of its tick
     labels = ax.get_xticklabels()

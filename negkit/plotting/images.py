@@ -58,8 +58,11 @@ def per_class_bars(
     width = 0.8 / max(k, 1)
     palette = sns.color_palette("colorblind", k)
     for i, (col, color) in enumerate(zip(columns, palette)):
-        ax.bar(pos + (i - (k - 1) / 2) * width, table[col].to_numpy(dtype=float), width, color=color,
-               label=str(col), zorder=2)
+        xs, values = pos + (i - (k - 1) / 2) * width, table[col].to_numpy(dtype=float)
+        ax.bar(xs, values, width, color=color, label=str(col), zorder=2)
+        for x in xs[values == 0]:  # an accuracy of exactly 0 (a forgotten class) stays visible as a stub
+            ax.plot([x - width / 2, x + width / 2], [0, 0], color=color, lw=2.5, solid_capstyle="butt", zorder=3,
+                    clip_on=False)
     shown = [str(c) for c in (classnames if classnames is not None else table.index)]
     ax.set_xticks(pos, shown)
     marked = set(forgotten)
