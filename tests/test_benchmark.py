@@ -36,7 +36,7 @@ def done_run(tmp_path_factory):
 
 # ---------------------------------------------------------------- configs
 def test_paper_pool_has_27_named_members():
-    cfg = B.default_config()
+    cfg = B.make_config(pool={"epochs": (4, 5, 6)})  # PoolSpec's grid: the paper's, epochs /10
     pool = B.pool_configs(cfg)
     names = [n for n, _ in pool]
     assert len(pool) == 27 and len(set(names)) == 27
@@ -45,6 +45,9 @@ def test_paper_pool_has_27_named_members():
     assert isinstance(tc, TrainConfig)
     assert (tc.epochs, tc.weight_decay, tc.label_smoothing, tc.momentum, tc.schedule, tc.optimizer) == (
         5, 5e-5, 0.05, 0.9, "cosine", "sgd")
+    digits = [n for n, _ in B.pool_configs(B.default_config())]
+    assert digits == ["e4_wd1e-4_ls0", "e4_wd1e-4_ls0.1", "e4_wd1e-5_ls0", "e4_wd1e-5_ls0.1",
+                      "e6_wd1e-4_ls0", "e6_wd1e-4_ls0.1", "e6_wd1e-5_ls0", "e6_wd1e-5_ls0.1"]
 
 
 def test_cifar10_config_uses_the_papers_pool_and_explains_missing_data(tmp_path):
@@ -405,8 +408,8 @@ def test_fashion_mnist_and_dataset_configs():
     assert B.default_config().seeds == (0, 1, 2)
     with pytest.raises(ValueError, match="there are"):
         B.dataset_config("svhn")
-    assert list(B.baseline_candidates(B.default_config(), "ga")) == [
-        "epochs3_lr0.001", "epochs3_lr0.003", "epochs6_lr0.001", "epochs6_lr0.003"]
+    assert list(B.baseline_candidates(B.make_config(baseline_grid={"ga": {"lr": (1e-3, 3e-3), "epochs": (3, 6)}}),
+                                      "ga")) == ["epochs3_lr0.001", "epochs3_lr0.003", "epochs6_lr0.001", "epochs6_lr0.003"]
     with pytest.raises(ValueError, match="baseline_grid"):
         B.make_config(baseline_grid={"ft": {"lr": ()}})
     with pytest.raises(ValueError, match="distinct"):
