@@ -155,6 +155,8 @@ def test_seed_pool_repeats_members_under_each_seed():
     two = cf.resolve_pool("paper", "svhn", seeds=[7, 8], epochs=1)
     assert len(two) == 60 and two[0].name == "svhn_m1_n1_s7" and two[1].seed == 8 and two[0].epochs == 1
     assert cf.resolve_pool("paper-noaug", "svhn") == cf.paper_pool("svhn", augment=False)
+    smoke = cf.resolve_pool("smoke", "mnist", finetuning_mode="linear")
+    assert [p.name for p in smoke] == ["m1_n1", "m2_n2", "m3_n3"] and {p.finetuning_mode for p in smoke} == {"linear"}
     with pytest.raises(ValueError, match="distinct"):
         cf.seed_pool([_cfg()], [1, 1])
 

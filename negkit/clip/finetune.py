@@ -213,15 +213,19 @@ def resolve_pool(pool: str | Sequence[PoolConfig | Mapping[str, Any]], dataset: 
 
     Args:
         pool: ``"paper"`` (30 RandAugment members, :func:`paper_pool`), ``"paper-noaug"``
-            (the single task_vectors fine-tune) or a list of PoolConfig / dicts of its fields.
+            (the single task_vectors fine-tune), ``"smoke"`` (:func:`smoke_pool`, three one-epoch
+            members for offline smoke runs) or a list of PoolConfig / dicts of its fields.
         dataset: Dataset the pool fine-tunes on (for the paper's epochs).
         seeds: If given, every member under each of these seeds (:func:`seed_pool`);
             ``"paper-noaug"`` with ``seeds=range(K)`` is a pool of K seeds of one recipe.
         **overrides: PoolConfig fields applied to every member.
     """
+    if pool == "smoke":
+        pool = smoke_pool(3)
     if isinstance(pool, str):
         if pool not in ("paper", "paper-noaug"):
-            raise ValueError(f"unknown pool {pool!r}; use 'paper', 'paper-noaug' or a list of PoolConfig dicts")
+            raise ValueError(f"unknown pool {pool!r}; use 'paper', 'paper-noaug', 'smoke' "
+                             "or a list of PoolConfig dicts")
         members = paper_pool(dataset, augment=pool == "paper", **overrides)
     else:
         members = [from_dict(PoolConfig, p, **overrides) for p in pool]
