@@ -129,6 +129,16 @@ def _check_reference(control_reference: float) -> None:
                          f"in %), got {control_reference!r}; was the reference evaluated on an empty set?")
 
 
+def _check_selection(threshold: float, control_reference: float, rule: str, target: float | None) -> None:
+    """The arguments :func:`select_coef` and :func:`search_coef` share, checked before any work."""
+    check_threshold(threshold)
+    _check_reference(control_reference)
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; valid rules are {list(RULES)}")
+    if rule == "match" and not (isinstance(target, numbers.Real) and math.isfinite(target)):
+        raise ValueError(f"rule='match' needs a finite target forget accuracy (%), got target={target!r}")
+
+
 def _grid_size(start: float, stop: float, step: float) -> int:
     """Number of steps from ``start`` to ``stop`` (the grid has one more point); checks the inputs first."""
     for name, value in (("start", start), ("stop", stop), ("step", step)):
@@ -179,12 +189,7 @@ def select_coef(coefs: Sequence[float], forget_acc: Sequence[float], control_acc
         ValueError: The sequences differ in length or are empty; a threshold outside
             (0, 1]; a non-finite reference; an unknown rule or a missing target.
     """
-    check_threshold(threshold)
-    _check_reference(control_reference)
-    if rule not in RULES:
-        raise ValueError(f"unknown rule {rule!r}; valid rules are {list(RULES)}")
-    if rule == "match" and not (isinstance(target, numbers.Real) and math.isfinite(target)):
-        raise ValueError(f"rule='match' needs a finite target forget accuracy (%), got target={target!r}")
+    _check_selection(threshold, control_reference, rule, target)
     if not len(coefs) == len(forget_acc) == len(control_acc):
         raise ValueError(f"coefs, forget_acc and control_acc must have equal lengths; got "
                          f"{len(coefs)}, {len(forget_acc)}, {len(control_acc)}")
@@ -301,12 +306,7 @@ def search_coef(evaluate_coefs: Callable[[Sequence[float]], Mapping[str, Sequenc
         ValueError: A bad threshold, reference, grid, rule or target, or an evaluator
             that omits a split or returns the wrong number of values.
     """
-    check_threshold(threshold)
-    _check_reference(control_reference)
-    if rule not in RULES:
-        raise ValueError(f"unknown rule {rule!r}; valid rules are {list(RULES)}")
-    if rule == "match" and not (isinstance(target, numbers.Real) and math.isfinite(target)):
-        raise ValueError(f"rule='match' needs a finite target forget accuracy (%), got target={target!r}")
+    _check_selection(threshold, control_reference, rule, target)
     if rule != "match" and target is not None:
         raise ValueError(f"target is only used by rule='match'; got rule={rule!r}, target={target!r}")
     if max_coef < stop:
