@@ -49,14 +49,9 @@ METHODS = (
 )
 
 
-
-#: Methods that no registry holds: reference models and the protocols' own methods.
-_PROTOCOL_METHODS = ("original", "retrain", "zeroshot", "task_arithmetic", "forget_vector", "forget_vector_arithmetic")
-
-
 def list_methods() -> list[str]:
     """Every recordable method name: :data:`METHODS`, then rules and baselines registered since."""
-    names = dict.fromkeys((*METHODS, *_PROTOCOL_METHODS, *merge.list_methods(), *unlearn.list_methods()))
+    names = dict.fromkeys((*METHODS, *merge.list_methods(), *unlearn.list_methods()))
     return list(names)
 
 

@@ -29,12 +29,18 @@ from typing import Any, Mapping, Sequence
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from negkit.results import COLUMNS, read_results
+from negkit import merge
+from negkit.results import COLUMNS, method_rank, read_results
 
-__all__ = ["RunKey", "RecordedCurves", "NegationState", "curve_records", "NEGATION_METHODS", "FINAL_METRICS"]
+__all__ = ["RunKey", "RecordedCurves", "NegationState", "curve_records", "negation_methods", "FINAL_METRICS"]
 
-#: Methods that negate a task vector with a coefficient λ (the ones the view can show).
-NEGATION_METHODS = ("task_arithmetic", "mean", "sum", "ties", "magmax", "negmerge")
+
+def negation_methods() -> list[str]:
+    """Methods that negate a task vector with a coefficient λ (the ones the view can show): Task
+    Arithmetic and every rule of :mod:`negkit.merge`'s registry, in the kit's display order."""
+    return sorted(["task_arithmetic", *merge.list_methods()], key=method_rank)
+
+
 #: Metrics of the chosen model shown next to the curve when they are available.
 FINAL_METRICS = ("UA", "RA", "TA", "MIA", "avg_gap")
 
@@ -97,10 +103,11 @@ class RecordedCurves:
         self.forget_split, self.control_split, self.threshold = forget_split, control_split, threshold
         self.df = df
         curve = df["metric"].eq("acc") & df["split"].isin([forget_split, control_split]) & df["coef"].notna()
-        self._curves = df[curve & df["method"].isin(NEGATION_METHODS)]
+        self._methods = negation_methods()
+        self._curves = df[curve & df["method"].isin(self._methods)]
         # Everything else a negation method recorded describes its chosen model: UA/RA/TA/MIA/avg_gap
         # (benchmark) or test accuracies at the chosen λ (CLIP task negation: test_forget / test_control).
-        self._final = df[~curve & df["method"].isin(NEGATION_METHODS)]
+        self._final = df[~curve & df["method"].isin(self._methods)]
 
     def runs(self) -> list[RunKey]:
         """Runs that have at least one negation curve or final negation metric."""
@@ -120,7 +127,7 @@ class RecordedCurves:
         pairs = list(dict.fromkeys(zip(rows["method"], rows["pool_config"])))
         if any(m == "task_arithmetic" and p for m, p in pairs):
             pairs = [p for p in pairs if p != ("task_arithmetic", "")]
-        order = {m: i for i, m in enumerate(NEGATION_METHODS)}
+        order = {m: i for i, m in enumerate(self._methods)}
         return sorted(pairs, key=lambda p: (order[p[0]], p[1]))
 
     def selected_member(self, run: RunKey) -> str | None:
