@@ -26,6 +26,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from negkit.io import as_device
+
 __all__ = ["resolve_device", "predict", "evaluate", "true_class_confidence", "coef_grid", "select_coef",
            "sweep_coefs", "CoefSearch", "search_coef", "negation_evaluator", "check_threshold", "RULES"]
 
@@ -33,10 +35,14 @@ InputTransform = Callable[[torch.Tensor], torch.Tensor]
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` as a ``torch.device``; None means ``"cuda"`` when available, else ``"cpu"``."""
+    """``device`` as a ``torch.device``; None means ``"cuda"`` when available, else ``"cpu"``.
+
+    Raises:
+        ValueError: ``device`` is not a torch device (the message lists valid ones).
+    """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return as_device(device)
 
 
 @torch.no_grad()

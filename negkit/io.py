@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 __all__ = [
     "atomic_write",
+    "as_device",
     "save_state_dict",
     "load_state_dict",
     "read_metadata",
@@ -336,7 +337,7 @@ def load_state_dict(path: PathLike, device: str | torch.device = "cpu") -> dict[
             ``nn.Module``) or holds non-tensor entries; the message says how to convert it.
     """
     p = _existing_file(path)
-    device = _check_device(device)
+    device = as_device(device)
     if p.suffix == ".safetensors" or is_safetensors(p):
         logger.debug("loading safetensors %s", p)
         try:
@@ -379,7 +380,9 @@ def _existing_file(path: PathLike) -> Path:
     return p
 
 
-def _check_device(device: Any) -> torch.device:
+def as_device(device: Any) -> torch.device:
+    """``device`` as a ``torch.device``, or a ``ValueError`` that names it and lists valid ones
+    (:func:`negkit.evaluate.resolve_device` adds the ``None`` → cuda-if-available default)."""
     try:
         return torch.device(device)
     except (RuntimeError, TypeError, ValueError) as e:

@@ -41,6 +41,7 @@ import torch
 
 from negkit import __version__
 from negkit import io as nkio
+from negkit.evaluate import resolve_device
 
 __all__ = ["RunDirLocked", "lock_run_dir", "locks_run_dir", "holder", "environment", "check_environment",
            "LOCK_FILE", "ENV_FILE"]
@@ -202,13 +203,7 @@ def locks_run_dir(run_dir_of: RunDirOf = "run_dir") -> Callable[[F], F]:
 
 def environment(device: Any = None) -> dict[str, Any]:
     """What a run's bitwise results depend on besides its config: threads, versions, device type."""
-    if device is None:
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    else:
-        try:
-            kind = torch.device(device).type
-        except (RuntimeError, TypeError):
-            kind = str(device)
+    kind = resolve_device(device).type
     return {"threads": torch.get_num_threads(), "torch": torch.__version__.split("+")[0], "negkit": __version__,
             "python": ".".join(map(str, sys.version_info[:2])), "device": kind}
 
