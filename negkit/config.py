@@ -25,6 +25,7 @@ in one :class:`ConfigError`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -160,7 +161,7 @@ def _type_problem(value: Any, hint: Any) -> str | None:
             return None
         fix = ""
         if isinstance(value, str):
-            with _suppress():
+            with contextlib.suppress(ValueError, TypeError):
                 fix = f" (write {float(value)!r}, not {value!r})"
         return f"is {_describe(value)}, expected a number{fix}"
     if hint is str:
@@ -216,14 +217,6 @@ def _describe(value: Any) -> str:
 def _np_bool() -> type:
     np = sys.modules.get("numpy")
     return np.bool_ if np is not None else bool
-
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> bool:
-        return exc[0] is not None and issubclass(exc[0], (ValueError, TypeError))
 
 
 def _numbers_in(value: Any) -> Iterable[float]:
