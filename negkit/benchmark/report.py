@@ -156,8 +156,11 @@ def results_table(df: pd.DataFrame) -> pd.DataFrame:
     searched); the note says when λ hit the top of its range or when no λ was admissible.
     """
     d = _method_rows(df, None)
-    search = df[df.metric.isin(("n_coefs", "coef_max_searched")) & (df.pool_config == "")]
-    keys = ["setting", "dataset", "scenario", "method", "seed"]
+    # The validation-selected Task Arithmetic row searched λ as its pool member did (named in its note).
+    member = d.note.str.extract(r"^val-selected pool member (\S+)$", expand=False).fillna("")
+    d = d.assign(_member=member.where(d.method == "task_arithmetic", ""))
+    search = df[df.metric.isin(("n_coefs", "coef_max_searched"))].rename(columns={"pool_config": "_member"})
+    keys = ["setting", "dataset", "scenario", "method", "seed", "_member"]
     if not search.empty:
         wide = search.pivot_table(index=keys, columns="metric", values="value", aggfunc="last").reset_index()
         d = d.merge(wide, on=keys, how="left")
