@@ -107,12 +107,6 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; valid optimizers are ['sgd', 'adamw']")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"unknown schedule {self.schedule!r}; valid schedules are ['cosine', 'constant']")
-        for name in ("epochs", "batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr < 0 or self.warmup_steps < 0 or not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"need lr >= 0, warmup_steps >= 0 and label_smoothing in [0, 1); got "
-                             f"{self.lr}, {self.warmup_steps}, {self.label_smoothing}")
 
 
 @dataclasses.dataclass

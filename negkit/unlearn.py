@@ -98,12 +98,6 @@ class UnlearnConfig:
 
     def __post_init__(self) -> None:
         check(self)  # types and RANGES (negkit.config)
-        if self.epochs < 1:
-            raise ValueError(f"UnlearnConfig.epochs must be >= 1, got {self.epochs}")
-        if not 0.0 < self.saliency_fraction <= 1.0:
-            raise ValueError(
-                f"UnlearnConfig.saliency_fraction must be in (0, 1], got {self.saliency_fraction}"
-            )
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"UnlearnConfig.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
 

@@ -156,8 +156,6 @@ class BenchmarkConfig:
         unknown = [r for r in self.rules if r not in RULES]
         if unknown or "min_forget" not in self.rules:
             raise ValueError(f"rules must include 'min_forget' and come from {list(RULES)}; got {list(self.rules)}")
-        if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
         if not self.coefs:
             raise ValueError("coefs is empty; use e.g. negkit.evaluate.coef_grid(0, 1, 0.05)")
         if self.coef_search not in COEF_SEARCHES:

@@ -110,7 +110,8 @@ class ForgetVectorConfig:
 
     RANGES = {"alpha": ">= 0", "beta": ">= 0", "tau": ">= 0", "lam": ">= 0", "lr": ">= 0", "momentum": "[0, 1)",
               "weight_decay": ">= 0", "gamma": "(0, 1]", "epochs": ">= 1", "steps_per_epoch": ">= 1",
-              "forget_batch_size": ">= 1", "retain_batch_size": ">= 1", "eps": ">= 0", "seed": ">= 0"}
+              "forget_batch_size": ">= 1", "retain_batch_size": ">= 1", "crop_padding": ">= 0",
+              "eps": ">= 0", "seed": ">= 0"}
 
     def __post_init__(self) -> None:
         check(self)  # types and RANGES (negkit.config)
@@ -121,15 +122,8 @@ class ForgetVectorConfig:
         if self.bound != "none" and not self.eps > 0:
             raise ValueError(f"bound={self.bound!r} needs eps > 0 (got {self.eps}); "
                              "set eps or use bound='none'")
-        small = [k for k in ("epochs", "batch_size", "forget_batch_size", "retain_batch_size")
-                 if getattr(self, k) < 1]
-        if small:
-            raise ValueError(f"{', '.join(small)} must be >= 1 (got "
-                             f"{', '.join(str(getattr(self, k)) for k in small)})")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch must be >= 1 or None for one pass (got {self.steps_per_epoch})")
-        if self.crop_padding < 0:
-            raise ValueError(f"crop_padding must be >= 0 (got {self.crop_padding})")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 (got {self.batch_size})")
 
 
 def margin_loss(logits: Tensor, targets: Tensor, tau: float) -> Tensor:
