@@ -1,8 +1,6 @@
 """CIFAR bundles: SalUn's stratified validation split, clean splits, augmentation only in the training view."""
 from __future__ import annotations
 
-import hashlib
-import pickle
 
 import numpy as np
 import pytest
@@ -17,24 +15,9 @@ from negkit.data.splits import subset
 
 
 @pytest.fixture()
-def fake_cifar10(tmp_path, monkeypatch):
+def fake_cifar10(tmp_path, write_fake_cifar10):
     """torchvision's CIFAR-10 layout with 5 × 30 training images (labels 0..9, 15 of each) and 20 test images."""
-    from torchvision.datasets import CIFAR10
-
-    folder = tmp_path / CIFAR10.base_folder
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    files = {f"data_batch_{i}": {"data": rng.integers(0, 256, (30, 3072), dtype=np.uint8),
-                                 "labels": list(range(10)) * 3} for i in range(1, 6)}
-    files["test_batch"] = {"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8), "labels": list(range(10)) * 2}
-    files["batches.meta"] = {"label_names": [f"c{i}" for i in range(10)]}
-    md5 = {}
-    for name, obj in files.items():
-        (folder / name).write_bytes(pickle.dumps(obj))
-        md5[name] = hashlib.md5((folder / name).read_bytes()).hexdigest()
-    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", md5[f"data_batch_{i}"]] for i in range(1, 6)])
-    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5["test_batch"]]])
-    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5["batches.meta"]})
+    files = write_fake_cifar10(tmp_path, n_train=30, n_test=20)
     train_images = np.concatenate([files[f"data_batch_{i}"]["data"] for i in range(1, 6)])
     return tmp_path, train_images.reshape(-1, 3, 32, 32)
 

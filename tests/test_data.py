@@ -1,8 +1,6 @@
 """Dataset registry, digits, CIFAR loading (fake on-disk data) and forget splits."""
 from __future__ import annotations
 
-import hashlib
-import pickle
 
 import numpy as np
 import pytest
@@ -111,23 +109,8 @@ def test_cifar_without_data_says_what_to_download_and_where(tmp_path):
         data.get("cifar100")
 
 
-def test_cifar10_loads_torchvision_on_disk_format(tmp_path, monkeypatch):
-    from torchvision.datasets import CIFAR10
-
-    folder = tmp_path / CIFAR10.base_folder
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    files = {name: {"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8), "labels": list(range(10)) * 2}
-             for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]}
-    files["batches.meta"] = {"label_names": [f"c{i}" for i in range(10)]}
-    md5 = {}
-    for name, obj in files.items():
-        (folder / name).write_bytes(pickle.dumps(obj))
-        md5[name] = hashlib.md5((folder / name).read_bytes()).hexdigest()
-    # torchvision verifies the official checksums; point it at the fake files' checksums instead.
-    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", md5[f"data_batch_{i}"]] for i in range(1, 6)])
-    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5["test_batch"]]])
-    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5["batches.meta"]})
+def test_cifar10_loads_torchvision_on_disk_format(tmp_path, write_fake_cifar10):
+    files = write_fake_cifar10(tmp_path)
 
     b = data.get("cifar10", root=tmp_path, val_size=10, seed=0)
     assert (len(b.train), len(b.val), len(b.test)) == (90, 10, 20)
