@@ -16,7 +16,7 @@ import logging
 import math
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -150,7 +150,7 @@ def _image_shape(dataset: Dataset, name: str) -> tuple[int, int, int]:
 
 def _optimise(model: nn.Module, forget: Dataset, retain: Dataset, param: Tensor, make_delta,
               cfg: ForgetVectorConfig, device: torch.device, progress: bool, desc: str,
-              arithmetic: bool, on_epoch=None) -> list[dict[str, float]]:
+              arithmetic: bool, on_epoch: Callable[[int, Tensor], None] | None = None) -> list[dict[str, float]]:
     """Minimise :func:`forget_vector_loss` over ``param`` with the model frozen.
 
     ``make_delta()`` builds δ (C, H, W) from ``param``: δ itself (projected onto ``cfg.bound``
@@ -195,7 +195,8 @@ def _optimise(model: nn.Module, forget: Dataset, retain: Dataset, param: Tensor,
 def learn_forget_vector(model: nn.Module, forget: Dataset, retain: Dataset,
                         cfg: ForgetVectorConfig | Mapping[str, Any] | None = None, *,
                         device: str | torch.device | None = None, progress: bool = False,
-                        meta: Mapping[str, Any] | None = None, on_epoch=None) -> ForgetVector:
+                        meta: Mapping[str, Any] | None = None,
+                        on_epoch: Callable[[int, Tensor], None] | None = None) -> ForgetVector:
     """Learn δ so that the frozen ``model`` forgets ``forget`` and keeps ``retain``.
 
     Args:

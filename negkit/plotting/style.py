@@ -8,6 +8,7 @@ and is written to disk with :func:`save_figure` (PNG and PDF, each atomically).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Sequence
@@ -109,7 +110,7 @@ def set_style() -> None:
     sns.set_theme(context="paper", style="whitegrid", palette="colorblind", rc=_STYLE)
 
 
-def style_context():
+def style_context() -> contextlib.AbstractContextManager:
     """Context manager applying the kit's style to the figures created inside it."""
     return sns.axes_style("whitegrid", rc=_STYLE)
 
