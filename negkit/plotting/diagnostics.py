@@ -84,7 +84,7 @@ def diversity_heatmap(diversity: pd.DataFrame, value: str = "cosine", ax: Axes |
         diversity: Long table ``a, b, cosine, agreement, rel_distance``.
         value: ``"cosine"``, ``"agreement"`` or ``"rel_distance"``.
         ax: Axes to draw on (new if None).
-        annot: Write the values in the cells (default: when K ≤ 9).
+        annot: Write the values in the cells (default: when K ≤ 6).
 
     Raises:
         ValueError: Unknown ``value``.
@@ -97,7 +97,7 @@ def diversity_heatmap(diversity: pd.DataFrame, value: str = "cosine", ax: Axes |
     wide.columns = wide.index
     k = len(order)
     ax = _axes(ax, figsize=(2 + 0.45 * k, 1.5 + 0.4 * k))
-    sns.heatmap(wide, ax=ax, cmap="viridis", annot=k <= 9 if annot is None else annot, fmt=".2f",
+    sns.heatmap(wide, ax=ax, cmap="viridis", annot=k <= 6 if annot is None else annot, fmt=".2f",
                 cbar_kws={"label": value.replace("_", " ")}, square=True)
     ax.set_xlabel("")
     ax.set_ylabel("")
