@@ -408,8 +408,9 @@ def test_fashion_mnist_and_dataset_configs():
     assert B.default_config().seeds == (0, 1, 2)
     with pytest.raises(ValueError, match="there are"):
         B.dataset_config("svhn")
-    assert list(B.baseline_candidates(B.make_config(baseline_grid={"ga": {"lr": (1e-3, 3e-3), "epochs": (3, 6)}}),
-                                      "ga")) == ["epochs3_lr0.001", "epochs3_lr0.003", "epochs6_lr0.001", "epochs6_lr0.003"]
+    grid = B.make_config(baseline_grid={"ga": {"lr": (1e-3, 3e-3), "epochs": (3, 6)}})
+    assert list(B.baseline_candidates(grid, "ga")) == [
+        "epochs3_lr0.001", "epochs3_lr0.003", "epochs6_lr0.001", "epochs6_lr0.003"]
     with pytest.raises(ValueError, match="baseline_grid"):
         B.make_config(baseline_grid={"ft": {"lr": ()}})
     with pytest.raises(ValueError, match="distinct"):

@@ -52,7 +52,8 @@ def test_diversity_heatmap_and_member_curves():
     rows = []
     for method, pc, lam in (("task_arithmetic", "a", 0.5), ("task_arithmetic", "b", 1.0), ("negmerge", "", 2.0)):
         for c in (0.0, 0.5, 1.0, 2.0):
-            rows.append(dict(method=method, pool_config=pc, metric="acc", split="val_forget", coef=c, value=90 - 10 * c))
+            rows.append(dict(method=method, pool_config=pc, metric="acc", split="val_forget", coef=c,
+                             value=90 - 10 * c))
         rows.append(dict(method=method, pool_config=pc, metric="UA", split="forget", coef=lam, value=1.0))
     ax = diagnostics.member_curves(pd.DataFrame(rows), threshold=0.95, control_reference=80.0)
     curves = [line for line in ax.lines if len(line.get_xdata()) == 4]

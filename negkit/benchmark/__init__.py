@@ -3,7 +3,8 @@
 One code path serves the built-in digits default (:func:`default_config`: small
 ResNet on 8×8 digits, seconds per run on CPU), Fashion-MNIST (:func:`fashion_mnist_config`,
 sized for 2 CPU cores, or the whole training set on a GPU) and ResNet-18 on CIFAR-10
-(:func:`cifar10_config`, GPU-sized); :func:`dataset_config` picks one by dataset name. Per forgetting scenario (``"random_10"``: a random 10 % of the
+(:func:`cifar10_config`, GPU-sized); :func:`dataset_config` picks one by dataset name.
+Per forgetting scenario (``"random_10"``: a random 10 % of the
 training set; ``"class_3"``: every training image of class 3):
 
 1. **Original** θ_o trained on the whole training set; **Retrain**, the same recipe on

@@ -150,7 +150,8 @@ class BenchmarkConfig:
         for m, grid in self.baseline_grid.items():
             for key, values in grid.items():
                 if isinstance(values, (str, bytes)) or not values:
-                    raise ValueError(f"baseline_grid[{m!r}][{key!r}] must be a non-empty list of values, got {values!r}")
+                    raise ValueError(f"baseline_grid[{m!r}][{key!r}] must be a non-empty list of values, "
+                                     f"got {values!r}")
             for values in baseline_candidates(self, m).values():
                 unlearn.default_config(m, **values)  # unknown baselines, fields and bad values fail here
         unknown = [r for r in self.rules if r not in RULES]

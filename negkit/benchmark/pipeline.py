@@ -286,7 +286,8 @@ def _baseline(setup: Setup, method: str, rules: Sequence[str]) -> None:
         val[name] = {split: float(evaluate(models[name], getattr(setup, split), device=setup.device,
                                            batch_size=cfg.eval_batch_size)["acc"])
                      for split in ("val_forget", "val_control")}
-    save_json({"candidates": candidates, "val": val, "control_reference": setup.control_reference}, folder / "selection.json")
+    save_json({"candidates": candidates, "val": val, "control_reference": setup.control_reference},
+              folder / "selection.json")
     metrics: dict[str, dict[str, float]] = {}
     # The match rule first: the step counts as done once its min_forget record exists.
     for rule in sorted(rules, key=lambda r: r == "min_forget"):
