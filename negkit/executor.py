@@ -1,17 +1,19 @@
-"""Executors: who runs the benchmark's training units — this process, or Ray tasks on a cluster.
+"""Executors: who runs the benchmark's units — this process, or Ray tasks on a cluster.
 
-:func:`run_benchmark` checks the config and the run folder, trains every unit of
-:func:`negkit.benchmark.units.training_units` that is not done yet, then calls the
-ordinary :func:`negkit.benchmark.run`, which finds every model trained and writes the
-records. Both executors call the same unit functions into the same folders with the
-same done-markers, so they give the same records, and a run started by one resumes
-under the other.
+:func:`run_benchmark` checks the config and the run folder, runs every unit of
+:func:`negkit.benchmark.units.training_units` and then of
+:func:`~negkit.benchmark.units.negation_units` (the λ searches) that is not done yet,
+then calls the ordinary :func:`negkit.benchmark.run`, which finds every model trained
+and every negation's outcome saved, and writes the records. Both executors call the
+same unit functions into the same folders with the same done-markers, so they give
+the same records, and a run started by one resumes under the other.
 
 - ``"local"``: the units one after another in this process.
 - ``"ray"``: one Ray task per unit, each asking for ``cpus_per_task`` CPUs and
   ``gpus_per_task`` GPUs (a fraction packs several small models on one GPU); a task
   that fails is retried ``retries`` times. Pool members and baselines wait for
-  Original. Without ``address`` an embedded Ray starts on this machine's CPUs; with
+  Original; a negation waits for Original, Retrain and the pool members it negates.
+  Without ``address`` an embedded Ray starts on this machine's CPUs; with
   ``address`` (``"auto"`` or ``"<head-ip>:6379"``) the units run on that cluster, and
   ``run_dir`` and the data root must be on storage every node sees at the same path.
 
@@ -46,7 +48,7 @@ EXECUTORS = ("local", "ray")
 
 
 class UnitFailed(RuntimeError):
-    """A training unit raised; the message names the unit and carries its traceback."""
+    """A unit raised; the message names the unit and carries its traceback."""
 
     def __init__(self, unit: str, detail: str) -> None:
         super().__init__(f"training unit {unit!r} failed: {detail}")
@@ -57,7 +59,7 @@ def run_benchmark(cfg: BenchmarkConfig, run_dir: str | Path, *, executor: str = 
                   address: str | None = None, num_cpus: int | None = None, cpus_per_task: float = 1,
                   gpus_per_task: float = 0, retries: int = 2, device: str | None = None,
                   progress: bool = True) -> pd.DataFrame:
-    """Train every unit with ``executor``, then evaluate and record with :func:`negkit.benchmark.run`.
+    """Run every unit with ``executor``, then record with :func:`negkit.benchmark.run`.
 
     Args:
         cfg: The benchmark's configuration.
@@ -105,7 +107,7 @@ def _check(executor: str, address: str | None, num_cpus: int | None, cpus_per_ta
 def run_units(cfg: BenchmarkConfig, run_dir: str | Path, *, executor: str = "local", address: str | None = None,
               num_cpus: int | None = None, cpus_per_task: float = 1, gpus_per_task: float = 0,
               retries: int = 2, device: str | None = None, progress: bool = True) -> list[str]:
-    """Only the training part of :func:`run_benchmark` (same arguments).
+    """Only the units of :func:`run_benchmark`, training and λ searches (same arguments).
 
     Returns:
         Names of the units that were run (those not done before).
@@ -121,10 +123,11 @@ def run_units(cfg: BenchmarkConfig, run_dir: str | Path, *, executor: str = "loc
 def _run_units(cfg: BenchmarkConfig, run_dir: Path, executor: str, *, address: str | None, num_cpus: int | None,
                cpus_per_task: float, gpus_per_task: float, retries: int, device: str | None,
                progress: bool) -> list[str]:
-    todo = [u for u in U.training_units(cfg) if not U.is_done(cfg, run_dir, u)]
-    log.info("%d training units to run (%d already done)", len(todo), len(U.training_units(cfg)) - len(todo))
+    every = U.training_units(cfg) + U.negation_units(cfg)  # negations after what they need
+    todo = [u for u in every if not U.is_done(cfg, run_dir, u)]
+    log.info("%d units to run (%d already done)", len(todo), len(every) - len(todo))
     if todo:
-        bar = tqdm(total=len(todo), desc=f"training units ({executor})", unit="unit", disable=not progress)
+        bar = tqdm(total=len(todo), desc=f"units ({executor})", unit="unit", disable=not progress)
         with bar:
             if executor == "local":
                 _local(cfg, run_dir, todo, device, bar)

@@ -185,6 +185,42 @@ def test_units_leave_nothing_for_run_to_train(local_run, monkeypatch):
     B.run(B.dataset_config("digits", smoke=True, **TINY), local_run, device="cpu", progress=False)
 
 
+def test_negation_units_wait_for_what_they_negate():
+    cfg = B.dataset_config("digits", smoke=True, **{**TINY, "scenarios": ["class_3", "random_10"]})
+    neg = {u.name: u for u in units.negation_units(cfg)}
+    pre = "seed_0/class_3"
+    assert sorted(n for n in neg if n.startswith(pre)) == [  # match applies to random forgetting only
+        f"{pre}/negation/min_forget/negmerge", f"{pre}/negation/min_forget/task_arithmetic/e1_wd1e-4_ls0",
+        f"{pre}/negation/min_forget/task_arithmetic/e1_wd1e-4_ls0.1"]
+    assert len([n for n in neg if n.startswith("seed_0/random_10/negation/match/")]) == 3
+    member = neg[f"{pre}/negation/min_forget/task_arithmetic/e1_wd1e-4_ls0.1"]
+    assert member.after == ("seed_0/original", f"{pre}/retrain", f"{pre}/pool/e1_wd1e-4_ls0.1")
+    assert neg[f"{pre}/negation/min_forget/negmerge"].after[2:] == (f"{pre}/pool/e1_wd1e-4_ls0",
+                                                                     f"{pre}/pool/e1_wd1e-4_ls0.1")
+    trained = {u.name for u in units.training_units(cfg)}
+    assert all(set(u.after) <= trained for u in neg.values())
+    with pytest.raises(ValueError, match="pass 'task_arithmetic' with one of"):
+        B.pipeline.negation_unit(cfg, "unused", 0, "class_3", "task_arithmetic")
+
+
+@pytest.mark.slow
+def test_negation_units_leave_no_search_for_run(local_run, reference, tmp_path, monkeypatch):
+    """Every λ search ran as a unit: run() only reads the outcomes and writes the library's records."""
+    cfg = B.dataset_config("digits", smoke=True, **TINY)
+    assert all(units.is_done(cfg, local_run, u) for u in units.negation_units(cfg))
+    run_dir = tmp_path / "records_only"
+    shutil.copytree(local_run, run_dir)
+    (run_dir / "results.jsonl").unlink()
+
+    def searched(*args, **kwargs):
+        raise AssertionError("benchmark.run searched λ again; the negation units missed it")
+
+    monkeypatch.setattr(B.pipeline, "negation_search", searched)
+    monkeypatch.setattr(checkpoint, "save_finished", searched)
+    B.run(cfg, run_dir, device="cpu", progress=False)
+    assert (run_dir / "results.jsonl").read_bytes() == (reference / "results.jsonl").read_bytes()
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     """One embedded 2-CPU Ray for the module; the commands join it."""

@@ -18,6 +18,13 @@ gives the lowest validation forget accuracy (ties: higher control accuracy, then
 Each step's records (its λ curve, then its metrics) are written in one append and a
 step whose final record exists is skipped, so a rerun after an interruption yields
 the same records as one uninterrupted run.
+
+Each negation's outcome (its λ search and the metrics at the chosen λ) is also a unit of
+work, :func:`negation_unit`: it is computed once, by whoever comes first (``run``'s own
+loop, or a unit on an executor), and saved atomically to
+``<scenario>/negation/<rule>/<method>[/<pool member>]/outcome.json``, which is its
+done-marker; ``run`` reads a saved outcome instead of searching again, so its records
+are the same whoever computed it.
 """
 from __future__ import annotations
 
@@ -37,13 +44,13 @@ from tqdm.auto import tqdm
 
 from negkit import merge, unlearn
 from negkit.benchmark.config import (EDGE, NO_COEF, SETTING, SETTING_MATCH, UNLEARNING_METRICS, BenchmarkConfig,
-                                     baseline_candidates, pool_configs)
+                                     baseline_candidates, parse_scenario, pool_configs)
 from negkit.benchmark.report import load_results
 from negkit.benchmark.setup import Setup, _done_steps, check_run, prepare, record_method
 from negkit.config import to_dict
 from negkit.data import get as get_dataset
 from negkit.evaluate import CoefSearch, evaluate, negation_evaluator, search_coef, select_coef
-from negkit.io import save_json
+from negkit.io import load_json, save_json
 from negkit.lock import locks_run_dir
 from negkit.metrics import unlearning_metrics
 from negkit.results import COLUMNS, Record
@@ -52,10 +59,14 @@ from negkit.train import train
 
 log = logging.getLogger(__name__)
 
-__all__ = ["pool_task_vectors", "negated_model", "negation_search", "negation_sweep", "negated_metrics", "run"]
+__all__ = ["pool_task_vectors", "negated_model", "negation_search", "negation_sweep", "negated_metrics",
+           "negation_rules", "outcome_path", "negation_unit", "run"]
+
+OUTCOME_FILE = "outcome.json"
 
 
-def pool_task_vectors(setup: Setup, *, progress: bool = False) -> dict[str, TaskVector]:
+def pool_task_vectors(setup: Setup, *, names: Sequence[str] | None = None,
+                      progress: bool = False) -> dict[str, TaskVector]:
     """Fine-tune θ_o on D_f with every pool config (skipped when done) and return τ_k = θ_k − θ_o.
 
     τ_k covers the model's parameters only (:meth:`TaskVector.from_models`, on CPU):
@@ -65,9 +76,14 @@ def pool_task_vectors(setup: Setup, *, progress: bool = False) -> dict[str, Task
 
     Each τ_k is also saved as ``<scenario>/task_vectors/<name>.safetensors`` (for
     streaming analysis and the explorer widget).
+
+    Args:
+        setup: The scenario.
+        names: Only these pool members (None: all of them).
+        progress: Show a progress bar over the members.
     """
     out: dict[str, TaskVector] = {}
-    members = pool_configs(setup.cfg)
+    members = [(n, tc) for n, tc in pool_configs(setup.cfg) if names is None or n in names]
     for name, tc in tqdm(members, desc=f"pool {setup.scenario}", disable=not progress):
         ft = train(copy.deepcopy(setup.original), setup.forget, tc, device=setup.device,
                    out_dir=setup.scenario_dir / "pool" / name, progress=False).model
@@ -175,11 +191,94 @@ def negated_metrics(setup: Setup, tau: TaskVector | Mapping[str, torch.Tensor], 
                               device=setup.device)
 
 
-def _negate(setup: Setup, method: str, tau: TaskVector | Mapping[str, torch.Tensor], *,
-            pool_config: str = "", rule: str = "min_forget", target: float | None = None) -> list[Record]:
-    """Search λ for θ_o − λτ on validation, measure the metrics, record everything in one append."""
+def negation_rules(cfg: BenchmarkConfig, scenario: str) -> tuple[str, ...]:
+    """The selection rules of a scenario: ``match`` only applies to random forgetting."""
+    kind = parse_scenario(scenario)["scenario"]
+    return tuple(r for r in cfg.rules if r == "min_forget" or kind == "random")
+
+
+def outcome_path(setup: Setup, method: str, pool_config: str = "", rule: str = "min_forget") -> Path:
+    """Where a negation's outcome is saved: ``<scenario>/negation/<rule>/<method>[/<pool_config>]/outcome.json``."""
+    return setup.scenario_dir.joinpath("negation", rule, method, *([pool_config] if pool_config else []), OUTCOME_FILE)
+
+
+def _negation_outcome(setup: Setup, method: str, tau: TaskVector | Callable[[], TaskVector], *,
+                      pool_config: str = "", rule: str = "min_forget") -> tuple[CoefSearch, dict[str, float] | None]:
+    """The λ search of θ_o − λτ and the metrics at the chosen λ (None: no λ admissible).
+
+    Read from :func:`outcome_path` when saved there; else computed (``tau`` may be a
+    function giving τ, called only then) and saved there atomically. The one place a negation is computed: ``run``'s loop and
+    :func:`negation_unit` both call it.
+    """
+    path = outcome_path(setup, method, pool_config, rule)
+    if path.exists():
+        o = load_json(path)
+        res = CoefSearch(coef=o["coef"], curve=pd.DataFrame(o["curve"], columns=["coef", "split", "acc"]),
+                         n_evaluated=o["n_evaluated"], searched=tuple(o["searched"]), hit_max=o["hit_max"],
+                         exhaustive=o["exhaustive"])
+        return res, o["metrics"]
+    tau = tau() if callable(tau) else tau
+    res = negation_search(setup, tau, rule=rule, target=_match_target(setup) if rule == "match" else None)
+    metrics = None if res.coef is None else negated_metrics(setup, tau, res.coef)
+    save_json({"method": method, "pool_config": pool_config, "rule": rule, "coef": res.coef,
+               "curve": [[float(r.coef), r.split, float(r.acc)] for r in res.curve.itertuples()],
+               "n_evaluated": int(res.n_evaluated), "searched": [float(c) for c in res.searched],
+               "hit_max": bool(res.hit_max), "exhaustive": bool(res.exhaustive),
+               "metrics": None if metrics is None else {k: float(v) for k, v in metrics.items()}}, path)
+    return res, metrics
+
+
+def _vector(tvs: Mapping[str, TaskVector], cfg: BenchmarkConfig, method: str, pool_config: str) -> TaskVector:
+    """The vector a negation negates: one member's τ (Task Arithmetic) or the pool merged by ``method``."""
+    if method == "task_arithmetic":
+        return tvs[pool_config]
+    names = list(tvs)
+    return merge.get(method)([tvs[n] for n in names], names=names, **cfg.merge_options.get(method, {}))
+
+
+def negation_unit(cfg: BenchmarkConfig, run_dir: str | Path, seed: int, scenario: str, method: str,
+                  pool_config: str = "", rule: str = "min_forget", *, device: str | None = None) -> Path:
+    """One negation's λ search and metrics, saved to its outcome file; nothing is recorded.
+
+    Needs the seed's Original, the scenario's Retrain and the pool members it negates
+    trained (:mod:`negkit.benchmark.units`); :func:`run` later records the outcome as if
+    it had computed it itself. Skipped when the outcome exists.
+
+    Args:
+        cfg: The benchmark's configuration (all seeds; ``seed`` picks one).
+        run_dir: The run's folder.
+        seed: One of ``cfg.seeds``.
+        scenario: One of ``cfg.scenarios``.
+        method: ``"task_arithmetic"`` (with ``pool_config``) or one of ``cfg.merge_methods``.
+        pool_config: The pool member negated by Task Arithmetic (empty for a merge).
+        rule: One of :func:`negation_rules` ``(cfg, scenario)``.
+        device: None: cuda if available, else cpu.
+
+    Returns:
+        The outcome file.
+
+    Raises:
+        ValueError: ``method`` is neither Task Arithmetic with a pool member nor a merge rule of ``cfg``.
+    """
+    if (method == "task_arithmetic") != bool(pool_config) or (pool_config and pool_config not in dict(
+            pool_configs(cfg))) or (method != "task_arithmetic" and method not in cfg.merge_methods):
+        raise ValueError(f"cannot negate method {method!r} with pool member {pool_config!r}; pass "
+                         f"'task_arithmetic' with one of {[n for n, _ in pool_configs(cfg)]} or one of "
+                         f"{list(cfg.merge_methods)} without a member")
+    setup = prepare(cfg, run_dir, scenario, seed=seed, device=device, record=False)
+    path = outcome_path(setup, method, pool_config, rule)
+    if not path.exists():
+        tvs = pool_task_vectors(setup, names=[pool_config] if pool_config else None)
+        _negation_outcome(setup, method, lambda: _vector(tvs, cfg, method, pool_config), pool_config=pool_config,
+                          rule=rule)
+    return path
+
+
+def _negate(setup: Setup, method: str, tau: TaskVector | Callable[[], TaskVector], *,
+            pool_config: str = "", rule: str = "min_forget") -> list[Record]:
+    """Search λ for θ_o − λτ on validation, measure the metrics (or read both saved); record in one append."""
     cfg = setup.cfg
-    res = negation_search(setup, tau, rule=rule, target=target)
+    res, metrics = _negation_outcome(setup, method, tau, pool_config=pool_config, rule=rule)
     setting = SETTING_MATCH if rule == "match" else SETTING
     extra, lam = _curve_records(setup, res, method, pool_config, setting=setting), res.coef
     where = f"{setup.scenario}/{method}" + (f"[{pool_config}]" if pool_config else "")
@@ -188,7 +287,6 @@ def _negate(setup: Setup, method: str, tau: TaskVector | Mapping[str, torch.Tens
                     setup.control_reference)
         metrics, note, lam = {k: math.nan for k in UNLEARNING_METRICS}, NO_COEF, math.nan
     else:
-        metrics = negated_metrics(setup, tau, lam)
         note = EDGE if res.hit_max else ""
         if note:
             log.info("%s: %s (λ=%g, max %g)", where, EDGE, lam, res.searched[1])
@@ -304,7 +402,7 @@ def _baseline(setup: Setup, method: str, rules: Sequence[str]) -> None:
 
 def _rules(setup: Setup) -> tuple[str, ...]:
     """The selection rules of this scenario: ``match`` only applies to random forgetting."""
-    return tuple(r for r in setup.cfg.rules if r == "min_forget" or setup.split.scenario == "random")
+    return negation_rules(setup.cfg, setup.scenario)
 
 
 def _match_target(setup: Setup) -> float:
@@ -321,14 +419,13 @@ def _run_scenario(setup: Setup, *, progress: bool) -> None:
         setting = SETTING if rule == "min_forget" else SETTING_MATCH
         target = _match_target(setup) if rule == "match" else None
         for name in names:
-            steps.append((setting, "task_arithmetic", name, lambda name=name, rule=rule, target=target: _negate(
-                setup, "task_arithmetic", tvs[name], pool_config=name, rule=rule, target=target)))
+            steps.append((setting, "task_arithmetic", name, lambda name=name, rule=rule: _negate(
+                setup, "task_arithmetic", lambda: tvs[name], pool_config=name, rule=rule)))
         steps.append((setting, "task_arithmetic", "", lambda setting=setting, target=target: _select_single(
             setup.log.read(), setup, names, setting=setting, target=target)))
         for m in cfg.merge_methods:
-            steps.append((setting, m, "", lambda m=m, rule=rule, target=target: _negate(
-                setup, m, merge.get(m)([tvs[n] for n in names], names=names, **cfg.merge_options.get(m, {})),
-                rule=rule, target=target)))
+            steps.append((setting, m, "", lambda m=m, rule=rule: _negate(
+                setup, m, lambda: _vector(tvs, cfg, m, ""), rule=rule)))
     for m in cfg.baselines:
         steps.append((SETTING, m, "", lambda m=m: _baseline(setup, m, _rules(setup))))
     done = _done_steps(setup.log.read())

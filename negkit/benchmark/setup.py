@@ -200,11 +200,11 @@ def _new_model(cfg: BenchmarkConfig, bundle: DatasetBundle) -> nn.Module:
 
 def prepare(cfg: BenchmarkConfig, run_dir: str | Path, scenario: str, *, seed: int | None = None,
             device: str | None = None, progress: bool = False,
-            bundle: DatasetBundle | None = None) -> Setup:
+            bundle: DatasetBundle | None = None, record: bool = True) -> Setup:
     """Data, split, Original and Retrain of one scenario and seed (trained once, reused on rerun).
 
     Also records the ``original`` and ``retrain`` rows in ``run_dir/results.jsonl``
-    (once). The original model of a seed is shared by all scenarios
+    (once; not with ``record=False``). The original model of a seed is shared by all scenarios
     (``run_dir/seed_<s>/original``).
 
     Args:
@@ -216,6 +216,7 @@ def prepare(cfg: BenchmarkConfig, run_dir: str | Path, scenario: str, *, seed: i
         device: None: cuda if available, else cpu.
         progress: Show training progress bars.
         bundle: The dataset, if already loaded (else built from ``cfg``).
+        record: Record Original's and Retrain's rows (False: a unit of work, which records nothing).
 
     Raises:
         ValueError: Unknown dataset/model/scenario/seed, a bad split, or a run_dir of another config.
@@ -256,6 +257,8 @@ def prepare(cfg: BenchmarkConfig, run_dir: str | Path, scenario: str, *, seed: i
         control_reference=float(evaluate(original, val_control, device=device,
                                           batch_size=cfg.eval_batch_size)["acc"]),
     )
+    if not record:
+        return setup
     done = _done_steps(setup.log.read())
     for method, metrics in (("original", setup.original_metrics), ("retrain", setup.retrain_metrics)):
         if (cfg.seed, SETTING, split.name, method, "") not in done:

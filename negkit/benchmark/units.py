@@ -1,4 +1,4 @@
-"""The benchmark's training, cut into independent units of work for an executor.
+"""The benchmark's training and λ searches, cut into independent units of work for an executor.
 
 Every model the protocol trains is one unit, a plain function call
 ``run_unit(cfg, run_dir, unit)`` that trains into the same run folder
@@ -10,7 +10,12 @@ if its done-marker exists, resume from the last epoch otherwise). Per seed ``s``
     "seed_s/<scenario>/pool/<member>"               .../<scenario>/pool/<member>/          needs Original
     "seed_s/<scenario>/baselines/<method>[/<set>]"  .../<scenario>/baselines/<method>/...  needs Original
 
-(``<set>``: one setting of the baseline's validation grid, when it has one.)
+(``<set>``: one setting of the baseline's validation grid, when it has one.) Then every
+negation's λ search and metrics (:func:`negkit.benchmark.pipeline.negation_unit`), per
+selection rule ``<rule>``::
+
+    "seed_s/<scenario>/negation/<rule>/task_arithmetic/<member>"  .../negation/...   needs Original, Retrain, <member>
+    "seed_s/<scenario>/negation/<rule>/<merge rule>"               .../negation/...   needs Original, Retrain, the pool
 
 A unit writes nothing else: no records, no shared file. An executor (a loop, Ray
 tasks on a cluster) runs the units in any order that respects ``after``, then calls
@@ -23,9 +28,9 @@ Example::
     from negkit.benchmark import default_config, run, units
     cfg = default_config(smoke=True)
     units.validate(cfg, "runs/smoke")
-    for unit in units.training_units(cfg):
+    for unit in units.training_units(cfg) + units.negation_units(cfg):
         units.run_unit(cfg, "runs/smoke", unit, device="cpu")
-    df = run(cfg, "runs/smoke")       # trains nothing more
+    df = run(cfg, "runs/smoke")       # trains and searches nothing more
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ from torch.utils.data import Dataset
 
 from negkit import checkpoint, unlearn
 from negkit.benchmark.config import BenchmarkConfig, baseline_candidates, parse_scenario, pool_configs
+from negkit.benchmark.pipeline import OUTCOME_FILE, negation_rules, negation_unit
 from negkit.benchmark.setup import _check_run_dir, _new_model, _scenario_sets, check_run, one_seed, seed_dir
 from negkit.data import DatasetBundle, labels_of
 from negkit.data import get as get_dataset
@@ -47,23 +53,25 @@ from negkit.data.splits import ForgetSplit, make_forget_split
 from negkit.evaluate import resolve_device
 from negkit.train import TrainConfig, train
 
-__all__ = ["Unit", "KINDS", "training_units", "validate", "is_done", "run_unit"]
+__all__ = ["Unit", "KINDS", "training_units", "negation_units", "validate", "is_done", "run_unit"]
 
-KINDS = ("original", "retrain", "pool", "baseline")
+KINDS = ("original", "retrain", "pool", "baseline", "negation")
 
 
 @dataclasses.dataclass(frozen=True)
 class Unit:
-    """One model to train.
+    """One model to train, or one negation's λ search.
 
     Attributes:
         name: Unique, path-like (``"seed_0/class_3/pool/e1_wd1e-4_ls0"``); also the task's name on Ray.
         kind: One of :data:`KINDS`.
         seed: The seed (one of ``cfg.seeds``).
         scenario: Scenario name (empty for ``original``).
-        member: Pool member or baseline method (empty otherwise).
+        member: Pool member (of ``pool``, or negated by Task Arithmetic) or baseline method (empty otherwise).
         setting: A baseline's setting from its validation grid (empty: no grid).
         after: Names of the units that must finish first.
+        method: A negation's method (``"task_arithmetic"`` or a merge rule; empty otherwise).
+        rule: A negation's λ selection rule (empty otherwise).
     """
 
     name: str
@@ -73,6 +81,8 @@ class Unit:
     member: str = ""
     setting: str = ""
     after: tuple[str, ...] = ()
+    method: str = ""
+    rule: str = ""
 
     def out_dir(self, run_dir: str | Path) -> Path:
         """The unit's run folder under ``run_dir``."""
@@ -80,7 +90,8 @@ class Unit:
         if self.kind == "original":
             return base / "original"
         sub = {"retrain": ("retrain",), "pool": ("pool", self.member),
-               "baseline": ("baselines", self.member) + ((self.setting,) if self.setting else ())}
+               "baseline": ("baselines", self.member) + ((self.setting,) if self.setting else ()),
+               "negation": ("negation", self.rule, self.method) + ((self.member,) if self.member else ())}
         return base.joinpath(self.scenario, *sub[self.kind])
 
 
@@ -97,6 +108,24 @@ def training_units(cfg: BenchmarkConfig) -> list[Unit]:
             units += [Unit(f"{pre}/pool/{m}", "pool", seed, sc, m, after=after) for m, _ in pool_configs(cfg)]
             units += [Unit(f"{pre}/baselines/{m}" + (f"/{s}" if s else ""), "baseline", seed, sc, m, s, after)
                       for m in cfg.baselines for s in baseline_candidates(cfg, m)]
+    return units
+
+
+def negation_units(cfg: BenchmarkConfig) -> list[Unit]:
+    """Every negation ``cfg``'s benchmark searches λ for: per seed, scenario and rule, each member, each merge."""
+    units = []
+    for seed in cfg.seeds:
+        for sc in (_folder(sc) for sc in cfg.scenarios):
+            pre = f"seed_{seed}/{sc}"
+            base = (f"seed_{seed}/original", f"{pre}/retrain")
+            members = [m for m, _ in pool_configs(cfg)]
+            for rule in negation_rules(cfg, sc):
+                units += [Unit(f"{pre}/negation/{rule}/task_arithmetic/{m}", "negation", seed, sc, m,
+                               after=base + (f"{pre}/pool/{m}",), method="task_arithmetic", rule=rule)
+                          for m in members]
+                units += [Unit(f"{pre}/negation/{rule}/{mm}", "negation", seed, sc,
+                               after=base + tuple(f"{pre}/pool/{m}" for m in members), method=mm, rule=rule)
+                          for mm in cfg.merge_methods]
     return units
 
 
@@ -124,8 +153,10 @@ def validate(cfg: BenchmarkConfig, run_dir: str | Path) -> None:
 
 
 def is_done(cfg: BenchmarkConfig, run_dir: str | Path, unit: Unit) -> bool:
-    """Whether the unit's done-marker exists (a baseline: that of every stage folder it holds)."""
+    """Whether the unit's done-marker exists (a baseline: every stage folder's; a negation: its outcome file)."""
     out = unit.out_dir(run_dir)
+    if unit.kind == "negation":
+        return (out / OUTCOME_FILE).exists()
     if unit.kind != "baseline":
         return checkpoint.is_finished(out)
     stages = [p for p in out.iterdir() if p.is_dir()] if out.is_dir() else []
@@ -153,12 +184,12 @@ def _recipe(cfg: BenchmarkConfig) -> TrainConfig:
 
 
 def run_unit(cfg: BenchmarkConfig, run_dir: str | Path, unit: Unit, *, device: str | None = None) -> str:
-    """Train one unit into its run folder (loading instead when it is finished).
+    """Train one unit into its run folder (loading instead when it is finished), or search one negation's λ.
 
     Args:
         cfg: The benchmark's configuration (all seeds; the unit picks its own).
         run_dir: The run's folder (shared storage when units run on several machines).
-        unit: One of :func:`training_units` ``(cfg)``.
+        unit: One of :func:`training_units` or :func:`negation_units` ``(cfg)``.
         device: None: cuda if available, else cpu.
 
     Returns:
@@ -169,6 +200,9 @@ def run_unit(cfg: BenchmarkConfig, run_dir: str | Path, unit: Unit, *, device: s
     """
     if unit.kind not in KINDS:
         raise ValueError(f"unknown unit kind {unit.kind!r}; valid kinds are {list(KINDS)}")
+    if unit.kind == "negation":
+        negation_unit(cfg, run_dir, unit.seed, unit.scenario, unit.method, unit.member, unit.rule, device=device)
+        return unit.name
     cfg = one_seed(cfg, unit.seed)
     run_dir, device = Path(run_dir), str(resolve_device(device))
     bundle, sets = _sets(cfg, unit.scenario)
