@@ -207,8 +207,8 @@ def _negation_outcome(setup: Setup, method: str, tau: TaskVector | Callable[[], 
     """The λ search of θ_o − λτ and the metrics at the chosen λ (None: no λ admissible).
 
     Read from :func:`outcome_path` when saved there; else computed (``tau`` may be a
-    function giving τ, called only then) and saved there atomically. The one place a negation is computed: ``run``'s loop and
-    :func:`negation_unit` both call it.
+    function giving τ, called only then) and saved there atomically. The one place a
+    negation is computed: ``run``'s loop and :func:`negation_unit` both call it.
     """
     path = outcome_path(setup, method, pool_config, rule)
     if path.exists():
