@@ -104,7 +104,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     df = executor.run_benchmark(
         cfg, args.run_dir, executor=args.executor, address=args.address, num_cpus=args.num_cpus,
         cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task, retries=args.retries,
-        device=args.device, progress=not args.quiet)
+        device=args.device, progress=not args.quiet, workers=args.workers)
     print(f"{len(df)} records in {Path(args.run_dir) / 'results.jsonl'}")
     if not args.quiet:
         print(benchmark.headline(df).round(2).to_string(index=False))
@@ -245,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(subs, "benchmark", "Run the standard-classification protocol (Original, Retrain, pool, negation, "
              "baselines) and write its records.", """\
   negkit benchmark --smoke --run-dir runs/smoke
+  negkit benchmark --smoke --run-dir runs/smoke-2 --workers 2
   negkit benchmark --smoke --run-dir runs/smoke-ray --executor ray
   negkit benchmark --dataset fashion_mnist --seeds 0 1 2 --run-dir runs/fashion --executor ray --num-cpus 8
   negkit benchmark --config bench.yaml --run-dir /shared/runs/digits --executor ray --address auto
@@ -263,6 +264,8 @@ A config file holds BenchmarkConfig fields (and 'dataset'), e.g.
     p.add_argument("--scenarios", nargs="+", help="e.g. random_10 class_3")
     p.add_argument("--data-root", help="folder of on-disk datasets")
     p.add_argument("--executor", choices=("local", "ray"), default="local", help="who trains the units (default local)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="local: processes running independent units at once, same records (default 1)")
     p.add_argument("--address", help="Ray cluster to join ('auto' or HEAD_IP:6379); default: start an embedded Ray")
     p.add_argument("--num-cpus", type=int, help="embedded Ray: CPUs it may use (default: all)")
     p.add_argument("--cpus-per-task", type=float, default=1.0, help="Ray: CPUs per training unit (default 1)")

@@ -8,7 +8,10 @@ and every negation's outcome saved, and writes the records. Both executors call 
 same unit functions into the same folders with the same done-markers, so they give
 the same records, and a run started by one resumes under the other.
 
-- ``"local"``: the units one after another in this process.
+- ``"local"``: the units one after another in this process, or with ``workers > 1`` in
+  that many worker processes (spawned; each keeps this process's thread count), a unit
+  starting once every unit it waits for is finished. Units write separate folders and
+  are deterministic at a fixed thread count, so the records are the same as with one.
 - ``"ray"``: one Ray task per unit, each asking for ``cpus_per_task`` CPUs and
   ``gpus_per_task`` GPUs (a fraction packs several small models on one GPU); a task
   that fails is retried ``retries`` times. Pool members and baselines wait for
@@ -26,7 +29,9 @@ Example::
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import logging
+import multiprocessing
 import os
 import time
 import traceback
@@ -58,7 +63,7 @@ class UnitFailed(RuntimeError):
 def run_benchmark(cfg: BenchmarkConfig, run_dir: str | Path, *, executor: str = "local",
                   address: str | None = None, num_cpus: int | None = None, cpus_per_task: float = 1,
                   gpus_per_task: float = 0, retries: int = 2, device: str | None = None,
-                  progress: bool = True) -> pd.DataFrame:
+                  progress: bool = True, workers: int = 1) -> pd.DataFrame:
     """Run every unit with ``executor``, then record with :func:`negkit.benchmark.run`.
 
     Args:
@@ -73,26 +78,29 @@ def run_benchmark(cfg: BenchmarkConfig, run_dir: str | Path, *, executor: str = 
         device: Device of the units (None: ``"cuda"`` for Ray units given a GPU, else
             ``"cpu"``; locally cuda when available) and of the evaluation in this process.
         progress: One overall progress bar (plus Original/Retrain/evaluation bars of ``run``).
+        workers: Local only: processes that run independent units at once (1: one after
+            another in this process). Each keeps this process's thread count, so give
+            ``workers × threads`` no more than the CPUs at hand.
 
     Returns:
         The records of ``run_dir/results.jsonl``, as :func:`negkit.benchmark.run` returns them.
 
     Raises:
-        ValueError: Unknown executor, bad resources, or anything :func:`units.validate` refuses.
+        ValueError: Unknown executor, bad resources (``workers`` with Ray), or anything :func:`units.validate` refuses.
         UnitFailed: A unit still failed after its retries (names it; carries its traceback).
         ImportError: ``executor="ray"`` without Ray installed.
     """
-    _check(executor, address, num_cpus, cpus_per_task, gpus_per_task, retries)
+    _check(executor, address, num_cpus, cpus_per_task, gpus_per_task, retries, workers)
     U.validate(cfg, run_dir)  # before the lock creates run_dir
     with lock_run_dir(run_dir, device=device):  # one lock over training and evaluation
         run_units(cfg, run_dir, executor=executor, address=address, num_cpus=num_cpus,
                   cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task, retries=retries, device=device,
-                  progress=progress)
+                  progress=progress, workers=workers)
         return run(cfg, run_dir, device=device, progress=progress)
 
 
 def _check(executor: str, address: str | None, num_cpus: int | None, cpus_per_task: float, gpus_per_task: float,
-           retries: int) -> None:
+           retries: int, workers: int) -> None:
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; valid executors are {list(EXECUTORS)}")
     if cpus_per_task <= 0 or gpus_per_task < 0 or retries < 0:
@@ -102,34 +110,42 @@ def _check(executor: str, address: str | None, num_cpus: int | None, cpus_per_ta
         raise ValueError(f"num_cpus must be >= 1 (or None for all CPUs), got {num_cpus}")
     if executor == "local" and address is not None:
         raise ValueError("address joins a Ray cluster; pass executor='ray' with it")
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1 (1: one unit after another), got {workers!r}")
+    if executor != "local" and workers != 1:
+        raise ValueError(f"workers={workers} is for the local executor; Ray runs as many units at once as "
+                         "num_cpus / cpus_per_task allow")
 
 
 def run_units(cfg: BenchmarkConfig, run_dir: str | Path, *, executor: str = "local", address: str | None = None,
               num_cpus: int | None = None, cpus_per_task: float = 1, gpus_per_task: float = 0,
-              retries: int = 2, device: str | None = None, progress: bool = True) -> list[str]:
+              retries: int = 2, device: str | None = None, progress: bool = True, workers: int = 1) -> list[str]:
     """Only the units of :func:`run_benchmark`, training and λ searches (same arguments).
 
     Returns:
         Names of the units that were run (those not done before).
     """
-    _check(executor, address, num_cpus, cpus_per_task, gpus_per_task, retries)
+    _check(executor, address, num_cpus, cpus_per_task, gpus_per_task, retries, workers)
     U.validate(cfg, run_dir)
     with lock_run_dir(run_dir, device=device):  # the units' workers write under this process's lock
         return _run_units(cfg, Path(run_dir), executor, address=address, num_cpus=num_cpus,
                           cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task, retries=retries,
-                          device=device, progress=progress)
+                          device=device, progress=progress, workers=workers)
 
 
 def _run_units(cfg: BenchmarkConfig, run_dir: Path, executor: str, *, address: str | None, num_cpus: int | None,
                cpus_per_task: float, gpus_per_task: float, retries: int, device: str | None,
-               progress: bool) -> list[str]:
+               progress: bool, workers: int) -> list[str]:
     every = U.training_units(cfg) + U.negation_units(cfg)  # negations after what they need
     todo = [u for u in every if not U.is_done(cfg, run_dir, u)]
     log.info("%d units to run (%d already done)", len(todo), len(every) - len(todo))
     if todo:
-        bar = tqdm(total=len(todo), desc=f"units ({executor})", unit="unit", disable=not progress)
+        desc = f"units ({executor}" + (f", {workers} workers)" if workers > 1 else ")")
+        bar = tqdm(total=len(todo), desc=desc, unit="unit", disable=not progress)
         with bar:
-            if executor == "local":
+            if executor == "local" and workers > 1:
+                _processes(cfg, run_dir, todo, device, bar, workers)
+            elif executor == "local":
                 _local(cfg, run_dir, todo, device, bar)
             else:
                 _ray(cfg, run_dir, todo, bar, address=address, num_cpus=num_cpus,
@@ -149,15 +165,58 @@ def _local(cfg: BenchmarkConfig, run_dir: Path, todo: list[U.Unit], device: str 
         bar.update()
 
 
-def _remote_unit(cfg: BenchmarkConfig, run_dir: str, unit: U.Unit, device: str, *after: Any) -> dict:
-    """Body of a Ray task; ``after`` are the results of the units it waits for (unused)."""
+def _worker_init(threads: int) -> None:
+    """Start of a local worker process: this process's thread count (the environment comes with the spawn)."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _processes(cfg: BenchmarkConfig, run_dir: Path, todo: list[U.Unit], device: str | None, bar: tqdm,
+               workers: int) -> None:
+    """The units in ``workers`` spawned processes; a unit is handed out once the units it waits for are done.
+
+    At most ``workers`` units are out at a time, picked in ``todo``'s order among the ready
+    ones, so a seed's Original and its dependants go before the next seed's work. After a
+    failure nothing new starts; the units still running finish (their folders stay resumable).
+    """
+    import torch
+
+    pending = {u.name for u in todo}  # units done before are not waited for
+    waiting = list(todo)
+    running: dict[cf.Future, U.Unit] = {}
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's threads
+    with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                                initargs=(torch.get_num_threads(),)) as pool:
+        while waiting or running:
+            for unit in [u for u in waiting if not pending.intersection(u.after)][:workers - len(running)]:
+                waiting.remove(unit)
+                running[pool.submit(_remote_unit, cfg, str(run_dir), unit, device)] = unit
+            if not running:  # cannot happen for the units' lists; guards against a dependency cycle
+                raise RuntimeError(f"units wait for units that never run: {[u.name for u in waiting]}")
+            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for future in finished:
+                unit = running.pop(future)
+                try:
+                    info = future.result()
+                except Exception as err:  # the worker's RuntimeError from _remote_unit carries its traceback
+                    detail = str(err) if isinstance(err, RuntimeError) else f"{type(err).__name__}: {err}"
+                    raise UnitFailed(unit.name, f"in a worker process, {detail}") from None
+                pending.discard(unit.name)
+                log.info("unit %s done in %.1f s (pid %d)", unit.name, info["seconds"], info["pid"])
+                bar.set_postfix_str(f"{len(running)} running; last: {unit.name}")
+                bar.update()
+
+
+def _remote_unit(cfg: BenchmarkConfig, run_dir: str, unit: U.Unit, device: str | None, *after: Any) -> dict:
+    """Body of a Ray task or a local worker process; ``after`` are the results of the units it waits for (unused)."""
     start, host = time.perf_counter(), os.uname().nodename
     try:
         U.run_unit(cfg, run_dir, unit, device=device)
     except Exception as err:
         # The traceback as the worker saw it, in plain text, whatever Ray does to the exception on its way back.
         raise RuntimeError(f"on {host} (pid {os.getpid()}):\n{traceback.format_exc()}") from err
-    return {"unit": unit.name, "seconds": time.perf_counter() - start, "host": host}
+    return {"unit": unit.name, "seconds": time.perf_counter() - start, "host": host, "pid": os.getpid()}
 
 
 def _ray(cfg: BenchmarkConfig, run_dir: Path, todo: list[U.Unit], bar: tqdm, *, address: str | None,
