@@ -80,7 +80,8 @@ def run_benchmark(cfg: BenchmarkConfig, run_dir: str | Path, *, executor: str = 
         progress: One overall progress bar (plus Original/Retrain/evaluation bars of ``run``).
         workers: Local only: processes that run independent units at once (1: one after
             another in this process). Each keeps this process's thread count, so give
-            ``workers × threads`` no more than the CPUs at hand.
+            ``workers × threads`` no more than the CPUs at hand. The processes are spawned:
+            a script that asks for them needs the ``if __name__ == "__main__":`` guard.
 
     Returns:
         The records of ``run_dir/results.jsonl``, as :func:`negkit.benchmark.run` returns them.
@@ -182,14 +183,14 @@ def _processes(cfg: BenchmarkConfig, run_dir: Path, todo: list[U.Unit], device: 
     """
     import torch
 
-    pending = {u.name for u in todo}  # units done before are not waited for
+    unfinished = {u.name for u in todo}  # units done before are not waited for
     waiting = list(todo)
     running: dict[cf.Future, U.Unit] = {}
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's threads
     with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
                                 initargs=(torch.get_num_threads(),)) as pool:
         while waiting or running:
-            for unit in [u for u in waiting if not pending.intersection(u.after)][:workers - len(running)]:
+            for unit in [u for u in waiting if not unfinished.intersection(u.after)][:workers - len(running)]:
                 waiting.remove(unit)
                 running[pool.submit(_remote_unit, cfg, str(run_dir), unit, device)] = unit
             if not running:  # cannot happen for the units' lists; guards against a dependency cycle
@@ -202,7 +203,7 @@ def _processes(cfg: BenchmarkConfig, run_dir: Path, todo: list[U.Unit], device: 
                 except Exception as err:  # the worker's RuntimeError from _remote_unit carries its traceback
                     detail = str(err) if isinstance(err, RuntimeError) else f"{type(err).__name__}: {err}"
                     raise UnitFailed(unit.name, f"in a worker process, {detail}") from None
-                pending.discard(unit.name)
+                unfinished.discard(unit.name)
                 log.info("unit %s done in %.1f s (pid %d)", unit.name, info["seconds"], info["pid"])
                 bar.set_postfix_str(f"{len(running)} running; last: {unit.name}")
                 bar.update()

@@ -159,6 +159,10 @@ def test_executor_arguments_are_checked_first(tmp_path):
         executor.run_units(cfg, tmp_path / "r", executor="dask")
     with pytest.raises(ValueError, match="executor='ray'"):
         executor.run_units(cfg, tmp_path / "r", address="auto")
+    with pytest.raises(ValueError, match="workers must be an int >= 1"):
+        executor.run_units(cfg, tmp_path / "r", workers=0)
+    with pytest.raises(ValueError, match="for the local executor"):
+        executor.run_units(cfg, tmp_path / "r", executor="ray", workers=2)
     assert not (tmp_path / "r").exists()
 
 
@@ -173,6 +177,19 @@ def test_local_executor_trains_every_unit_and_gives_the_librarys_records(local_r
     for name, sd in _tensors(local_run).items():
         for key, t in sd.items():
             assert torch.equal(t, ref[name][key]), (name, key)
+
+
+@pytest.mark.slow
+def test_two_workers_give_the_records_of_one_and_of_the_library(local_run, reference, tiny, tmp_path):
+    """Units in two spawned processes, each started once what it waits for is done: the same bytes."""
+    run_dir = tmp_path / "two_workers"
+    assert main(_bench(tiny, run_dir, "--device", "cpu", "--workers", "2")) == 0
+    records = (run_dir / "results.jsonl").read_bytes()
+    assert records == (local_run / "results.jsonl").read_bytes() == (reference / "results.jsonl").read_bytes()
+    ref = _tensors(reference)
+    assert _tensors(run_dir).keys() == ref.keys()
+    for name, sd in _tensors(run_dir).items():
+        assert all(torch.equal(t, ref[name][k]) for k, t in sd.items()), name
 
 
 @pytest.mark.slow
@@ -257,7 +274,7 @@ def test_ray_run_killed_then_resumed_gives_the_local_records(ray_cluster, tiny, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("where", ["local", "ray"])
+@pytest.mark.parametrize("where", ["local", "workers", "ray"])
 def test_a_failing_unit_is_named_with_its_traceback(where, local_run, tiny, tmp_path, capsys, request):
     if where == "ray":
         request.getfixturevalue("ray_cluster")
@@ -265,8 +282,9 @@ def test_a_failing_unit_is_named_with_its_traceback(where, local_run, tiny, tmp_
     shutil.copytree(local_run, run_dir)
     shutil.rmtree(run_dir / "seed_0" / "class_3" / "pool")
     (run_dir / "seed_0" / "original" / "model.safetensors").write_bytes(b"not a safetensors file")
+    how = ["--workers", "2"] if where == "workers" else ["--executor", where, "--retries", "0"]
     with pytest.raises(SystemExit) as exc:
-        main(_bench(tiny, run_dir, "--executor", where, "--retries", "0"))
+        main(_bench(tiny, run_dir, *how))
     assert exc.value.code == 1
     err = capsys.readouterr().err
     assert "training unit 'seed_0/class_3/pool/e1_wd1e-4_ls0" in err
