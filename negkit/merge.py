@@ -412,11 +412,16 @@ def merge(method: str, task_vectors: Sequence[Mapping[str, torch.Tensor]], **opt
     """
     merged = get(method)(task_vectors, **options)
     rule_options = {k: v for k, v in options.items() if k not in ("names", "progress")}
-    meta = {"format": "negkit.TaskVector", "negkit_version": __version__, "merge_method": method,
-            "merge_options": json.dumps(rule_options, sort_keys=True, default=str)}
+    meta = _provenance(method, rule_options)
     if options.get("names") is not None:
         meta["merged_names"] = json.dumps([str(n) for n in options["names"]])
     return TaskVector(merged, metadata=meta)
+
+
+def _provenance(method: str, options: Mapping[str, Any]) -> dict[str, str]:
+    """The metadata every merged vector carries (what :func:`merge` and :func:`merge_files` save)."""
+    return {"format": "negkit.TaskVector", "negkit_version": __version__, "merge_method": method,
+            "merge_options": json.dumps(dict(options), sort_keys=True, default=str)}
 
 
 # ---------------------------------------------------------------- streaming
@@ -477,9 +482,7 @@ def merge_files(
     paths = list(paths)  # K = 0 and missing or non-safetensors files: the pool says so
     if out_path is not None:
         _refuse_input_as_output(out_path, paths, pretrained)
-    meta = {"format": "negkit.TaskVector", "negkit_version": __version__, "merge_method": method,
-            "merge_options": json.dumps(options, sort_keys=True, default=str),
-            "merged_files": json.dumps([Path(p).name for p in paths])}
+    meta = {**_provenance(method, options), "merged_files": json.dumps([Path(p).name for p in paths])}
     if pretrained is not None and not isinstance(pretrained, Mapping):
         meta["pretrained_file"] = Path(pretrained).name
     try:

@@ -104,7 +104,7 @@ class Record:
         check(self)  # types (a str value such as "12abc" is refused), finite numbers or NaN
         if self.metric not in METRICS:
             raise ValueError(f"unknown metric {self.metric!r}; valid metrics are {list(METRICS)}")
-        if self.method not in list_methods():
+        if self.method not in METHODS and self.method not in list_methods():  # the registries only for new names
             raise ValueError(f"unknown method {self.method!r}; valid methods are {list_methods()}. A new merge rule "
                              "or baseline becomes recordable once registered (negkit.merge.register, "
                              "negkit.unlearn.register)")
