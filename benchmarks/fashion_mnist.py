@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from negkit import analysis, benchmark, plotting  # noqa: E402
+from negkit import analysis, benchmark, executor, plotting  # noqa: E402
 from negkit import forget_vectors as fvs  # noqa: E402
 from negkit.config import from_dict  # noqa: E402
 from negkit.io import save_text  # noqa: E402
@@ -38,13 +38,13 @@ FV_EPOCHS = 5  # forget vectors: the epochs make bench-fashion passes to noteboo
 
 
 def _config(args: argparse.Namespace) -> benchmark.BenchmarkConfig:
-    return benchmark.fashion_mnist_config(full=args.full, data_root=args.data_root)
+    return benchmark.fashion_mnist_config(full=args.full, quick=args.quick, data_root=args.data_root)
 
 
 def run(args: argparse.Namespace) -> None:
     cfg = _config(args)
     start = time.time()
-    df = benchmark.run(cfg, args.run_dir, device=args.device, progress=args.progress)
+    df = executor.run_benchmark(cfg, args.run_dir, device=args.device, progress=args.progress, workers=args.workers)
     minutes = (time.time() - start) / 60
     print(f"fashion_mnist benchmark: {len(df)} records, {len(cfg.seeds)} seeds x {len(cfg.scenarios)} scenarios "
           f"in {minutes:.1f} min ({args.run_dir})")
@@ -139,10 +139,13 @@ def main() -> None:
     parser.add_argument("--figures-dir", default="figures")
     parser.add_argument("--data-root", default=None, help="folder of the IDX files (default: Debian's)")
     parser.add_argument("--full", action="store_true", help="whole training set, paper-sized pool (GPU)")
+    parser.add_argument("--quick", action="store_true", help="14x14, 5,000 images: the non-memorising contrast")
+    parser.add_argument("--workers", type=int, default=2, help="local worker processes (one thread each)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
-    args.run_dir = args.run_dir or ("runs/fashion_mnist_full" if args.full else "runs/fashion_mnist")
+    args.run_dir = args.run_dir or ("runs/fashion_mnist_full" if args.full else
+                                    "runs/fashion_mnist_quick" if args.quick else "runs/fashion_mnist")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     {"run": run, "report": report}[args.step](args)
 

@@ -398,12 +398,21 @@ def test_preconditions_of_the_whole_run_are_checked_before_training(tmp_path):
 
 
 def test_fashion_mnist_and_dataset_configs():
-    cpu, full = B.fashion_mnist_config(), B.fashion_mnist_config(full=True)
-    assert cpu.seeds == (0, 1, 2) and cpu.scenarios == ("random_10", "class_0") and cpu.dataset == "fashion_mnist"
-    assert cpu.data_options["train_size"] == 5000 and len(B.pool_configs(cpu)) == 9
+    cpu, quick = B.fashion_mnist_config(), B.fashion_mnist_config(quick=True)
+    full = B.fashion_mnist_config(full=True)
+    assert cpu.seeds == (0, 1, 2, 3, 4) and cpu.scenarios == ("random_10", "class_0") and cpu.dataset == "fashion_mnist"
+    assert cpu.data_options == {"size": 28, "train_size": 12000, "val_size": 2000} and len(B.pool_configs(cpu)) == 6
+    assert cpu.forget_vectors and cpu.original.weight_decay == 0 and cpu.original.epochs == 30
+    assert quick.data_options["train_size"] == 5000 and quick.data_options["size"] == 14
+    assert quick.seeds == (0, 1, 2) and len(B.pool_configs(quick)) == 9
     assert "train_size" not in full.data_options and len(B.pool_configs(full)) == 27
     assert set(cpu.baseline_grid) == set(cpu.baselines)
+    # every baseline is tuned over the same number of candidates
+    assert {len(B.baseline_candidates(cpu, m)) for m in cpu.baselines} == {2}
+    with pytest.raises(ValueError, match="not both"):
+        B.fashion_mnist_config(full=True, quick=True)
     assert B.dataset_config("fashion_mnist") == cpu and B.dataset_config("digits") == B.default_config()
+    assert B.dataset_config("fashion_mnist", smoke=True).data_options["size"] == 14
     assert B.default_config(dataset="fashion_mnist", smoke=True).seeds == (0,)
     assert B.default_config().seeds == (0, 1, 2)
     with pytest.raises(ValueError, match="there are"):

@@ -428,6 +428,10 @@ def _run_scenario(setup: Setup, *, progress: bool) -> None:
                 setup, m, lambda: _vector(tvs, cfg, m, ""), rule=rule)))
     for m in cfg.baselines:
         steps.append((SETTING, m, "", lambda m=m: _baseline(setup, m, _rules(setup))))
+    if cfg.forget_vectors:
+        from negkit.benchmark.forget import record_forget_vector  # it imports this module's neighbours
+
+        steps.append((SETTING, "forget_vector", "", lambda: record_forget_vector(setup, progress=progress)))
     done = _done_steps(setup.log.read())
     for setting, method, pool_config, step in tqdm(steps, desc=f"methods {sc} seed {setup.seed}",
                                                    disable=not progress):

@@ -20,7 +20,11 @@ from scipy import stats
 from negkit.benchmark.config import SETTING, UNLEARNING_METRICS
 from negkit.results import METRICS, method_rank, read_results
 
-__all__ = ["load_results", "summary", "headline", "paired", "results_table", "mean_std"]
+__all__ = ["load_results", "summary", "headline", "paired", "results_table", "mean_std", "sign_flip_pvalue",
+           "regime", "regime_warnings", "MEMORISE_RATIO"]
+
+#: The Original memorises D_f when its UA is at most this fraction of Retrain's (:func:`regime`).
+MEMORISE_RATIO = 0.5
 
 _FINAL = UNLEARNING_METRICS + ("avg_gap",)
 
@@ -103,9 +107,72 @@ def paired(df: pd.DataFrame, a: str = "negmerge", b: Sequence[str] = ("task_arit
             half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)) if n > 1 else math.nan
             rows.append({"scenario": sc, "a": a, "b": other, "metric": metric, "mean_diff": mean, "std_diff": sd,
                          "n_seeds": n, "ci_low": mean - half, "ci_high": mean + half,
-                         "excludes_zero": bool(n > 1 and (mean - half > 0 or mean + half < 0))})
+                         "excludes_zero": bool(n > 1 and (mean - half > 0 or mean + half < 0)),
+                         "p_value": sign_flip_pvalue(diff.to_numpy()) if n else math.nan})
     return pd.DataFrame(rows, columns=["scenario", "a", "b", "metric", "mean_diff", "std_diff", "n_seeds",
-                                       "ci_low", "ci_high", "excludes_zero"])
+                                       "ci_low", "ci_high", "excludes_zero", "p_value"])
+
+
+def sign_flip_pvalue(diff: Sequence[float] | np.ndarray) -> float:
+    """Exact two-sided sign-flip (paired permutation) p-value of a mean difference of zero.
+
+    Under the null hypothesis each seed's difference is as likely to have either sign, so
+    the 2ⁿ sign patterns are equally likely; the p-value is the fraction of them whose
+    |mean| is at least the observed one (the observed pattern included). With n seeds the
+    smallest attainable p-value is 2 / 2ⁿ (0.0625 for five seeds, 0.03125 for six).
+
+    Args:
+        diff: Per-seed differences (finite), n ≤ 20.
+
+    Raises:
+        ValueError: Empty, non-finite, or more than 20 differences (2ⁿ patterns).
+    """
+    d = np.asarray(diff, dtype=float).ravel()
+    if d.size == 0 or d.size > 20 or not np.all(np.isfinite(d)):
+        raise ValueError(f"sign_flip_pvalue needs 1-20 finite differences, got {d.tolist()}")
+    signs = 1 - 2 * ((np.arange(2 ** d.size)[:, None] >> np.arange(d.size)) & 1)  # (2ⁿ, n) of ±1
+    means = np.abs(signs @ d) / d.size
+    observed = abs(d.mean())
+    return float(np.mean(means >= observed - 1e-12 * max(1.0, observed)))
+
+
+def regime(df: pd.DataFrame) -> pd.DataFrame:
+    """Whether the Original memorised D_f, per (scenario, seed): is there anything to undo?
+
+    Unlearning random samples removes memorisation: it only makes sense when the Original
+    fits D_f (UA near 0) while Retrain, which never saw D_f, errs on it like on unseen data.
+
+    Returns:
+        Columns ``scenario, seed, original_forget_acc`` (the Original's training accuracy on
+        D_f, %), ``original_UA``, ``retrain_UA`` and ``memorises`` (the Original's UA is at
+        most :data:`MEMORISE_RATIO` × Retrain's).
+    """
+    d = df[(df.metric == "UA") & df.method.isin(("original", "retrain")) & (df.pool_config == "")]
+    if "setting" in d:
+        d = d[d.setting == SETTING]
+    if d.empty:
+        return pd.DataFrame(columns=["scenario", "seed", "original_forget_acc", "original_UA", "retrain_UA",
+                                     "memorises"])
+    wide = d.pivot_table(index=["scenario", "seed"], columns="method", values="value", aggfunc="last").reset_index()
+    out = pd.DataFrame({"scenario": wide.scenario, "seed": wide.seed.astype(int),
+                        "original_forget_acc": 100.0 - wide.get("original", math.nan),
+                        "original_UA": wide.get("original", math.nan), "retrain_UA": wide.get("retrain", math.nan)})
+    out["memorises"] = out.original_UA <= MEMORISE_RATIO * out.retrain_UA
+    return out.reset_index(drop=True)
+
+
+def regime_warnings(df: pd.DataFrame) -> list[str]:
+    """One plain sentence per scenario where some seed's Original does not memorise D_f (see :func:`regime`)."""
+    r = regime(df)
+    out = []
+    for sc, g in r.groupby("scenario", sort=False):
+        bad = g[~g.memorises]
+        if len(bad):
+            out.append(f"{sc}: the Original does not memorise D_f: little to undo (seeds {bad.seed.tolist()}: "
+                       f"Original UA {bad.original_UA.mean():.1f} % vs Retrain UA {bad.retrain_UA.mean():.1f} %, "
+                       f"more than {MEMORISE_RATIO:g} × Retrain's); train the Original longer or on fewer images "
+                       "until it fits its training set")
+    return out
 
 
 def headline(df: pd.DataFrame, metric: str = "avg_gap", *, setting: str | None = SETTING) -> pd.DataFrame:

@@ -44,6 +44,8 @@ from torch.utils.data import Dataset
 
 from negkit import checkpoint, unlearn
 from negkit.benchmark.config import BenchmarkConfig, baseline_candidates, parse_scenario, pool_configs
+from negkit.benchmark.forget import DONE_FILE as FV_DONE
+from negkit.benchmark.forget import forget_vector_unit
 from negkit.benchmark.pipeline import OUTCOME_FILE, negation_rules, negation_unit
 from negkit.benchmark.setup import _check_run_dir, _new_model, _scenario_sets, check_run, one_seed, seed_dir
 from negkit.data import DatasetBundle, labels_of
@@ -55,7 +57,7 @@ from negkit.train import TrainConfig, train
 
 __all__ = ["Unit", "KINDS", "training_units", "negation_units", "validate", "is_done", "run_unit"]
 
-KINDS = ("original", "retrain", "pool", "baseline", "negation")
+KINDS = ("original", "retrain", "pool", "baseline", "negation", "forget_vector")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +93,8 @@ class Unit:
             return base / "original"
         sub = {"retrain": ("retrain",), "pool": ("pool", self.member),
                "baseline": ("baselines", self.member) + ((self.setting,) if self.setting else ()),
-               "negation": ("negation", self.rule, self.method) + ((self.member,) if self.member else ())}
+               "negation": ("negation", self.rule, self.method) + ((self.member,) if self.member else ()),
+               "forget_vector": ("forget_vectors",)}
         return base.joinpath(self.scenario, *sub[self.kind])
 
 
@@ -112,7 +115,11 @@ def training_units(cfg: BenchmarkConfig) -> list[Unit]:
 
 
 def negation_units(cfg: BenchmarkConfig) -> list[Unit]:
-    """Every negation ``cfg``'s benchmark searches λ for: per seed, scenario and rule, each member, each merge."""
+    """Every negation ``cfg``'s benchmark searches λ for: per seed, scenario and rule, each member, each merge.
+
+    With ``cfg.forget_vectors``, also each (seed, scenario)'s forget-vector selection (it
+    waits for Original and Retrain).
+    """
     units = []
     for seed in cfg.seeds:
         for sc in (_folder(sc) for sc in cfg.scenarios):
@@ -126,6 +133,8 @@ def negation_units(cfg: BenchmarkConfig) -> list[Unit]:
                 units += [Unit(f"{pre}/negation/{rule}/{mm}", "negation", seed, sc,
                                after=base + tuple(f"{pre}/pool/{m}" for m in members), method=mm, rule=rule)
                           for mm in cfg.merge_methods]
+            if cfg.forget_vectors:  # δ learned on the frozen Original, chosen on validation (negkit.benchmark.forget)
+                units.append(Unit(f"{pre}/forget_vectors", "forget_vector", seed, sc, after=base))
     return units
 
 
@@ -157,6 +166,8 @@ def is_done(cfg: BenchmarkConfig, run_dir: str | Path, unit: Unit) -> bool:
     out = unit.out_dir(run_dir)
     if unit.kind == "negation":
         return (out / OUTCOME_FILE).exists()
+    if unit.kind == "forget_vector":
+        return (out / FV_DONE).exists()
     if unit.kind != "baseline":
         return checkpoint.is_finished(out)
     stages = [p for p in out.iterdir() if p.is_dir()] if out.is_dir() else []
@@ -202,6 +213,9 @@ def run_unit(cfg: BenchmarkConfig, run_dir: str | Path, unit: Unit, *, device: s
         raise ValueError(f"unknown unit kind {unit.kind!r}; valid kinds are {list(KINDS)}")
     if unit.kind == "negation":
         negation_unit(cfg, run_dir, unit.seed, unit.scenario, unit.method, unit.member, unit.rule, device=device)
+        return unit.name
+    if unit.kind == "forget_vector":
+        forget_vector_unit(cfg, run_dir, unit.seed, unit.scenario, device=device)
         return unit.name
     cfg = one_seed(cfg, unit.seed)
     run_dir, device = Path(run_dir), str(resolve_device(device))
