@@ -46,9 +46,11 @@ demo: $(STAMP)
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=. $(LAB_ARGS) notebooks/07_explorer.ipynb
 
-# Fashion-MNIST (Debian's dataset-fashion-mnist): the benchmark over 3 seeds, notebooks 02-05 on it,
-# then the committed tables and figures in $(FIGS_FASHION)/fashion_mnist_*. About 45 min on 2 CPU cores;
-# `make bench-fashion FASHION_ARGS="--full --device cuda"` runs the GPU-sized version.
+# Fashion-MNIST (Debian's dataset-fashion-mnist) in the memorising regime: the benchmark over 5 seeds in
+# 2 worker processes (resumable: rerun after an interruption), notebooks 02-05 on it, then the committed
+# tables and figures in $(FIGS_FASHION)/fashion_mnist_* (with the pool-size sweep). See docs/results.md for
+# the measured wall time; `make bench-fashion FASHION_ARGS="--quick"` runs the 14×14 contrast configuration,
+# `make bench-fashion FASHION_ARGS="--full --device cuda"` the GPU-sized one.
 FASHION_DIR   ?= /usr/share/datasets/fashion-mnist
 FIGS_FASHION  ?= figures
 FASHION_ARGS  ?=

@@ -28,13 +28,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from negkit import analysis, benchmark, executor, plotting  # noqa: E402
-from negkit import forget_vectors as fvs  # noqa: E402
-from negkit.config import from_dict  # noqa: E402
-from negkit.io import save_text  # noqa: E402
+from negkit.benchmark import ksweep  # noqa: E402
+from negkit.io import load_json, save_text  # noqa: E402
 from negkit.plotting import diagnostics  # noqa: E402
 
 DATASET = "fashion_mnist"
-FV_EPOCHS = 5  # forget vectors: the epochs make bench-fashion passes to notebook 04
 
 
 def _config(args: argparse.Namespace) -> benchmark.BenchmarkConfig:
@@ -50,49 +48,113 @@ def run(args: argparse.Namespace) -> None:
           f"in {minutes:.1f} min ({args.run_dir})")
 
 
-def forget_vectors(cfg: benchmark.BenchmarkConfig, args: argparse.Namespace) -> None:
-    """Forget vectors on every seed and scenario (notebook 04 learns seed 0's with the same settings)."""
-    for seed in cfg.seeds:
-        fv_cfg = from_dict(fvs.ForgetVectorConfig, epochs=FV_EPOCHS, steps_per_epoch=None, batch_size=64,
-                           augment="none", seed=seed)
-        for sc in cfg.scenarios:
-            fvs.run_benchmark(benchmark.prepare(cfg, args.run_dir, sc, seed=seed, device=args.device), fv_cfg,
-                              device=args.device)
+def _run_config(args: argparse.Namespace) -> benchmark.BenchmarkConfig:
+    """The config the run in ``args.run_dir`` was made with (its ``benchmark_config.json``), else the CLI's."""
+    saved = Path(args.run_dir) / "benchmark_config.json"
+    return benchmark.make_config(load_json(saved)) if saved.exists() else _config(args)
+
+
+def _best_baseline(summary: pd.DataFrame, scenario: str, baselines: list[str]) -> str | None:
+    """The classic baseline with the lowest mean Avg. Gap in ``scenario`` (None without one)."""
+    d = summary[(summary.scenario == scenario) & (summary.metric == "avg_gap") & summary.method.isin(baselines)]
+    d = d.dropna(subset=["value"])
+    return None if d.empty else str(d.sort_values("value").method.iloc[0])
 
 
 def report(args: argparse.Namespace) -> None:
-    cfg = _config(args)
+    cfg = _run_config(args)
     figs = Path(args.figures_dir)
-    forget_vectors(cfg, args)
     df = benchmark.load_results(args.run_dir)
-    df = df[df.scenario.isin(cfg.scenarios)]  # notebook 04 adds seed-0-only scenarios (class_3, class_3-8)
+    df = df[df.scenario.isin(cfg.scenarios) & df.seed.isin(cfg.seeds)]  # notebooks may add one-seed scenarios
     table = benchmark.results_table(df)
     save_text(table.to_csv(index=False), figs / f"{DATASET}_results.csv")
-    summaries = {s: benchmark.summary(df, setting=s) for s in (benchmark.SETTING, benchmark.SETTING_MATCH)}
+
+    regime = benchmark.regime(df)
+    save_text(regime.to_csv(index=False), figs / f"{DATASET}_regime.csv")
+    for line in benchmark.regime_warnings(df):
+        print(f"WARNING: {line}")
+
+    settings = (benchmark.SETTING, benchmark.SETTING_MATCH)
+    summaries = {s: benchmark.summary(df, setting=s) for s in settings}
     both = pd.concat([t.assign(setting=s) for s, t in summaries.items()], ignore_index=True)
     save_text(both.to_csv(index=False), figs / f"{DATASET}_summary.csv")
-    paired = pd.concat([benchmark.paired(df, setting=s).assign(setting=s) for s in summaries], ignore_index=True)
+    heads = pd.concat([benchmark.headline(df, setting=s).assign(setting=s) for s in settings], ignore_index=True)
+    save_text(heads.to_csv(index=False), figs / f"{DATASET}_headline.csv")
+
+    # NegMerge minus each comparison, seed by seed: 95 % t-interval and the exact sign-flip p-value.
+    parts = []
+    for s, summ in summaries.items():
+        for sc in cfg.scenarios:
+            best = _best_baseline(summ, sc, list(cfg.baselines))
+            others = [m for m in ("task_arithmetic", "mean", "ties", "magmax") if m in cfg.merge_methods or
+                      m == "task_arithmetic"] + ([best] if best else []) + (
+                ["forget_vector"] if cfg.forget_vectors else [])
+            p = benchmark.paired(df[df.scenario == sc], "negmerge", others, setting=s)
+            parts.append(p.assign(setting=s, best_baseline=p.b == best))
+    paired = pd.concat(parts, ignore_index=True)
     save_text(paired.to_csv(index=False), figs / f"{DATASET}_paired.csv")
 
     plotting.set_style()
-    main = summaries[benchmark.SETTING]
-    fig, axes = plt.subplots(len(cfg.scenarios), 1, figsize=(10, 3.2 * len(cfg.scenarios)), squeeze=False,
-                             layout="constrained")
-    for ax, sc in zip(axes[:, 0], cfg.scenarios):
-        diagnostics.errorbar_results(main[main.scenario == sc], metric="avg_gap", ax=ax)
-        ax.set_title(f"{sc}: Avg. Gap to Retrain, mean ± std over {len(cfg.seeds)} seeds", loc="left")
+    fig, axes = plt.subplots(len(cfg.scenarios) + 1, 1, figsize=(10, 3.2 * (len(cfg.scenarios) + 1)),
+                             squeeze=False, layout="constrained")
+    panels = [(sc, s) for sc in cfg.scenarios for s in settings
+              if s == benchmark.SETTING or sc.startswith("random")]
+    for ax, (sc, s) in zip(axes[:, 0], panels):
+        summ = summaries[s]
+        diagnostics.errorbar_results(summ[summ.scenario == sc], metric="avg_gap", ax=ax)
+        rule = "rule (a): lowest forget acc." if s == benchmark.SETTING else "rule (b): forget acc. ≈ original's val."
+        ax.set_title(f"{plotting.label(sc, 'scenario')}, {rule}: Avg. Gap to Retrain, mean ± std over "
+                     f"{len(cfg.seeds)} seeds", loc="left")
     plotting.save_figure(fig, figs / f"{DATASET}_results_errorbars")
 
-    fig, ax = plt.subplots(figsize=(6.5, 2.8), layout="constrained")
-    diagnostics.paired_intervals(paired[paired.setting == benchmark.SETTING], ax=ax)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.2), layout="constrained")
+    for ax, s in zip(axes, settings):
+        diagnostics.paired_intervals(paired[paired.setting == s], ax=ax)
+        ax.set_title("rule (a)" if s == benchmark.SETTING else "rule (b), random forgetting only", loc="left")
     plotting.save_figure(fig, figs / f"{DATASET}_paired")
+
+    # Forget vectors on random forgetting: every setting's validation trajectory, over seeds.
+    fv_rows = []
+    for sc in cfg.scenarios:
+        for seed in cfg.seeds:
+            path = Path(args.run_dir) / f"seed_{seed}" / sc / "forget_vectors" / "selection.csv"
+            if path.exists():
+                t = pd.read_csv(path)
+                fv_rows.append(t.assign(setting=t.setting.fillna("default"), seed=seed, scenario=sc))
+    if fv_rows:
+        fv = pd.concat(fv_rows, ignore_index=True)
+        save_text(fv.to_csv(index=False), figs / f"{DATASET}_forget_vector_epochs.csv")
+        fig, axes = plt.subplots(1, len(cfg.scenarios), figsize=(6.5 * len(cfg.scenarios), 3.6), squeeze=False,
+                                 layout="constrained")
+        for ax, sc in zip(axes[0], cfg.scenarios):
+            part = fv[fv.scenario == sc]
+            if part.empty:
+                continue
+            target = part[part.setting == "original"].val_control.mean() if sc.startswith("random") else None
+            plotting.forget_vector_epochs(part, ax=ax, target=target)
+            ax.set_title(f"{plotting.label(sc, 'scenario')}: forget vector per epoch (validation)", loc="left")
+        plotting.save_figure(fig, figs / f"{DATASET}_forget_vector_epochs")
+
+    # Pool size: NegMerge and the uniform merge on random sub-pools of K members (random forgetting).
+    random_sc = [sc for sc in cfg.scenarios if sc.startswith("random")]
+    if random_sc and args.k_subsets > 0:
+        ks = ksweep.k_sweep(cfg, args.run_dir, scenario=random_sc[0], ks=(3, 5), subsets=args.k_subsets,
+                            methods=("negmerge", "mean"), device=args.device, progress=args.progress)
+        save_text(ks.to_csv(index=False), figs / f"{DATASET}_k_sweep.csv")
+        rules = list(dict.fromkeys(ks.setting))
+        fig, axes = plt.subplots(1, len(rules), figsize=(5.5 * len(rules), 3.4), squeeze=False, layout="constrained")
+        for ax, s in zip(axes[0], rules):
+            plotting.k_sweep(ks, "avg_gap", setting=s, ax=ax)
+            ax.set_title(f"{plotting.label(random_sc[0], 'scenario')}, "
+                         f"{'rule (a)' if s == benchmark.SETTING else 'rule (b)'}", loc="left")
+        plotting.save_figure(fig, figs / f"{DATASET}_k_sweep")
 
     seed = cfg.seeds[0]
     fig, axes = plt.subplots(len(cfg.scenarios), 3, figsize=(15, 4.2 * len(cfg.scenarios)), squeeze=False,
                              layout="constrained")
     effective = []
     for row, sc in zip(axes, cfg.scenarios):
-        setup = benchmark.prepare(cfg, args.run_dir, sc, seed=seed, device=args.device)
+        setup = benchmark.prepare(cfg, args.run_dir, sc, seed=seed, device=args.device, record=False)
         tvs = benchmark.pool_task_vectors(setup)
         names = list(tvs)
         div = analysis.pool_diversity([tvs[n] for n in names], names=names)
@@ -118,11 +180,18 @@ def report(args: argparse.Namespace) -> None:
                                       else None, control_reference=ref)
             ax.set_title(f"{sc}: {split} accuracy vs λ, every member and merge (seed {seed})", loc="left")
     plotting.save_figure(fig, figs / f"{DATASET}_member_curves")
+
+    print("\n## regime: does the Original memorise D_f?\n")
+    print(_markdown(regime.round(2)))
     for setting, t in summaries.items():
         print(f"\n## {setting}: mean ± std over seeds\n")
         print(_markdown(benchmark.mean_std(t).reset_index()))
-    print("\n## paired differences (95 % t-interval)\n")
+    print("\n## paired differences NegMerge − other (95 % t-interval, exact sign-flip p)\n")
     print(_markdown(paired.round(3)))
+    if random_sc and args.k_subsets > 0:
+        print("\n## pool size K (Avg. Gap, mean ± std over seeds of the sub-pool mean)\n")
+        per_seed = ks[ks.metric == "avg_gap"].groupby(["setting", "method", "k", "seed"]).value.mean()
+        print(_markdown(per_seed.groupby(["setting", "method", "k"]).agg(["mean", "std"]).round(2).reset_index()))
 
 
 def _markdown(df: pd.DataFrame) -> str:
@@ -143,6 +212,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="local worker processes (one thread each)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--k-subsets", type=int, default=3, help="random sub-pools per K in the pool-size sweep "
+                        "(0: no sweep)")
     args = parser.parse_args()
     args.run_dir = args.run_dir or ("runs/fashion_mnist_full" if args.full else
                                     "runs/fashion_mnist_quick" if args.quick else "runs/fashion_mnist")

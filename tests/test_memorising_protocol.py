@@ -44,7 +44,7 @@ def test_candidate_settings_are_the_grid_product():
     got = tune.candidate_settings({"lr": (0.01, 0.1), "beta": (1.0, 5.0)})
     assert list(got) == ["beta1_lr0.01", "beta1_lr0.1", "beta5_lr0.01", "beta5_lr0.1"]
     assert got["beta5_lr0.01"] == {"beta": 5.0, "lr": 0.01}
-    assert tune.candidate_settings({}) == {"": {}}
+    assert tune.candidate_settings({}) == {"default": {}}
     with pytest.raises(ValueError, match="non-empty"):
         tune.candidate_settings({"lr": ()})
 

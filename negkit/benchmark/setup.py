@@ -120,11 +120,15 @@ def one_seed(cfg: BenchmarkConfig, seed: int | None = None) -> BenchmarkConfig:
 def _check_run_dir(cfg: BenchmarkConfig, run_dir: Path, *, write: bool = True) -> None:
     """Refuse to mix artefacts of different configs in one run_dir (method and seed lists may differ)."""
     ignore = {"scenarios", "merge_methods", "baselines", "seeds", "rules"}
+    per_method = ("baseline_grid", "baseline_configs", "merge_options")  # a method added later may bring its own
     mine = {k: v for k, v in to_dict(cfg).items() if k not in ignore}
     path = run_dir / "benchmark_config.json"
     if path.exists():
         saved = {k: v for k, v in io.load_json(path).items() if k not in ignore}
-        diff = sorted(k for k in set(mine) | set(saved) if mine.get(k) != saved.get(k))
+        diff = sorted(k for k in set(mine) | set(saved) if k not in per_method and mine.get(k) != saved.get(k))
+        for k in per_method:  # only the methods both configs set must agree
+            a, b = mine.get(k) or {}, saved.get(k) or {}
+            diff += [f"{k}[{m!r}]" for m in sorted(set(a) & set(b)) if a[m] != b[m]]
         if diff:
             raise ValueError(f"{run_dir} holds a run of a different benchmark config (differs in {diff}); "
                              "use another run_dir or delete this one")

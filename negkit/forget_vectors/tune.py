@@ -78,9 +78,9 @@ def default_config(scenario: str, **overrides: Any) -> ForgetVectorConfig:
 
 
 def candidate_settings(grid: Mapping[str, Sequence[Any]]) -> dict[str, dict[str, Any]]:
-    """Every combination of ``grid``, named like ``"beta1_lr0.01"`` (one unnamed ``""`` for an empty grid)."""
+    """Every combination of ``grid``, named like ``"beta1_lr0.01"`` (one ``"default"`` for an empty grid)."""
     if not grid:
-        return {"": {}}
+        return {"default": {}}
     keys = sorted(grid)
     for k in keys:
         if isinstance(grid[k], (str, bytes)) or not len(grid[k]):
