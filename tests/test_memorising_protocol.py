@@ -145,10 +145,12 @@ def test_forget_vector_units_wait_for_original_and_retrain_and_give_the_same_rec
     fv_units = [u for u in units.negation_units(cfg) if u.kind == "forget_vector"]
     assert [u.name for u in fv_units] == ["seed_0/random_10/forget_vectors", "seed_0/class_3/forget_vectors"]
     assert fv_units[0].after == ("seed_0/original", "seed_0/random_10/retrain")
-    for u in units.training_units(cfg) + units.negation_units(cfg):
-        units.run_unit(cfg, tmp_path, u, device="cpu")
-    assert all(units.is_done(cfg, tmp_path, u) for u in fv_units)
-    again = B.run(cfg, tmp_path, device="cpu", progress=False)
+    one = B.make_config(cfg, scenarios=("random_10",))  # the same artefacts, half the work
+    for u in units.training_units(one) + units.negation_units(one):
+        units.run_unit(one, tmp_path, u, device="cpu")
+    assert all(units.is_done(one, tmp_path, u) for u in units.negation_units(one) if u.kind == "forget_vector")
+    again = B.run(one, tmp_path, device="cpu", progress=False)
+    df = df[df.scenario == "random_10"]
     key = ["setting", "scenario", "method", "pool_config", "metric", "seed"]
     a = df[df.method == "forget_vector"].sort_values(key).value.to_numpy()
     b = again[again.method == "forget_vector"].sort_values(key).value.to_numpy()

@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from negkit import io
-from negkit.benchmark.config import (SETTING, UNLEARNING_METRICS, BenchmarkConfig, baseline_candidates,
+from negkit.benchmark.config import (SETTING, UNLEARNING_METRICS, BenchmarkConfig, baseline_candidates, make_config,
                                      parse_scenario)
 from negkit.config import to_dict
 from negkit.data import DatasetBundle, labels_of
@@ -124,7 +124,12 @@ def _check_run_dir(cfg: BenchmarkConfig, run_dir: Path, *, write: bool = True) -
     mine = {k: v for k, v in to_dict(cfg).items() if k not in ignore}
     path = run_dir / "benchmark_config.json"
     if path.exists():
-        saved = {k: v for k, v in io.load_json(path).items() if k not in ignore}
+        raw = io.load_json(path)
+        try:  # fields the kit gained since the run was made are filled with their defaults on both sides
+            raw = to_dict(make_config(raw))
+        except (TypeError, ValueError):
+            pass  # an unreadable config differs anyway, and the diff below names how
+        saved = {k: v for k, v in raw.items() if k not in ignore}
         diff = sorted(k for k in set(mine) | set(saved) if k not in per_method and mine.get(k) != saved.get(k))
         for k in per_method:  # only the methods both configs set must agree
             a, b = mine.get(k) or {}, saved.get(k) or {}
