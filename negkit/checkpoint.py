@@ -187,7 +187,8 @@ def read_training_state(path: str | os.PathLike) -> TrainingState:
 
 def load_training_state(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer, *,
                         config: Mapping[str, Any] | None = None, ignore: Iterable[str] = (),
-                        steps_per_epoch: int | None = None) -> TrainingState:
+                        steps_per_epoch: int | None = None,
+                        defaults: Mapping[str, Any] | None = None) -> TrainingState:
     """Restore a checkpoint into ``model`` and ``optimizer`` (in place) and the global RNGs.
 
     Args:
@@ -212,7 +213,7 @@ def load_training_state(path: str | os.PathLike, model: nn.Module, optimizer: to
     """
     meta = _read_meta(path)
     if config is not None:
-        check_config(meta["config"], config, Path(path).parent, ignore=ignore)
+        check_config(meta["config"], config, Path(path).parent, ignore=ignore, defaults=defaults)
     epochs = config.get("epochs") if isinstance(config, Mapping) else None
     state = _state_of(meta, path, epochs=epochs if isinstance(epochs, int) else None, steps_per_epoch=steps_per_epoch)
     _check_resume_environment(meta.get("environment"), model, path)
@@ -243,7 +244,7 @@ def _check_resume_environment(saved: Any, model: nn.Module, path: str | os.PathL
 
 
 def check_config(saved: Mapping[str, Any], now: Mapping[str, Any], where: str | os.PathLike, *,
-                 ignore: Iterable[str] = ()) -> None:
+                 ignore: Iterable[str] = (), defaults: Mapping[str, Any] | None = None) -> None:
     """Refuse to resume or reuse a run folder made with another config.
 
     Args:
@@ -251,11 +252,14 @@ def check_config(saved: Mapping[str, Any], now: Mapping[str, Any], where: str | 
         now: The config of the current call.
         where: The run folder (named in the error).
         ignore: Fields that change how a run executes but not what it computes.
+        defaults: The config class's defaults: a field the saved config lacks (the kit gained it
+            after the run was made) counts as saved at its default.
 
     Raises:
         ValueError: Naming the differing fields and both values.
     """
     ignore = set(ignore)
+    saved = {**{k: v for k, v in (defaults or {}).items() if k not in saved}, **saved}
     diff = sorted(k for k in set(saved) | set(now) if k not in ignore and saved.get(k) != now.get(k))
     if diff:
         raise ValueError(
@@ -307,7 +311,8 @@ def save_finished(out: str | os.PathLike, model: nn.Module, config: Mapping[str,
 
 
 def load_finished(out: str | os.PathLike, model: nn.Module, config: Mapping[str, Any], *,
-                  ignore: Iterable[str] = ()) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                  ignore: Iterable[str] = (),
+                  defaults: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Load a finished run's weights into ``model`` after checking its config.
 
     Args:
@@ -327,7 +332,7 @@ def load_finished(out: str | os.PathLike, model: nn.Module, config: Mapping[str,
     if not isinstance(saved, dict):
         raise ValueError(f"{out / 'config.json'} holds a {type(saved).__name__}, not a config object; "
                          "delete that run folder to retrain")
-    check_config(saved, config, out, ignore=ignore)
+    check_config(saved, config, out, ignore=ignore, defaults=defaults)
     model.load_state_dict(nkio.load_state_dict(out / MODEL_FILE))
     metrics = nkio.load_json(out / "metrics.json")
     history = nkio.load_json(out / "history.json") if (out / "history.json").exists() else []

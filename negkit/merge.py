@@ -243,9 +243,11 @@ class _TiesFold(_Fold):
     def finish(self) -> torch.Tensor:
         if self.sign_tie == "global":
             # Elected sign: sign of the sum of trimmed values; an exactly zero sum takes
-            # the vector-wide sign computed in _global_sign.
+            # the vector-wide sign computed in _global_sign. When that vote is exactly 0
+            # too, the reference's sign stays 0 and its `where(sign > 0, τ > 0, τ < 0)`
+            # keeps the negative entries, so a zero sign counts as "down" here as well.
             up = (self.total > 0) | ((self.total == 0) & (self.global_sign > 0))
-            down = (self.total < 0) | ((self.total == 0) & (self.global_sign < 0))
+            down = (self.total < 0) | ((self.total == 0) & (self.global_sign <= 0))
         else:
             # Elected sign: sign of the sum of trimmed values; an exactly zero sum falls
             # back to the majority sign of the trimmed non-zero entries; if the counts

@@ -30,7 +30,7 @@ import random
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -44,7 +44,10 @@ from negkit.checkpoint import CHECKPOINT
 from negkit.config import check, from_dict, to_dict
 from negkit.evaluate import resolve_device
 
-__all__ = ["TrainConfig", "TrainResult", "train", "lr_factor"]
+__all__ = ["TrainConfig", "TrainResult", "train", "lr_factor", "SCHEDULES"]
+
+#: Learning-rate schedules of :class:`TrainConfig`.
+SCHEDULES = ("cosine", "constant", "multistep")
 
 logger = logging.getLogger(__name__)
 
@@ -65,16 +68,21 @@ class TrainConfig:
         momentum: SGD momentum.
         weight_decay: Decoupled for AdamW, L2 for SGD; applied to every trained parameter.
         label_smoothing: Of the default cross-entropy loss.
-        schedule: ``"cosine"`` (to 0 at the last step) or ``"constant"``, after warm-up.
+        schedule: ``"cosine"`` (to 0 at the last step), ``"constant"``, or ``"multistep"`` (×``gamma``
+            at each epoch of ``milestones``, as torch's MultiStepLR stepped per epoch: SalUn's CIFAR-10
+            recipe, milestones 91 and 136 of 182 epochs), after warm-up.
+        milestones: Epochs (0-based starts) at which ``"multistep"`` multiplies the rate by ``gamma``.
+        gamma: Factor of ``"multistep"``.
         warmup_steps: Optimiser steps of linear warm-up from ``lr / warmup_steps``.
         grad_clip: Max global gradient norm, or None.
         grad_accum: Batches whose gradients are accumulated per optimiser step.
-        amp: bfloat16 autocast (only on CUDA; ignored on CPU).
+        amp: bfloat16 autocast (only on CUDA; ignored on CPU). Off by default: the reference
+            code trains in fp32 (``benchmarks/bench_finetune.py`` measures what bf16 saves).
         seed: Seeds the global torch, numpy and python RNGs and the data order (epoch ``e``
             uses ``(seed, e)``).
         num_workers: DataLoader workers.
-        drop_last: Drop the last incomplete batch (a last batch of one image is always
-            dropped, BatchNorm cannot train on it).
+        drop_last: Drop the last incomplete batch. Off, as in the reference code, a last
+            batch of one image is kept too (BatchNorm2d normalises over its H×W positions).
         fused: Fused optimiser kernels (CUDA only).
         compile: ``torch.compile`` the forward pass.
     """
@@ -87,10 +95,12 @@ class TrainConfig:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
     schedule: str = "cosine"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
     warmup_steps: int = 0
     grad_clip: float | None = None
     grad_accum: int = 1
-    amp: bool = True
+    amp: bool = False
     seed: int = 0
     num_workers: int = 0
     drop_last: bool = False
@@ -99,14 +109,18 @@ class TrainConfig:
 
     RANGES = {"epochs": ">= 1", "batch_size": ">= 1", "grad_accum": ">= 1", "lr": ">= 0",
               "momentum": "[0, 1)", "weight_decay": ">= 0", "label_smoothing": "[0, 1)", "warmup_steps": ">= 0",
-              "grad_clip": "> 0", "seed": ">= 0", "num_workers": ">= 0"}
+              "grad_clip": "> 0", "seed": ">= 0", "num_workers": ">= 0", "milestones": ">= 1", "gamma": "(0, 1]"}
 
     def __post_init__(self) -> None:
         check(self)  # types and RANGES (negkit.config), before the checks below
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; valid optimizers are ['sgd', 'adamw']")
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"unknown schedule {self.schedule!r}; valid schedules are ['cosine', 'constant']")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; valid schedules are {list(SCHEDULES)}")
+        if self.schedule == "multistep" and not self.milestones:
+            raise ValueError("schedule='multistep' needs milestones (epochs), e.g. milestones=(91, 136)")
+        if list(self.milestones) != sorted(set(self.milestones)):
+            raise ValueError(f"milestones must be increasing and distinct, got {list(self.milestones)}")
 
 
 @dataclasses.dataclass
@@ -125,12 +139,20 @@ class TrainResult:
     history: list[dict[str, Any]]
 
 
-def lr_factor(step: int, total_steps: int, schedule: str, warmup_steps: int = 0) -> float:
-    """Multiplier of the peak learning rate before optimiser step ``step`` (0-based)."""
+def lr_factor(step: int, total_steps: int, schedule: str, warmup_steps: int = 0, *,
+              milestones: Sequence[int] = (), gamma: float = 0.1, steps_per_epoch: int = 1) -> float:
+    """Multiplier of the peak learning rate before optimiser step ``step`` (0-based).
+
+    ``"multistep"``: γ^(number of milestones ≤ the step's epoch), the epoch being
+    ``step // steps_per_epoch`` (torch's MultiStepLR stepped once per epoch).
+    """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "constant":
         return 1.0
+    if schedule == "multistep":
+        epoch = step // max(1, steps_per_epoch)
+        return gamma ** sum(epoch >= m for m in milestones)
     span = max(1, total_steps - warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup_steps, span) / span))
 
@@ -215,7 +237,8 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig | Mapping[str, An
     device = resolve_device(device)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None and checkpoint.is_finished(out):
-        metrics, history = checkpoint.load_finished(out, model, to_dict(cfg), ignore=_RUNTIME_FIELDS)
+        metrics, history = checkpoint.load_finished(out, model, to_dict(cfg), ignore=_RUNTIME_FIELDS,
+                                                    defaults=to_dict(TrainConfig()))
         logger.info("train: %s is finished; loaded its weights instead of retraining", out)
         return TrainResult(model=model.to(device), metrics=metrics, history=history)
 
@@ -235,7 +258,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig | Mapping[str, An
         opt = torch.optim.AdamW(plist, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
 
     gen = torch.Generator()
-    drop_last = cfg.drop_last or len(dataset) % cfg.batch_size == 1
+    drop_last = cfg.drop_last
     if batch_sampler is None:
         loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=drop_last,
                             num_workers=cfg.num_workers, pin_memory=use_cuda)
@@ -256,7 +279,8 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig | Mapping[str, An
         out.mkdir(parents=True, exist_ok=True)
         if (out / CHECKPOINT).exists():  # the config is checked before the model is touched
             state = checkpoint.load_training_state(out / CHECKPOINT, model, opt, config=to_dict(cfg),
-                                                   ignore=_RUNTIME_FIELDS, steps_per_epoch=steps_per_epoch)
+                                                   ignore=_RUNTIME_FIELDS, steps_per_epoch=steps_per_epoch,
+                                                   defaults=to_dict(TrainConfig()))
             start_epoch, step, history, seconds = state.epoch, state.step, state.history, state.seconds
             logger.info("train: resuming %s after epoch %d", out, start_epoch)
     kept = {n: params[n].detach().clone() for n in masks}  # exact values of the masked-out elements
@@ -294,7 +318,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig | Mapping[str, An
                 else:
                     tot_correct += int((logits.argmax(1) == labels).sum())
                 if (bi + 1) % cfg.grad_accum == 0 or bi + 1 == n_batches:
-                    _optimizer_step(opt, plist, params, masks, kept, cfg, step, total_steps)
+                    _optimizer_step(opt, plist, params, masks, kept, cfg, step, total_steps, steps_per_epoch)
                     step += 1
                 bar.update(1)
             entry: dict[str, Any] = {"epoch": epoch + 1, "train_loss": tot_loss / tot_n,
@@ -326,7 +350,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig | Mapping[str, An
 
 def _optimizer_step(opt: torch.optim.Optimizer, plist: list[nn.Parameter], params: Mapping[str, nn.Parameter],
                     masks: Mapping[str, torch.Tensor], kept: Mapping[str, torch.Tensor], cfg: TrainConfig,
-                    step: int, total_steps: int) -> None:
+                    step: int, total_steps: int, steps_per_epoch: int = 1) -> None:
     """Masked, clipped, scheduled optimiser step, then exact restoration of masked-out elements."""
     for name, m in masks.items():
         g = params[name].grad
@@ -334,7 +358,8 @@ def _optimizer_step(opt: torch.optim.Optimizer, plist: list[nn.Parameter], param
             g.mul_(m)  # SalUn: gradients only flow to salient weights
     if cfg.grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(plist, cfg.grad_clip)
-    lr = cfg.lr * lr_factor(step, total_steps, cfg.schedule, cfg.warmup_steps)
+    lr = cfg.lr * lr_factor(step, total_steps, cfg.schedule, cfg.warmup_steps, milestones=cfg.milestones,
+                            gamma=cfg.gamma, steps_per_epoch=steps_per_epoch)
     for group in opt.param_groups:
         group["lr"] = lr
     opt.step()

@@ -23,10 +23,10 @@ ICLR 2024): SGD with momentum and weight decay 5e-4 at a constant learning rate
   e = 0 … E−1 (stepped per epoch; Jia et al., NeurIPS 2023).
 - ``salun``: weight saliency (:func:`saliency_mask`) at the original model θ_o,
   then RL updating only the salient weights, θ_u = m ⊙ θ_RL + (1 − m) ⊙ θ_o
-  (SalUn Eq. 7). Deliberate deviation: the reference code zeroes the gradients of
-  non-salient weights, so SGD's weight decay and momentum still move them slightly;
-  here ``train``'s ``param_mask`` restores them exactly after every step, as Eq. 7
-  states (BatchNorm running statistics are buffers and still update).
+  (SalUn Eq. 7): ``train``'s ``param_mask`` zeroes the gradients of non-salient weights
+  and restores their values after every step, so weight decay and momentum cannot move
+  them, as the reference code does (BatchNorm running statistics are buffers and still
+  update).
 
 Hyperparameters: :class:`UnlearnConfig` (one frozen dataclass, per-method defaults
 from :func:`default_config`). The reference's CIFAR-10 example runs RL and SalUn
@@ -218,12 +218,13 @@ def saliency_mask(
     *,
     batch_size: int = 32,
     device: str | torch.device | None = None,
+    seed: int = 0,
 ) -> dict[str, Tensor]:
     """SalUn's weight saliency mask at ``model`` (SalUn, Eq. 6), as its reference code computes it.
 
     g = Σ_batches ∇_θ mean_{(x,y) ∈ batch} (−CE(f_θ(x), y)) over D_f in batches of
-    ``batch_size`` (not shuffled), with the model in eval mode (BatchNorm statistics
-    untouched). Because each batch contributes its *mean* gradient, the images of a
+    ``batch_size``, shuffled with ``seed`` as the reference's forget loader is, with the
+    model in eval mode (BatchNorm statistics untouched). Because each batch contributes its *mean* gradient, the images of a
     short last batch weigh more than the others, exactly as in the reference. Then
     the ``⌊fraction · N⌋`` parameter elements of largest |g| over all N parameter
     elements (one global ranking; ties at the boundary broken by ``torch.topk``) are
@@ -235,6 +236,7 @@ def saliency_mask(
         fraction: Fraction of weights to mark salient, in (0, 1].
         batch_size: Batch size of the gradient pass (the reference uses the unlearning batch size).
         device: Device for the pass (None: cuda if available, else cpu).
+        seed: Seed of the batch order (which images share a short last batch).
 
     Returns:
         ``{parameter name: bool tensor of its shape}`` for every parameter, on cpu.
@@ -252,7 +254,8 @@ def saliency_mask(
     for p in params.values():
         p.requires_grad_(True)
         p.grad = None
-    for x, y in DataLoader(forget, batch_size=batch_size, shuffle=False):
+    order = torch.Generator().manual_seed(seed)
+    for x, y in DataLoader(forget, batch_size=batch_size, shuffle=True, generator=order):
         # backward() adds each batch's mean gradient to .grad: the sum over batches
         (-F.cross_entropy(model(x.to(device)), y.to(device))).backward()
     names = list(params)
@@ -378,7 +381,8 @@ def salun(model: nn.Module, forget: Dataset, retain: Dataset, cfg: UnlearnConfig
     Returns an unlearned copy whose non-salient parameters equal the original's bitwise.
     """
     model, cfg = _prepare(model, cfg, "salun")
-    mask = saliency_mask(model, forget, cfg.saliency_fraction, batch_size=cfg.batch_size, device=device)
+    mask = saliency_mask(model, forget, cfg.saliency_fraction, batch_size=cfg.batch_size, device=device,
+                         seed=cfg.seed)
     return _random_label_unlearning(model, forget, retain, cfg, device=device, out_dir=out_dir,
                                     progress=progress, param_mask=mask)
 

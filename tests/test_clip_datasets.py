@@ -213,7 +213,8 @@ def test_timm_train_transform_is_the_reference_recipe():
     from PIL import Image
 
     tf = cd.timm_train_transform(16, magnitude=9, num_ops=2)
-    rrc, flip, ra = tf.transforms[:3]
+    to_rgb, rrc, flip, ra = tf.transforms[:4]
+    assert isinstance(to_rgb, cd.ToRGB)  # single-channel images become RGB first, as in the release
     assert type(rrc).__name__ == "RandomResizedCropAndInterpolation" and rrc.scale == (0.08, 1.0)
     assert rrc.size == (16, 16) and len(rrc.interpolation) == 2  # bilinear or bicubic, drawn per image
     assert isinstance(flip, cd.T.RandomHorizontalFlip) and flip.p == 0.5

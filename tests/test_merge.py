@@ -128,9 +128,12 @@ def test_ties_zero_sum_takes_the_global_elected_sign():
     # The global sign counts every tensor of the vector: a "+" elsewhere outvotes idx 1.
     more = [dict(tv, b=T([1.0, 1.0])) for tv in tvs]
     assert torch.equal(merge.ties(more, density=1.0)["w"], T([2.0, -1.0]))
-    # Elected signs summing to 0 over the vector leave the tied element at 0.
+    # Elected signs summing to 0 over the vector: the reference's sign stays 0 and its
+    # where(sign > 0, τ > 0, τ < 0) keeps the negative entries: mean {-4} = -4.
     even = [dict(tv, b=T([1.0])) for tv in tvs]
-    assert torch.equal(merge.ties(even, density=1.0)["w"], T([0.0, -1.0]))
+    assert torch.equal(merge.ties(even, density=1.0)["w"], T([-4.0, -1.0]))
+    both = [{"w": T([1.0, -1.0])}, {"w": T([-1.0, 1.0])}]  # every sum 0, vector-wide vote 0
+    assert torch.equal(merge.ties(both, density=1.0)["w"], T([-1.0, -1.0]))
     with pytest.raises(ValueError, match="sign_tie='vote' is not one of"):
         merge.ties(tvs, sign_tie="vote")
     with pytest.raises(ValueError, match="trim='top' is not one of"):
@@ -150,7 +153,8 @@ def test_ties_zero_sum_uses_majority_sign_then_zero():
     assert torch.equal(merge.ties(pair, density=1.0, sign_tie="majority")["w"], T([0.0]))
     # the reference rule: idx 1 is the only elected sign (+), so idx 0 and 2 take + as well
     assert torch.equal(merge.ties([a, b, c], density=1.0)["w"], T([1.0, 0.75, 1.5]))
-    assert torch.equal(merge.ties(pair, density=1.0)["w"], T([0.0]))  # no sign elected anywhere
+    # no sign elected anywhere: the reference keeps the negative entries (sign 0 selects τ < 0)
+    assert torch.equal(merge.ties(pair, density=1.0)["w"], T([-1.0]))
 
 
 def test_ties_threshold_is_global_over_all_tensors():

@@ -145,11 +145,17 @@ def test_saliency_mask_keeps_the_top_fraction_of_gradient_magnitudes(original, d
     assert set(mask) == set(params)
     # Independent: the sum of the per-batch mean gradients of CE on D_f (16 images in
     # batches 5, 5, 5, 1: the single last image weighs 5x an image of a full batch), eval mode.
+    # The batches come shuffled with the seed (0), as the reference's loader: the last image
+    # of the seeded shuffle (a loader over the indices with the same generator) is up-weighted.
     model = original.eval()
     model.zero_grad()
     x = torch.stack([forget[i][0] for i in range(len(forget))])
     y = torch.tensor([forget[i][1] for i in range(len(forget))])
-    weights = torch.tensor([1 / 5] * 15 + [1.0])
+    order = torch.utils.data.DataLoader(range(len(forget)), batch_size=5, shuffle=True,
+                                        generator=torch.Generator().manual_seed(0))
+    last = int([b for b in order][-1][0])
+    weights = torch.full((len(forget),), 1 / 5)
+    weights[last] = 1.0
     (F.cross_entropy(model(x), y, reduction="none") * weights).sum().backward()
     g = torch.cat([params[n].grad.abs().flatten() for n in mask])
     m = torch.cat([mask[n].flatten() for n in mask])

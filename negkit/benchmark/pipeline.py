@@ -49,6 +49,7 @@ from negkit.benchmark.report import load_results
 from negkit.benchmark.setup import Setup, _done_steps, check_run, prepare, record_method
 from negkit.config import to_dict
 from negkit.data import get as get_dataset
+from negkit.data.augment import training_view
 from negkit.evaluate import CoefSearch, evaluate, negation_evaluator, search_coef, select_coef
 from negkit.io import load_json, save_json
 from negkit.lock import locks_run_dir
@@ -379,7 +380,9 @@ def _baseline(setup: Setup, method: str, rules: Sequence[str]) -> None:
     models, val = {}, {}
     for name, overrides in candidates.items():
         ucfg = unlearn.default_config(method, **{"seed": cfg.seed, **overrides})
-        models[name] = unlearn.get(method)(setup.original, setup.forget, setup.retain, ucfg, device=setup.device,
+        # D_f and D_r with the training augmentation, as the reference's unlearning loaders (metrics stay clean)
+        models[name] = unlearn.get(method)(setup.original, training_view(setup.bundle, setup.forget),
+                                           training_view(setup.bundle, setup.retain), ucfg, device=setup.device,
                                            out_dir=folder / name if name else folder, progress=False)
         val[name] = {split: float(evaluate(models[name], getattr(setup, split), device=setup.device,
                                            batch_size=cfg.eval_batch_size)["acc"])

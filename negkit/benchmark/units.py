@@ -234,6 +234,8 @@ def run_unit(cfg: BenchmarkConfig, run_dir: str | Path, unit: Unit, *, device: s
         overrides = baseline_candidates(cfg, unit.member)[unit.setting]
         ucfg = unlearn.default_config(unit.member, **{"seed": cfg.seed, **overrides})
         original = _original(cfg, run_dir, bundle, device).eval()
-        unlearn.get(unit.member)(original, sets["forget"], sets["retain"], ucfg, device=device, out_dir=out,
+        # D_f and D_r with the training augmentation, as the reference's unlearning loaders (metrics stay clean)
+        unlearn.get(unit.member)(original, training_view(bundle, sets["forget"]), training_view(bundle, sets["retain"]),
+                                 ucfg, device=device, out_dir=out,
                                  progress=False)
     return unit.name

@@ -56,6 +56,7 @@ from negkit.clip.model import strip_normalize
 
 __all__ = [
     "CLIP_DATASETS", "SOURCES", "HF_IDS", "clip_transform", "timm_train_transform", "randaugment_transform",
+    "clip_train_transform", "ToRGB",
     "holdout_split", "write_digits_imagefolder", "write_smoke_data", "HFImageDataset",
 ]
 
@@ -96,6 +97,40 @@ _FOLDERS = {"imagenet": {"test": "val"}, "dtd": {"test": "val"}, "eurosat": {"va
 _BASE = {"eurosat": "EuroSAT_splits"}
 
 
+class ToRGB:
+    """PIL image -> 3-channel RGB; a single-channel image (MNIST's ``"L"``) is also resized first.
+
+    The NegMerge release feeds single-channel datasets to its training transform as
+    ``Grayscale(3)`` images resized to 224 (timm's RandAugment needs RGB fill colours and
+    fails on ``"L"`` images); every training transform of the kit starts with this step.
+    A class, not a lambda, so DataLoader workers can pickle it.
+    """
+
+    SINGLE = ("1", "L", "I", "I;16", "F", "P", "LA")
+
+    def __init__(self, image_size: int = 224) -> None:
+        self.image_size = int(image_size)
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if not isinstance(img, Image.Image) or img.mode == "RGB":
+            return img
+        if img.mode in self.SINGLE:
+            img = T.Resize(self.image_size)(img.convert("L"))
+        return img.convert("RGB")
+
+    def __repr__(self) -> str:
+        return f"ToRGB(image_size={self.image_size})"
+
+
+def clip_train_transform(image_size: int = 224) -> T.Compose:
+    """open_clip's *training* preprocessing without Normalize (PIL -> [0, 1] tensor).
+
+    RandomResizedCrop(image_size, scale 0.9–1, bicubic), RGB conversion, ToTensor: what the
+    release's members without RandAugment train on; :class:`ToRGB` runs first.
+    """
+    return T.Compose([ToRGB(image_size), *strip_normalize(open_clip.image_transform(image_size, is_train=True)).transforms])
+
+
 def clip_transform(image_size: int = 224) -> T.Compose:
     """open_clip's evaluation preprocessing at ``image_size`` without Normalize (PIL -> [0, 1] tensor)."""
     return strip_normalize(open_clip.image_transform(image_size, is_train=False))
@@ -123,7 +158,7 @@ def timm_train_transform(image_size: int, magnitude: int, num_ops: int, mstd: fl
         for op in getattr(step, "ops", ()):
             if op.aug_fn is auto_augment.posterize:
                 op.aug_fn = _posterize
-    return T.Compose([*tf.transforms, T.ConvertImageDtype(torch.float32)])
+    return T.Compose([ToRGB(image_size), *tf.transforms, T.ConvertImageDtype(torch.float32)])
 
 
 def randaugment_transform(preprocess: T.Compose, magnitude: int, num_ops: int, mstd: float = 0.5) -> T.Compose:
@@ -144,7 +179,7 @@ def randaugment_transform(preprocess: T.Compose, magnitude: int, num_ops: int, m
             op.aug_fn = _posterize
     # RandAugment works on PIL images: insert before the first step that makes a tensor.
     at = next((i for i, t in enumerate(steps) if isinstance(t, _TO_TENSOR)), len(steps))
-    return T.Compose(steps[:at] + [ra] + steps[at:])
+    return T.Compose([ToRGB(min(size) if isinstance(size, (tuple, list)) else size)] + steps[:at] + [ra] + steps[at:])
 
 
 def _posterize(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
@@ -266,6 +301,17 @@ def _hf_offline(hfd: Any) -> Iterator[None]:
             setattr(mod, attr, value)
 
 
+def _imagefolder_split(name: str, base: Path, split: str) -> Path:
+    """The folder of ``split`` in an image-folder layout; SUN397's test images sit in ``test/`` or, in the
+    reference's layout, ``val/`` (whichever exists; ``test/`` first)."""
+    if name == "sun397" and split == "test":
+        for sub in ("test", "val"):
+            if (base / sub).is_dir():
+                log.info("sun397: test images from %s", base / sub)
+                return base / sub
+    return base / _FOLDERS.get(name, {}).get(split, split)
+
+
 def _load(name: str, source: str, root: Any, split: str, transform: Callable, hf_id: str | None,
           download: bool) -> tuple[Dataset, Sequence[str]]:
     """One split (``"train"``, ``"test"``, or for EuroSAT's folders ``"val"``) of ``name`` from ``source``."""
@@ -281,7 +327,7 @@ def _load(name: str, source: str, root: Any, split: str, transform: Callable, hf
         if root is None:
             raise _missing(name, source, root, "no root given")
         base = Path(root) if (Path(root) / "train").is_dir() else Path(root) / _BASE.get(name, name)
-        folder = base / _FOLDERS.get(name, {}).get(split, split)
+        folder = _imagefolder_split(name, base, split)
         if not folder.is_dir():
             raise _missing(name, source, root, f"folder {folder} does not exist")
         ds = tvd.ImageFolder(str(folder), transform=transform)
@@ -331,6 +377,9 @@ def _build(name: str, root: str | os.PathLike | None = None, *, source: str = "t
             name, "official test split")
         if source == "imagefolder" and name == "dtd":
             meta["test"] = "the dtd/val folder (as the reference)"
+        if source == "imagefolder" and name == "sun397":
+            base = Path(root) if (Path(root) / "train").is_dir() else Path(root) / _BASE.get(name, name)
+            meta["test"] = f"the sun397/{_imagefolder_split(name, base, 'test').name} folder"
     if source == "imagefolder" and "val" in _FOLDERS.get(name, {}):
         # EuroSAT in the reference: its own val folder, and fine-tuning on all of train.
         val_set, _ = _load(name, source, root, "val", transform, hf_id, download)

@@ -6,9 +6,10 @@ NegMerge release, Kim et al. 2025), which the defaults reproduce:
 * AdamW, lr 1e-5, weight decay 0.1, batch 128, 500 warm-up steps then cosine,
   gradient clipping at 1.0, the zero-shot head frozen;
 * **fp32** training (``precision="bf16"`` autocasts on CUDA instead, faster but not the reference);
-* **attention frozen**: every attention Q/K/V and output projection of the image
-  encoder keeps ``requires_grad=False``, as in the reference, so those task-vector
-  entries are exactly zero (``train_attention=True`` trains everything);
+* **attention frozen** (standard mode): every attention Q/K/V and output projection of
+  the image encoder keeps ``requires_grad=False``, as in the reference, so those
+  task-vector entries are exactly zero (``train_attention=True`` trains everything);
+  linear (tangent) mode trains every parameter, attention included, as the release does;
 * NegMerge's pool: 30 fine-tunes per dataset differing only in RandAugment
   (magnitude 1–10 × number of ops 1–3, magnitude std 0.5) inside timm's ImageNet
   training transform: RandomResizedCrop (scale 0.08–1, random bilinear / bicubic),
@@ -38,7 +39,7 @@ from torchvision import transforms as T
 
 import negkit.data
 from negkit import io as nkio
-from negkit.clip.datasets import randaugment_transform, timm_train_transform
+from negkit.clip.datasets import clip_train_transform, randaugment_transform, timm_train_transform
 from negkit.clip.heads import get_head
 from negkit.clip.linearize import FINETUNING_MODES
 from negkit.clip.model import ClipBackbone, ImageClassifier, attention_parameter_names
@@ -87,7 +88,8 @@ class PoolConfig:
         seed: Seed of the data order and of the augmentation draws (the weights start
             from the pretrained encoder whatever the seed).
         precision: ``"fp32"`` (the reference) or ``"bf16"`` autocast on CUDA.
-        train_attention: False (the reference): attention projections stay frozen.
+        train_attention: False (the reference): attention projections stay frozen in standard
+            mode; linear mode trains them whatever this says, as the release does.
         finetuning_mode: ``"standard"`` or ``"linear"`` (tangent-space fine-tuning).
         fused: Fused AdamW on CUDA.
         compile: ``torch.compile`` the forward pass.
@@ -148,13 +150,13 @@ class PoolConfig:
     def train_transform(self, backbone: ClipBackbone) -> T.Compose:
         """This member's training transform (PIL -> [0, 1] tensor; the model normalises).
 
-        Without RandAugment: ``backbone.preprocess`` (task_vectors' single fine-tune does
-        not augment). With it: :func:`~negkit.clip.datasets.timm_train_transform` at the
+        Without RandAugment: open_clip's training preprocessing, RandomResizedCrop scale
+        0.9–1 (:func:`~negkit.clip.datasets.clip_train_transform`), as the release's plain members. With it: :func:`~negkit.clip.datasets.timm_train_transform` at the
         backbone's image size (``augment="timm"``), or the evaluation preprocessing plus
         RandAugment (``augment="center"``).
         """
         if self.rand_m is None:
-            return backbone.preprocess
+            return clip_train_transform(backbone.image_size)
         if self.augment == "center":
             return randaugment_transform(backbone.preprocess, self.rand_m, self.rand_n, self.rand_mstd)
         return timm_train_transform(backbone.image_size, self.rand_m, self.rand_n, self.rand_mstd, mean=backbone.mean)
@@ -234,8 +236,10 @@ def resolve_pool(pool: str | Sequence[PoolConfig | Mapping[str, Any]], dataset: 
 
 def trainable_names(model: ImageClassifier, cfg: PoolConfig) -> list[str]:
     """Names of the classifier's parameters a member trains: the image encoder's, less attention unless
-    ``cfg.train_attention`` (the reference keeps every attention projection frozen)."""
-    frozen = set() if cfg.train_attention else {f"visual.{n}" for n in attention_parameter_names(model.visual)}
+    ``cfg.train_attention`` or ``finetuning_mode="linear"`` (the reference keeps every attention
+    projection frozen in standard fine-tuning and trains all of them in linear mode)."""
+    train_all = cfg.train_attention or cfg.finetuning_mode == "linear"  # the release's linear mode trains everything
+    frozen = set() if train_all else {f"visual.{n}" for n in attention_parameter_names(model.visual)}
     return [n for n, _ in model.named_parameters() if n.startswith("visual.") and n not in frozen]
 
 

@@ -6,11 +6,14 @@ the merge of a pool of them (NegMerge and other rules of :mod:`negkit.merge`).
 The negated encoder is evaluated on {dataset}Val (forget accuracy, to be
 minimised) and ImageNetVal (control accuracy); the chosen λ is the one with the
 lowest forget accuracy among those keeping the control accuracy ≥ 95 % of the
-zero-shot model's. λ lives on the grid 0, 0.05, … and is found by
-:func:`negkit.evaluate.search_coef`: the range 0..1 grows by doubling while
-control holds (up to ``coef_max``), then bisection; every λ of a round is
-evaluated in one pass over the images (:func:`negkit.evaluate.negation_evaluator`),
-so each image is decoded once per round, not once per λ. Test accuracies on the
+zero-shot model's. By default λ is chosen, as in the NegMerge release, from the
+exhaustive grid λ ∈ linspace(0, 1, 21) (``coef_search="grid"``, ``coef_max=1``).
+``coef_search="adaptive"`` with a larger ``coef_max`` is the kit's option: the range
+0..1 grows by doubling while control holds, then bisection (:func:`negkit.evaluate.search_coef`);
+every record carries ``n_coefs`` and ``coef_max_searched``, the grid its result stands
+for. Every λ of a round is evaluated in one pass over the images
+(:func:`negkit.evaluate.negation_evaluator`), so each image is decoded once per round,
+not once per λ. Test accuracies on the
 forget task and on ImageNet at that λ are reported beside the zero-shot model's.
 
 Every number is a :class:`negkit.results.Record` (setting ``"clip"``, scenario
@@ -129,8 +132,8 @@ def run_task_negation(
     merge_options: Mapping[str, Mapping[str, Any]] | None = None,
     coefs: Sequence[float] | None = None,
     coef_step: float = 0.05,
-    coef_max: float = 8.0,
-    coef_search: str = "adaptive",
+    coef_max: float = 1.0,
+    coef_search: str = "grid",
     threshold: float = 0.95,
     head_cache: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
@@ -153,9 +156,9 @@ def run_task_negation(
         merge_options: Per-method keyword options, e.g. ``{"ties": {"density": 0.2}}``.
         coefs: Evaluate exactly these λ instead of searching (None: the search below).
         coef_step: Grid step of the λ search (:func:`negkit.evaluate.search_coef`, from 0..1).
-        coef_max: The search's range grows up to this λ at most.
-        coef_search: ``"adaptive"`` (doubling, then bisection) or ``"grid"`` (every λ of the
-            grown range).
+        coef_max: The search's range grows up to this λ at most (default 1: the release's grid).
+        coef_search: ``"grid"`` (every λ of the range: with the defaults the release's
+            linspace(0, 1, 21)) or ``"adaptive"`` (doubling, then bisection; the kit's option).
         threshold: Fraction of zero-shot control (val) accuracy a λ must keep.
         head_cache: Folder of cached zero-shot heads.
         device: None: cuda if available.
