@@ -236,3 +236,20 @@ def test_k_sweep_rows_and_full_pool_reuse_the_benchmark_negation(fv_run):
     again = ksweep.k_sweep(cfg, run_dir, ks=(1,), subsets=2, methods=("negmerge", "mean"), rules=("min_forget",),
                            device="cpu")  # read back from the per-seed cache
     pd.testing.assert_frame_equal(ks.reset_index(drop=True), again.reset_index(drop=True), check_dtype=False)
+
+
+# ---------------------------------------------------------------- Original's and Retrain's metrics, once per scenario
+def test_reference_metrics_are_computed_once_and_follow_the_weights(fv_run, monkeypatch):
+    from negkit.benchmark import setup as S
+
+    run_dir, cfg, _ = fv_run
+    first = B.prepare(cfg, run_dir, "random_10", device="cpu", record=False)
+    assert (run_dir / "seed_0" / "random_10" / S.REFERENCE_FILE).exists()
+    monkeypatch.setattr(S, "unlearning_metrics", lambda *a, **k: pytest.fail("recomputed a cached metric"))
+    again = B.prepare(cfg, run_dir, "random_10", device="cpu", record=False)
+    assert again.original_metrics == first.original_metrics and again.retrain_metrics == first.retrain_metrics
+    assert again.control_reference == first.control_reference
+    # other weights: the digest changes, so the cache is not used
+    with torch.no_grad():
+        next(first.retrain.parameters()).add_(1.0)
+    assert S._weights_digest(first.retrain) != S._weights_digest(again.retrain)

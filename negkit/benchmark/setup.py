@@ -18,6 +18,7 @@ The control reference is the original model's accuracy on ``val_control``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -257,14 +258,12 @@ def prepare(cfg: BenchmarkConfig, run_dir: str | Path, scenario: str, *, seed: i
     original.eval()
     retrain.eval()
 
+    ref = _reference_metrics(cfg, sdir, original, retrain, sets, device)
     setup = Setup(
         cfg=cfg, run_dir=run_dir, scenario=split.name, device=device, bundle=bundle, split=split,
         forget=forget, retain=retain, test=test, val=bundle.val, val_forget=val_forget,
         val_control=val_control, original=original, retrain=retrain,
-        original_metrics=unlearning_metrics(original, forget, retain, test, device=device),
-        retrain_metrics=unlearning_metrics(retrain, forget, retain, test, device=device),
-        control_reference=float(evaluate(original, val_control, device=device,
-                                          batch_size=cfg.eval_batch_size)["acc"]),
+        original_metrics=ref["original"], retrain_metrics=ref["retrain"], control_reference=ref["control_reference"],
     )
     if not record:
         return setup
@@ -273,6 +272,45 @@ def prepare(cfg: BenchmarkConfig, run_dir: str | Path, scenario: str, *, seed: i
         if (cfg.seed, SETTING, split.name, method, "") not in done:
             record_method(setup.log, setup, method, metrics)
     return setup
+
+
+REFERENCE_FILE = "reference_metrics.json"
+
+
+def _weights_digest(model: nn.Module) -> str:
+    """A digest of a model's state dict (names, shapes and bytes), to tell whether cached numbers are its."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _reference_metrics(cfg: BenchmarkConfig, sdir: Path, original: nn.Module, retrain: nn.Module,
+                       sets: Mapping[str, Dataset], device: str) -> dict:
+    """Original's and Retrain's UA/RA/TA/MIA and the control reference of one (seed, scenario).
+
+    Computed once and cached in ``<scenario>/reference_metrics.json`` with a digest of both
+    models' weights (every unit of the scenario needs them; a retrained model invalidates the
+    cache). The values are the ones :func:`~negkit.metrics.unlearning_metrics` returns.
+    """
+    key = {"original": _weights_digest(original), "retrain": _weights_digest(retrain),
+           "eval_batch_size": cfg.eval_batch_size}
+    path = sdir / REFERENCE_FILE
+    if path.exists():
+        saved = io.load_json(path)
+        if saved.get("key") == key:
+            return saved
+    ref = {"key": key,
+           "original": unlearning_metrics(original, sets["forget"], sets["retain"], sets["test"], device=device),
+           "retrain": unlearning_metrics(retrain, sets["forget"], sets["retain"], sets["test"], device=device),
+           "control_reference": float(evaluate(original, sets["val_control"], device=device,
+                                               batch_size=cfg.eval_batch_size)["acc"])}
+    ref["original"] = {k: float(v) for k, v in ref["original"].items()}
+    ref["retrain"] = {k: float(v) for k, v in ref["retrain"].items()}
+    io.save_json(ref, path)
+    return ref
 
 
 def record_method(log: ResultsLog, setup: Setup, method: str, metrics: Mapping[str, float], *,
