@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -75,8 +77,27 @@ def _flags(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
 
 
 def _sub(subs: argparse._SubParsersAction, name: str, summary: str, examples: str) -> argparse.ArgumentParser:
-    return subs.add_parser(name, help=summary, description=summary, epilog="examples:\n" + examples,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subs.add_parser(name, help=summary, description=summary, epilog="examples:\n" + examples,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="log what the kit does (INFO messages)")
+    return p
+
+
+def refuse_overwriting_inputs(output: str | Path, inputs: Sequence[tuple[str, str | Path | None]]) -> None:
+    """Refuse an output path that is one of the inputs (same file: symlinks and other spellings included).
+
+    Checked before anything is read, so a typo can never replace a model by its own negation.
+
+    Raises:
+        CliError: Naming the flag whose file the output would overwrite.
+    """
+    out = Path(output)
+    if not out.exists():
+        return
+    for flag, path in inputs:
+        if path is not None and Path(path).exists() and os.path.samefile(out, path):
+            raise CliError(f"-o {output} is the same file as {flag} {path}: writing it would destroy an input; "
+                           "choose another output path")
 
 
 # --------------------------------------------------------------------------- benchmark
@@ -169,6 +190,8 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     missing = [p for p in args.task_vectors if not Path(p).is_file()]
     if missing:
         raise CliError(f"task vector file(s) not found: {missing}")
+    refuse_overwriting_inputs(args.output, [("a task vector", p) for p in args.task_vectors]
+                              + [("--pretrained", pretrained)])
     if pretrained is not None and not Path(pretrained).is_file():
         raise CliError(f"--pretrained {pretrained} not found")
     if Path(args.output).suffix != ".safetensors":
@@ -191,6 +214,7 @@ def _cmd_negate(args: argparse.Namespace) -> int:
             raise CliError(f"{flag} {path} not found")
     if Path(args.output).suffix != ".safetensors":
         raise CliError(f"-o must name a .safetensors file, got {args.output}")
+    refuse_overwriting_inputs(args.output, [("--model", args.model), ("--task-vector", args.task_vector)])
     tv = TaskVector.load(args.task_vector)
     try:
         theta = tv.apply_to(io.load_state_dict(args.model), -args.coef)
@@ -356,13 +380,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("negkit").setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
+    # Quiet by default (warnings only, so progress bars stay on one line); -v brings the INFO messages back.
+    logging.getLogger("negkit").setLevel(logging.INFO if getattr(args, "verbose", False) else logging.WARNING)
     func: Callable[[argparse.Namespace], int] = args.func
     from negkit.executor import UnitFailed
     from negkit.lock import RunDirLocked
 
     try:
         return func(args)
+    except KeyboardInterrupt:
+        sys.stderr.write(_interrupted(args, sys.argv[1:] if argv is None else list(argv)) + "\n")
+        return 130
     except CliError as err:
         parser.exit(2, f"negkit {args.command}: error: {err}\n")
     except UnitFailed as err:
@@ -370,6 +398,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, PermissionError, ValueError, ImportError, RunDirLocked) as err:  # messages say the fix
         parser.exit(2, f"negkit {args.command}: error: {err}\n")
     return 0
+
+
+def _interrupted(args: argparse.Namespace, argv: Sequence[str]) -> str:
+    """The one line Ctrl-C prints: how far a run got and the exact command that resumes it."""
+    command = "negkit " + shlex.join(argv)
+    if args.command == "benchmark":
+        try:
+            from negkit.benchmark import units as U
+
+            cfg = benchmark_config(args)
+            todo = U.training_units(cfg) + U.negation_units(cfg)
+            done = sum(U.is_done(cfg, args.run_dir, u) for u in todo)
+            return f"interrupted: {done} of {len(todo)} units done; resume with: {command}"
+        except Exception:  # the line must come out whatever state the run dir is in
+            pass
+    return f"interrupted; finished work is kept, resume with: {command}"
 
 
 if __name__ == "__main__":

@@ -309,6 +309,28 @@ def check(cfg: Any) -> None:
         if isinstance(v, list) and _wants_tuple(hints.get(f.name)):
             object.__setattr__(cfg, f.name, tuple(v))
     check_values(cls, {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
+    for f in dataclasses.fields(cls):  # a list-valued key names a set of things: a repeat is a mistake
+        v = getattr(cfg, f.name)
+        if isinstance(v, tuple) and _wants_tuple(hints.get(f.name)) and f.name not in getattr(cls, "REPEATABLE", ()):
+            check_distinct(v, f"{cls.__name__}.{f.name}")
+
+
+def check_distinct(values: Any, where: str) -> None:
+    """Refuse repeated entries in a list-valued config key (``merge_methods: [mean, mean]``).
+
+    Raises:
+        ConfigError: Naming the key and the repeated entries.
+    """
+    seen, repeated = set(), []
+    for x in values:
+        try:
+            if x in seen and x not in repeated:
+                repeated.append(x)
+            seen.add(x)
+        except TypeError:  # unhashable entries: nothing to compare cheaply
+            return
+    if repeated:
+        raise ConfigError(f"{where} repeats {repeated}: each entry may appear once; remove the duplicates")
 
 
 def _wants_tuple(hint: Any) -> bool:

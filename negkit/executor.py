@@ -30,9 +30,13 @@ Example::
 from __future__ import annotations
 
 import concurrent.futures as cf
+import ctypes
 import logging
 import multiprocessing
 import os
+import signal
+import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -166,11 +170,35 @@ def _local(cfg: BenchmarkConfig, run_dir: Path, todo: list[U.Unit], device: str 
         bar.update()
 
 
-def _worker_init(threads: int) -> None:
-    """Start of a local worker process: this process's thread count (the environment comes with the spawn)."""
+def _worker_init(threads: int, parent: int | None = None) -> None:
+    """Start of a local worker process: this process's thread count, and tied to its parent's life.
+
+    A worker must not outlive the process that handed it units (it would go on writing
+    into a run dir a resumed run also writes). On Linux the kernel kills it when its parent
+    dies (``PR_SET_PDEATHSIG``); everywhere a watchdog thread exits it once the parent is
+    gone. Ctrl-C is the parent's to handle: the worker ignores SIGINT and is terminated.
+    """
     import torch
 
     torch.set_num_threads(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid() if parent is None else parent
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        except OSError:  # no libc by that name: the watchdog below still works
+            pass
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="negkit-parent-watch").start()
+
+
+def _watch_parent(parent: int, every: float = 1.0) -> None:
+    """Exit this worker as soon as ``parent`` is no longer its parent (it died; init adopted us)."""
+    while True:
+        time.sleep(every)
+        if os.getppid() != parent:
+            os._exit(1)
 
 
 def _processes(cfg: BenchmarkConfig, run_dir: Path, todo: list[U.Unit], device: str | None, bar: tqdm,
@@ -188,25 +216,38 @@ def _processes(cfg: BenchmarkConfig, run_dir: Path, todo: list[U.Unit], device: 
     running: dict[cf.Future, U.Unit] = {}
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's threads
     with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
-                                initargs=(torch.get_num_threads(),)) as pool:
-        while waiting or running:
-            for unit in [u for u in waiting if not unfinished.intersection(u.after)][:workers - len(running)]:
-                waiting.remove(unit)
-                running[pool.submit(_remote_unit, cfg, str(run_dir), unit, device)] = unit
-            if not running:  # cannot happen for the units' lists; guards against a dependency cycle
-                raise RuntimeError(f"units wait for units that never run: {[u.name for u in waiting]}")
-            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-            for future in finished:
-                unit = running.pop(future)
-                try:
-                    info = future.result()
-                except Exception as err:  # the worker's RuntimeError from _remote_unit carries its traceback
-                    detail = str(err) if isinstance(err, RuntimeError) else f"{type(err).__name__}: {err}"
-                    raise UnitFailed(unit.name, f"in a worker process, {detail}") from None
-                unfinished.discard(unit.name)
-                log.info("unit %s done in %.1f s (pid %d)", unit.name, info["seconds"], info["pid"])
-                bar.set_postfix_str(f"{len(running)} running; last: {unit.name}")
-                bar.update()
+                                initargs=(torch.get_num_threads(), os.getpid())) as pool:
+        try:
+            _hand_out(pool, cfg, run_dir, waiting, running, unfinished, device, bar, workers)
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C or a kill: no worker may go on writing the run dir
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def _hand_out(pool: cf.ProcessPoolExecutor, cfg: BenchmarkConfig, run_dir: Path, waiting: list[U.Unit],
+              running: dict[cf.Future, U.Unit], unfinished: set[str], device: str | None, bar: tqdm,
+              workers: int) -> None:
+    """The scheduling loop of :func:`_processes`: hand out ready units, collect results, fail on the first error."""
+    while waiting or running:
+        for unit in [u for u in waiting if not unfinished.intersection(u.after)][:workers - len(running)]:
+            waiting.remove(unit)
+            running[pool.submit(_remote_unit, cfg, str(run_dir), unit, device)] = unit
+        if not running:  # cannot happen for the units' lists; guards against a dependency cycle
+            raise RuntimeError(f"units wait for units that never run: {[u.name for u in waiting]}")
+        finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+        for future in finished:
+            unit = running.pop(future)
+            try:
+                info = future.result()
+            except Exception as err:  # the worker's RuntimeError from _remote_unit carries its traceback
+                detail = str(err) if isinstance(err, RuntimeError) else f"{type(err).__name__}: {err}"
+                raise UnitFailed(unit.name, f"in a worker process, {detail}") from None
+            unfinished.discard(unit.name)
+            log.info("unit %s done in %.1f s (pid %d)", unit.name, info["seconds"], info["pid"])
+            bar.set_postfix_str(f"{len(running)} running; last: {unit.name}")
+            bar.update()
 
 
 def _remote_unit(cfg: BenchmarkConfig, run_dir: str, unit: U.Unit, device: str | None, *after: Any) -> dict:

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from negkit import merge, unlearn
-from negkit.config import check, check_options, from_dict, to_dict
+from negkit.config import check, check_distinct, check_options, from_dict, to_dict
 from negkit.evaluate import coef_grid
 from negkit.train import TrainConfig
 
@@ -164,6 +164,11 @@ class BenchmarkConfig:
                 if isinstance(values, (str, bytes)) or not values:
                     raise ValueError(f"baseline_grid[{m!r}][{key!r}] must be a non-empty list of values, "
                                      f"got {values!r}")
+                check_distinct(values, f"baseline_grid[{m!r}][{key!r}]")
+        for kind, grid in self.forget_vector_grid.items():
+            for key, values in grid.items():
+                if isinstance(values, (list, tuple)):
+                    check_distinct(values, f"forget_vector_grid[{kind!r}][{key!r}]")
             for values in baseline_candidates(self, m).values():
                 unlearn.default_config(m, **values)  # unknown baselines, fields and bad values fail here
         unknown = [r for r in self.rules if r not in RULES]

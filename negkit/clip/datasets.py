@@ -128,7 +128,8 @@ def clip_train_transform(image_size: int = 224) -> T.Compose:
     RandomResizedCrop(image_size, scale 0.9–1, bicubic), RGB conversion, ToTensor: what the
     release's members without RandAugment train on; :class:`ToRGB` runs first.
     """
-    return T.Compose([ToRGB(image_size), *strip_normalize(open_clip.image_transform(image_size, is_train=True)).transforms])
+    train_tf = strip_normalize(open_clip.image_transform(image_size, is_train=True))
+    return T.Compose([ToRGB(image_size), *train_tf.transforms])
 
 
 def clip_transform(image_size: int = 224) -> T.Compose:

@@ -151,8 +151,8 @@ class PoolConfig:
         """This member's training transform (PIL -> [0, 1] tensor; the model normalises).
 
         Without RandAugment: open_clip's training preprocessing, RandomResizedCrop scale
-        0.9–1 (:func:`~negkit.clip.datasets.clip_train_transform`), as the release's plain members. With it: :func:`~negkit.clip.datasets.timm_train_transform` at the
-        backbone's image size (``augment="timm"``), or the evaluation preprocessing plus
+        0.9–1 (:func:`~negkit.clip.datasets.clip_train_transform`), as the release's plain members.
+        With it: :func:`~negkit.clip.datasets.timm_train_transform` at the backbone's image size (``augment="timm"``), or the evaluation preprocessing plus
         RandAugment (``augment="center"``).
         """
         if self.rand_m is None:
