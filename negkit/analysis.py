@@ -37,7 +37,7 @@ from negkit.pool import Pool, Source, open_pool
 
 __all__ = [
     "layer_group", "sign_consensus", "by_layer", "consensus_vs_k", "consensus_by_layer_vs_k",
-    "pairwise_agreement", "pool_diversity", "distinct_members", "ALL",
+    "pairwise_agreement", "pool_diversity", "distinct_members", "kept_fraction", "ALL",
 ]
 
 #: Group label of the rows of :func:`consensus_vs_k` that cover the whole vector.
@@ -223,6 +223,31 @@ def _subsets(k_total: int, ks: Sequence[int], draws: int, seed: int) -> list[tup
                     chosen.append(sub)
         out.extend((k, d, sub) for d, sub in enumerate(chosen))
     return out
+
+
+def kept_fraction(tvs: Sequence[TensorSource], methods: Sequence[str] | None = None, **options: Any) -> pd.DataFrame:
+    """Fraction of all elements each merge rule leaves non-zero, one line per rule (whole vector).
+
+    The element-weighted mean of :func:`sign_consensus`'s ``frac_kept_<method>`` columns:
+    NegMerge's line is its sign-consensus rate, and every registered rule (TIES, DARE,
+    Breadcrumbs, consensus masks, TSV-M...) gets its own line beside it.
+
+    Args:
+        tvs: K task vectors or safetensors paths.
+        methods: Registry names (None: every registered rule).
+        **options: Passed to :func:`sign_consensus` (``method_options``, ``strict``...).
+
+    Returns:
+        Columns ``method, kept`` (fraction in [0, 1]) and ``K``.
+    """
+    from negkit import merge
+
+    methods = list(merge.list_methods() if methods is None else methods)
+    df = sign_consensus(tvs, methods=methods, **options)
+    total = float(df.numel.sum())
+    k = len(tvs)
+    return pd.DataFrame([{"method": m, "kept": float((df[f"frac_kept_{m}"] * df.numel).sum()) / total, "K": k}
+                         for m in methods])
 
 
 def consensus_vs_k(

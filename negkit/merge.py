@@ -5,7 +5,7 @@ Every rule is a pure function ``(task_vectors, **options) -> dict[str, Tensor]``
 
     merged = negkit.merge.get("negmerge")(tvs)           # dict[str, Tensor]
     tau = negkit.merge.merge("negmerge", tvs)           # the same, as a TaskVector: -tau works
-    negkit.merge.list_methods()  # ['magmax', 'mean', 'negmerge', 'sum', 'ties']
+    negkit.merge.list_methods()  # ['breadcrumbs', 'consensus', 'dare', 'magmax', 'mean', 'negmerge', 'sum', 'ties', 'tsv']
 
 Task vectors are mappings ``name -> Tensor`` (:class:`negkit.taskvec.TaskVector`
 or plain dicts). Each built-in rule is written once as a *fold*: per tensor key it
@@ -548,3 +548,7 @@ def _damaged(paths: Sequence[Any], pretrained: Any, error: Exception) -> Excepti
         except OSError:
             continue  # missing or unreadable: not what safetensors complained about
     return error
+
+
+# The rules of negkit.merge_rules (dare, breadcrumbs, consensus, tsv) register themselves here.
+import negkit.merge_rules  # noqa: E402,F401
