@@ -36,7 +36,20 @@ DATASET = "fashion_mnist"
 
 
 def _config(args: argparse.Namespace) -> benchmark.BenchmarkConfig:
-    return benchmark.fashion_mnist_config(full=args.full, quick=args.quick, data_root=args.data_root)
+    """The kit's Fashion-MNIST config; a run dir made earlier keeps its own recipe and gains the methods added since.
+
+    Method lists may grow in a run dir (the benchmark compares everything else), so a run made
+    before a merge rule or baseline joined the config is extended with its rows, not redone.
+    """
+    cfg = benchmark.fashion_mnist_config(full=args.full, quick=args.quick, data_root=args.data_root)
+    saved = Path(args.run_dir) / "benchmark_config.json"
+    if not saved.exists():
+        return cfg
+    old = benchmark.make_config(load_json(saved))
+    return benchmark.make_config(old, merge_methods=tuple(dict.fromkeys(old.merge_methods + cfg.merge_methods)),
+                                 baselines=tuple(dict.fromkeys(old.baselines + cfg.baselines)),
+                                 baseline_grid={**cfg.baseline_grid, **old.baseline_grid},
+                                 baseline_configs={**cfg.baseline_configs, **old.baseline_configs})
 
 
 def run(args: argparse.Namespace) -> None:
@@ -49,9 +62,8 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _run_config(args: argparse.Namespace) -> benchmark.BenchmarkConfig:
-    """The config the run in ``args.run_dir`` was made with (its ``benchmark_config.json``), else the CLI's."""
-    saved = Path(args.run_dir) / "benchmark_config.json"
-    return benchmark.make_config(load_json(saved)) if saved.exists() else _config(args)
+    """The config of the run in ``args.run_dir``: its own recipe, with every method the kit's config lists."""
+    return _config(args)
 
 
 def _best_baseline(summary: pd.DataFrame, scenario: str, baselines: list[str]) -> str | None:

@@ -26,7 +26,7 @@ from negkit.train import TrainConfig
 __all__ = ["PoolSpec", "BenchmarkConfig", "make_config", "default_config", "cifar10_config", "fashion_mnist_config",
            "dataset_config", "list_configs", "pool_configs", "pool_frame", "baseline_candidates", "parse_scenario",
            "SETTING", "SETTING_MATCH", "RULES", "UNLEARNING_METRICS", "NO_COEF", "EDGE", "DIGITS_BASELINE_GRID",
-           "FASHION_BASELINE_GRID", "FASHION_QUICK_BASELINE_GRID", "FASHION_BASELINE_EPOCHS"]
+           "FASHION_BASELINE_GRID", "FASHION_QUICK_BASELINE_GRID", "FASHION_BASELINE_EPOCHS", "FASHION_MERGES"]
 
 SETTING = "standard"
 UNLEARNING_METRICS = ("UA", "RA", "TA", "MIA")
@@ -288,6 +288,10 @@ FASHION_BASELINE_GRID: dict[str, dict[str, tuple]] = {
 FASHION_BASELINE_EPOCHS: dict[str, int] = {"ft": 3, "ga": 3, "rl": 2, "l1_sparse": 3, "salun": 2}
 
 
+#: Merge rules negated on the memorising Fashion-MNIST config: the paper's four and the toolkits' four.
+FASHION_MERGES = ("mean", "ties", "magmax", "negmerge", "dare", "breadcrumbs", "consensus", "tsv")
+
+
 def fashion_mnist_config(*, full: bool = False, quick: bool = False, data_root: str | None = None,
                          **overrides: Any) -> BenchmarkConfig:
     """Fashion-MNIST in the paper's regime: the Original memorises its training set (2 CPU cores).
@@ -299,9 +303,9 @@ def fashion_mnist_config(*, full: bool = False, quick: bool = False, data_root: 
     cosine), which fit the training set (measured: 99.3 % training accuracy, 89.5 % test:
     the Original's UA on D_f is below 1 % while Retrain errs on ~10 % of it, as on unseen
     data); a 6-member pool (epochs {2, 4} × label smoothing {0, 0.05, 0.1}, weight decay
-    5e-5); both scenarios (random 10 %, class 0 — T-shirt/top) and both λ rules; all four
-    merges; five baselines, each tuned on validation over two learning rates
-    (:data:`FASHION_BASELINE_GRID`, epochs :data:`FASHION_BASELINE_EPOCHS`); forget
+    5e-5); both scenarios (random 10 %, class 0 — T-shirt/top) and both λ rules; the paper's
+    four merges and DARE, Breadcrumbs, consensus masks and TSV-M (:data:`FASHION_MERGES`); five
+    baselines, each tuned on validation over two learning rates (:data:`FASHION_BASELINE_GRID`, epochs :data:`FASHION_BASELINE_EPOCHS`); forget
     vectors with the reference's defaults per scenario (random: four settings
     lr {0.01, 0.1} × β {1, 5}, class-wise: its own defaults, 10 epochs; δ kept after every
     epoch, all on clean images since the Original trained on clean ones), chosen on
@@ -358,6 +362,7 @@ def fashion_mnist_config(*, full: bool = False, quick: bool = False, data_root: 
             forget_vectors=True,
             forget_vector_configs={"random": {"augment": "none"}, "class": {"augment": "none", "epochs": 10}},
             forget_vector_grid={"random": {"lr": (0.01, 0.1), "beta": (1.0, 5.0)}},
+            merge_methods=FASHION_MERGES,
         )
     values.update(dataset="fashion_mnist", data_root=None if data_root is None else str(data_root),
                   scenarios=("random_10", "class_0"))
