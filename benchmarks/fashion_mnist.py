@@ -151,7 +151,8 @@ def report(args: argparse.Namespace) -> None:
     random_sc = [sc for sc in cfg.scenarios if sc.startswith("random")]
     if random_sc and args.k_subsets > 0:
         ks = ksweep.k_sweep(cfg, args.run_dir, scenario=random_sc[0], ks=(3, 5), subsets=args.k_subsets,
-                            methods=("negmerge", "mean"), device=args.device, progress=args.progress)
+                            methods=("negmerge", "mean"), rules=args.k_rules, seeds=args.k_seeds,
+                            device=args.device, progress=args.progress)
         save_text(ks.to_csv(index=False), figs / f"{DATASET}_k_sweep.csv")
         rules = list(dict.fromkeys(ks.setting))
         fig, axes = plt.subplots(1, len(rules), figsize=(5.5 * len(rules), 3.4), squeeze=False, layout="constrained")
@@ -226,6 +227,9 @@ def main() -> None:
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--k-subsets", type=int, default=3, help="random sub-pools per K in the pool-size sweep "
                         "(0: no sweep)")
+    parser.add_argument("--k-rules", nargs="+", default=None, choices=list(benchmark.RULES),
+                        help="λ rules of the pool-size sweep (default: the run's)")
+    parser.add_argument("--k-seeds", nargs="+", type=int, default=None, help="seeds of the sweep (default: the run's)")
     args = parser.parse_args()
     args.run_dir = args.run_dir or ("runs/fashion_mnist_full" if args.full else
                                     "runs/fashion_mnist_quick" if args.quick else "runs/fashion_mnist")

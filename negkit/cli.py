@@ -129,7 +129,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     print(f"{len(df)} records in {Path(args.run_dir) / 'results.jsonl'}")
     if not args.quiet:
         print(benchmark.headline(df).round(2).to_string(index=False))
-    for line in benchmark.regime_warnings(df):  # is there anything to undo? (benchmark.regime)
+    for line in benchmark.regime_warnings(df) + benchmark.coef_warnings(df):  # anything to undo? did λ move?
         print(f"warning: {line}", file=sys.stderr)
     return 0
 

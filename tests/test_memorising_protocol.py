@@ -253,3 +253,16 @@ def test_reference_metrics_are_computed_once_and_follow_the_weights(fv_run, monk
     with torch.no_grad():
         next(first.retrain.parameters()).add_(1.0)
     assert S._weights_digest(first.retrain) != S._weights_digest(again.retrain)
+
+
+# ---------------------------------------------------------------- λ searches that found nothing to do
+def test_coef_warnings_name_a_scenario_where_every_negation_chose_zero():
+    from negkit.benchmark.config import EDGE, ZERO_COEF
+
+    rows = [{"scenario": "class_3", "method": m, "metric": "UA", "coef": 0.0, "note": ZERO_COEF, "value": 0.0}
+            for m in ("task_arithmetic", "negmerge", "mean")]
+    warnings = B.coef_warnings(pd.DataFrame(rows))
+    assert len(warnings) == 1 and "every negation chose λ = 0" in warnings[0] and "pool.epochs" in warnings[0]
+    rows[1].update(coef=8.0, note=EDGE)
+    warnings = B.coef_warnings(pd.DataFrame(rows))
+    assert len(warnings) == 1 and "top of their range" in warnings[0] and "maximum" not in ZERO_COEF

@@ -25,7 +25,7 @@ from negkit.train import TrainConfig
 
 __all__ = ["PoolSpec", "BenchmarkConfig", "make_config", "default_config", "cifar10_config", "fashion_mnist_config",
            "dataset_config", "list_configs", "pool_configs", "pool_frame", "baseline_candidates", "parse_scenario",
-           "SETTING", "SETTING_MATCH", "RULES", "UNLEARNING_METRICS", "NO_COEF", "EDGE", "DIGITS_BASELINE_GRID",
+           "SETTING", "SETTING_MATCH", "RULES", "UNLEARNING_METRICS", "NO_COEF", "EDGE", "ZERO_COEF", "DIGITS_BASELINE_GRID",
            "FASHION_BASELINE_GRID", "FASHION_QUICK_BASELINE_GRID", "FASHION_BASELINE_EPOCHS", "FASHION_MERGES"]
 
 SETTING = "standard"
@@ -34,6 +34,8 @@ NO_COEF = "no admissible coefficient"
 RULES = ("min_forget", "match")
 SETTING_MATCH = "standard_match"
 EDGE = "λ search reached its maximum with control still admissible"
+ZERO_COEF = ("λ = 0: no λ lowered the validation forget accuracy, the task vectors are too small to matter "
+             "(fine-tune the pool longer or with a larger learning rate)")
 COEF_SEARCHES = ("adaptive", "grid")
 
 

@@ -43,7 +43,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from negkit import merge, unlearn
-from negkit.benchmark.config import (EDGE, NO_COEF, SETTING, SETTING_MATCH, UNLEARNING_METRICS, BenchmarkConfig,
+from negkit.benchmark.config import (EDGE, NO_COEF, ZERO_COEF, SETTING, SETTING_MATCH, UNLEARNING_METRICS, BenchmarkConfig,
                                      baseline_candidates, parse_scenario, pool_configs)
 from negkit.benchmark.report import load_results
 from negkit.benchmark.setup import Setup, _done_steps, check_run, prepare, record_method
@@ -288,8 +288,8 @@ def _negate(setup: Setup, method: str, tau: TaskVector | Callable[[], TaskVector
                     setup.control_reference)
         metrics, note, lam = {k: math.nan for k in UNLEARNING_METRICS}, NO_COEF, math.nan
     else:
-        note = EDGE if res.hit_max else ""
-        if note:
+        note = ZERO_COEF if lam == 0 else EDGE if res.hit_max else ""
+        if note == EDGE:
             log.info("%s: %s (λ=%g, max %g)", where, EDGE, lam, res.searched[1])
     return record_method(setup.log, setup, method, metrics, pool_config=pool_config, coef=lam, note=note,
                          extra=extra, setting=setting)

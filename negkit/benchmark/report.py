@@ -21,7 +21,9 @@ from negkit.benchmark.config import SETTING, UNLEARNING_METRICS
 from negkit.results import METRICS, method_rank, read_results
 
 __all__ = ["load_results", "summary", "headline", "paired", "results_table", "mean_std", "sign_flip_pvalue",
-           "regime", "regime_warnings", "MEMORISE_RATIO"]
+           "regime", "regime_warnings", "coef_warnings", "MEMORISE_RATIO"]
+
+_NEGATIONS = ("task_arithmetic", "mean", "ties", "magmax", "negmerge", "dare", "breadcrumbs", "consensus", "tsv")
 
 #: The Original memorises D_f when its UA is at most this fraction of Retrain's (:func:`regime`).
 MEMORISE_RATIO = 0.5
@@ -159,6 +161,24 @@ def regime(df: pd.DataFrame) -> pd.DataFrame:
                         "original_UA": wide.get("original", math.nan), "retrain_UA": wide.get("retrain", math.nan)})
     out["memorises"] = out.original_UA <= MEMORISE_RATIO * out.retrain_UA
     return out.reset_index(drop=True)
+
+
+def coef_warnings(df: pd.DataFrame) -> list[str]:
+    """Plain sentences for the λ searches that found nothing to do: every negation of a scenario at
+    λ = 0, or searches that stopped at the top of their range with control still admissible."""
+    from negkit.benchmark.config import EDGE, ZERO_COEF
+
+    d = df[(df.metric == "UA") & df.method.isin(_NEGATIONS)]
+    out = []
+    for sc, g in d.groupby("scenario", sort=False):
+        if len(g) and (g.coef == 0).all():
+            out.append(f"{sc}: every negation chose λ = 0, so none unlearned anything: the pool's task vectors "
+                       "are too small; fine-tune the pool longer or with a larger learning rate (pool.epochs, pool.lr)")
+        edge = g[g.note == EDGE]
+        if len(edge):
+            out.append(f"{sc}: {len(edge)} λ search(es) stopped at the top of their range with control still "
+                       "admissible; raise coef_max to search further")
+    return out
 
 
 def regime_warnings(df: pd.DataFrame) -> list[str]:
