@@ -422,5 +422,5 @@ def test_fashion_mnist_and_dataset_configs():
         "epochs3_lr0.001", "epochs3_lr0.003", "epochs6_lr0.001", "epochs6_lr0.003"]
     with pytest.raises(ValueError, match="baseline_grid"):
         B.make_config(baseline_grid={"ft": {"lr": ()}})
-    with pytest.raises(ValueError, match="distinct"):
+    with pytest.raises(ValueError, match="distinct|repeats"):
         B.make_config(seeds=(0, 0))
