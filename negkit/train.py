@@ -54,6 +54,8 @@ logger = logging.getLogger(__name__)
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, float], Any]
 # Fields that change how a run executes but not what it computes; a resumed run may differ in them.
 _RUNTIME_FIELDS = ("num_workers",)
+# Fields that only act on CUDA; a run on another device may differ in them (amp was on by default once).
+_CUDA_ONLY_FIELDS = ("amp", "fused")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,9 +237,11 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig | Mapping[str, An
     """
     cfg = from_dict(TrainConfig, cfg)
     device = resolve_device(device)
+    # bf16 autocast and fused kernels act on CUDA only: on another device they change nothing computed.
+    runtime = _RUNTIME_FIELDS + (() if device.type == "cuda" else _CUDA_ONLY_FIELDS)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None and checkpoint.is_finished(out):
-        metrics, history = checkpoint.load_finished(out, model, to_dict(cfg), ignore=_RUNTIME_FIELDS,
+        metrics, history = checkpoint.load_finished(out, model, to_dict(cfg), ignore=runtime,
                                                     defaults=to_dict(TrainConfig()))
         logger.info("train: %s is finished; loaded its weights instead of retraining", out)
         return TrainResult(model=model.to(device), metrics=metrics, history=history)
@@ -279,7 +283,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig | Mapping[str, An
         out.mkdir(parents=True, exist_ok=True)
         if (out / CHECKPOINT).exists():  # the config is checked before the model is touched
             state = checkpoint.load_training_state(out / CHECKPOINT, model, opt, config=to_dict(cfg),
-                                                   ignore=_RUNTIME_FIELDS, steps_per_epoch=steps_per_epoch,
+                                                   ignore=runtime, steps_per_epoch=steps_per_epoch,
                                                    defaults=to_dict(TrainConfig()))
             start_epoch, step, history, seconds = state.epoch, state.step, state.history, state.seconds
             logger.info("train: resuming %s after epoch %d", out, start_epoch)
