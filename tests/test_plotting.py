@@ -15,7 +15,7 @@ import torch  # noqa: E402
 from matplotlib.collections import QuadMesh  # noqa: E402
 from negkit import plotting  # noqa: E402
 from negkit.analysis import consensus_by_layer_vs_k, consensus_vs_k, pairwise_agreement  # noqa: E402
-from negkit.plotting import consensus, curves, images, style  # noqa: E402
+from negkit.plotting import consensus, curves, images, style, sweeps  # noqa: E402
 from negkit.plotting import results as result_plots  # noqa: E402
 from negkit.results import COLUMNS, Record  # noqa: E402
 
@@ -59,7 +59,7 @@ def _legend_outside(ax):
 
 
 def test_package_reexports_every_public_name_of_its_modules():
-    modules = (style, consensus, curves, result_plots, images)
+    modules = (style, consensus, curves, result_plots, images, sweeps)
     for module in modules:
         for name in module.__all__:
             assert getattr(plotting, name) is getattr(module, name), f"{module.__name__}.{name}"

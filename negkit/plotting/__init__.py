@@ -16,7 +16,8 @@ The functions live in one module per kind of figure and are re-exported here, so
   :func:`consensus_curve`;
 - :mod:`~negkit.plotting.curves`: :func:`coef_curve`, :func:`sensitivity`, :func:`sensitivity_grid`;
 - :mod:`~negkit.plotting.results`: :func:`results_bars`, :func:`results_table`;
-- :mod:`~negkit.plotting.images`: :func:`per_class_bars`, :func:`image_grid`.
+- :mod:`~negkit.plotting.images`: :func:`per_class_bars`, :func:`image_grid`;
+- :mod:`~negkit.plotting.sweeps`: :func:`k_sweep` (pool size), :func:`forget_vector_epochs`.
 """
 from negkit.plotting.consensus import agreement_heatmap, consensus_curve, consensus_heatmap, network_order
 from negkit.plotting.curves import coef_curve, sensitivity, sensitivity_grid
