@@ -13,7 +13,8 @@ from typing import Sequence
 
 import torch
 
-from negkit.merge import _acc_dtype, _Fold, _in_memory, register
+from negkit.merge import _in_memory, register
+from negkit.merge_rules._kept_mean import KeptMeanFold
 from negkit.pool import Pool
 
 __all__ = ["breadcrumbs", "breadcrumb_mask"]
@@ -34,22 +35,15 @@ def breadcrumb_mask(t: torch.Tensor, top: float, bottom: float) -> torch.Tensor:
     return keep.view(t.shape)
 
 
-class _BreadcrumbsFold(_Fold):
+class _BreadcrumbsFold(KeptMeanFold):
     def __init__(self, pool: Pool, top: float = 0.01, bottom: float = 0.85, progress: bool = False) -> None:
         super().__init__(pool)
         if not (0.0 <= top < 1.0 and 0.0 <= bottom < 1.0 and top + bottom < 1.0):
             raise ValueError(f"breadcrumbs: need 0 <= top, bottom and top + bottom < 1; got top={top}, bottom={bottom}")
         self.top, self.bottom = float(top), float(bottom)
 
-    def add(self, t: torch.Tensor, k: int) -> None:
-        kept = t.to(_acc_dtype(t.dtype)) * breadcrumb_mask(t, self.top, self.bottom)
-        if self.first:
-            self.dtype, self.s, self.first = t.dtype, kept, False
-        else:
-            self.s += kept
-
-    def finish(self) -> torch.Tensor:
-        return (self.s / self.K).to(self.dtype)
+    def kept(self, t: torch.Tensor, k: int) -> torch.Tensor:
+        return t * breadcrumb_mask(t, self.top, self.bottom)
 
 
 @register("breadcrumbs", fold=_BreadcrumbsFold)

@@ -15,7 +15,8 @@ from typing import Sequence
 
 import torch
 
-from negkit.merge import _acc_dtype, _Fold, _in_memory, register
+from negkit.merge import _in_memory, register
+from negkit.merge_rules._kept_mean import KeptMeanFold
 from negkit.pool import Pool
 
 __all__ = ["dare", "drop_mask"]
@@ -27,27 +28,16 @@ def drop_mask(shape: torch.Size, p: float, *, seed: int, member: int, key: str) 
     return torch.rand(shape, generator=g) >= p
 
 
-class _DareFold(_Fold):
+class _DareFold(KeptMeanFold):
     def __init__(self, pool: Pool, p: float = 0.5, seed: int = 0, progress: bool = False) -> None:
         super().__init__(pool)
         if not 0.0 <= float(p) < 1.0:
             raise ValueError(f"dare: p (the drop rate) must be in [0, 1), got {p}")
         self.p, self.seed = float(p), int(seed)
 
-    def start(self, key: str) -> None:
-        super().start(key)
-        self.key = key
-
-    def add(self, t: torch.Tensor, k: int) -> None:
+    def kept(self, t: torch.Tensor, k: int) -> torch.Tensor:
         keep = drop_mask(t.shape, self.p, seed=self.seed, member=k, key=self.key).to(t.device)
-        kept = t.to(_acc_dtype(t.dtype)) * keep / (1.0 - self.p)
-        if self.first:
-            self.dtype, self.s, self.first = t.dtype, kept, False
-        else:
-            self.s += kept
-
-    def finish(self) -> torch.Tensor:
-        return (self.s / self.K).to(self.dtype)
+        return t * keep / (1.0 - self.p)
 
 
 @register("dare", fold=_DareFold)
