@@ -132,7 +132,7 @@ def test_sigint_during_a_benchmark_prints_the_resume_command_and_no_traceback(tm
 
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump({"scenarios": ["class_3"], "baselines": ["ga"], "merge_methods": ["negmerge"],
-                                   "original": {"epochs": 3},
+                                   "original": {"epochs": 200},  # long enough to be interrupted
                                    "pool": {"epochs": [1], "weight_decays": [1e-4], "label_smoothings": [0.0]}}))
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "negkit", "benchmark", "--smoke", "--config", str(cfg), "--run-dir", str(run_dir),
@@ -140,10 +140,10 @@ def test_sigint_during_a_benchmark_prints_the_resume_command_and_no_traceback(tm
     proc = subprocess.Popen(cmd, cwd=Path(__file__).parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 120
-    while not (run_dir / "benchmark_config.json").exists():  # validated and started
+    while not list(run_dir.glob("seed_0/*/checkpoint.safetensors")) and \
+            not list(run_dir.glob("seed_0/*/*/checkpoint.safetensors")):  # a model is mid-training
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
-        time.sleep(0.2)
-    time.sleep(1.0)
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
