@@ -1,4 +1,4 @@
-"""Classic unlearning baselines: registry, configs, random labels, saliency, masks, hooks."""
+"""Unlearning registry and the classic baselines: configs, random labels, saliency, masks, hooks."""
 from __future__ import annotations
 
 import math
@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from negkit import unlearn
+from negkit.unlearn import base
+from negkit.unlearn.l1_sparse import l1_loss
 from negkit.data import TensorImageDataset, labels_of
 from negkit.evaluate import evaluate
 from negkit.models import get as get_model
@@ -45,20 +47,40 @@ def _state(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_registry_lists_the_five_baselines_and_rejects_unknown_names():
-    assert unlearn.list_methods() == ["ft", "ga", "rl", "l1_sparse", "salun"]
-    with pytest.raises(ValueError, match=r"unknown unlearning method 'sallun'.*'salun'"):
+def test_registry_lists_the_methods_and_rejects_unknown_names():
+    assert unlearn.list_methods() == ["ft", "ga", "rl", "l1_sparse", "salun", "iu", "be", "bs", "neggrad_plus",
+                                      "scrub", "ssd"]
+    with pytest.raises(ValueError, match=r"unknown unlearning method 'sallun'.*'salun'.*did you mean 'salun'"):
         unlearn.get("sallun")
+    with pytest.raises(ValueError, match=r"did you mean 'scrub'"):
+        unlearn.default_config("scurb")
+    with pytest.raises(ValueError, match=r"unknown unlearning method 'zzz'; valid methods are \['ft'.*'ssd'\]$"):
+        unlearn.get("zzz")
     with pytest.raises(ValueError, match="already registered"):
         unlearn.register("ft")(lambda *a, **k: None)
 
 
+def test_register_refuses_bad_names_and_non_callables():
+    with pytest.raises(TypeError, match="must be a str, got int 3"):
+        unlearn.register(3)
+    for bad in ("", "two words", "1st"):
+        with pytest.raises(ValueError, match=f"non-empty identifier.*{bad!r}"):
+            unlearn.register(bad)
+    with pytest.raises(TypeError, match="'not_callable' must be registered on a callable, got int 42"):
+        unlearn.register("not_callable")(42)
+    with pytest.raises(TypeError, match="must be UnlearnConfig or a subclass"):
+        unlearn.register("bad_config", config=dict)
+    with pytest.raises(ValueError, match=r"unknown UnlearnConfig key\(s\) \['alpha'\]"):
+        unlearn.register("bad_defaults", defaults={"alpha": 1.0})
+    assert "not_callable" not in unlearn.list_methods() and "bad_defaults" not in unlearn.list_methods()
+
+
 def test_default_configs_and_bad_values():
     assert unlearn.default_config("salun").saliency_fraction == 0.5
-    for name in unlearn.list_methods():  # the reference: constant lr, wd 5e-4, no clipping (GA included)
+    for name in ("ft", "ga", "rl", "l1_sparse", "salun"):  # SalUn's code: constant lr, wd 5e-4, no clipping
         cfg = unlearn.default_config(name)
         assert (cfg.schedule, cfg.weight_decay, cfg.grad_clip) == ("constant", 5e-4, None), name
-        tc = unlearn._train_cfg(cfg, 3)
+        tc = base.train_config(cfg, 3)
         assert (tc.schedule, tc.weight_decay, tc.grad_clip, tc.epochs) == ("constant", 5e-4, None, 3)
     with pytest.raises(ValueError, match="schedule"):
         unlearn.UnlearnConfig(schedule="step")
@@ -66,7 +88,10 @@ def test_default_configs_and_bad_values():
     with pytest.raises(ValueError, match=r"unknown UnlearnConfig key\(s\) \['epoch'\]"):
         unlearn.default_config("ft", epoch=2)
     with pytest.raises(ValueError, match="saliency_fraction"):
-        unlearn.UnlearnConfig(saliency_fraction=1.5)
+        unlearn.default_config("salun", saliency_fraction=1.5)
+    with pytest.raises(ValueError, match=r"unknown UnlearnConfig key\(s\) \['saliency_fraction'\]"):
+        unlearn.default_config("rl", saliency_fraction=0.5)  # a field of another method's config
+    assert type(unlearn.default_config("scrub")) is unlearn.config_class("scrub")
     with pytest.raises(ValueError, match="unknown unlearning method"):
         unlearn.default_config("nope")
 
@@ -75,15 +100,16 @@ def test_forget_then_retain_batches():
     gen = torch.Generator().manual_seed(0)
     sampler = unlearn.ForgetThenRetain(5, 7, 2, gen)
     batches = list(sampler)
-    # D_f = indices 0..4 in batches 2, 2 (the last single image dropped), then D_r = 5..11 in 2, 2, 2
-    assert [len(b) for b in batches] == [2, 2, 2, 2, 2] == [2] * len(sampler)
-    assert all(i < 5 for b in batches[:2] for i in b) and all(5 <= i < 12 for b in batches[2:] for i in b)
-    assert len({i for b in batches for i in b}) == 10  # no index twice
+    # D_f = indices 0..4 in batches 2, 2, 1 (a one-image last batch kept, as train's loader and the
+    # reference's keep it), then D_r = 5..11 in 2, 2, 2, 1
+    assert [len(b) for b in batches] == [2, 2, 1, 2, 2, 2, 1]
+    assert len(sampler) == 7
+    assert all(i < 5 for b in batches[:3] for i in b) and all(5 <= i < 12 for b in batches[3:] for i in b)
+    assert sorted(i for b in batches for i in b) == list(range(12))  # every index once
     gen.manual_seed(0)
     assert list(sampler) == batches  # the order is the generator's
     gen.manual_seed(1)
     assert list(sampler) != batches
-    # a part that is a single image is kept; a short last batch of more than one image too
     assert [len(b) for b in unlearn.ForgetThenRetain(1, 5, 3, gen)] == [1, 3, 2]
 
 
@@ -92,7 +118,7 @@ def test_random_labels_are_drawn_per_batch_from_all_classes(original, data):
     x = torch.stack([forget[i][0] for i in range(8)])
     true = torch.tensor([forget[i][1] for i in range(8)])
     marked = torch.tensor([-1] * 6 + [2, 3])  # six forget rows, two retain rows
-    loss = unlearn._random_label_loss(4)
+    loss = base.random_label_loss(4)
     with torch.no_grad():
         torch.manual_seed(5)
         got = loss(original, x, marked, 0.0)
@@ -113,7 +139,7 @@ def test_random_labels_are_drawn_per_batch_from_all_classes(original, data):
 def test_rl_epochs_are_a_forget_pass_then_a_retain_pass(original, data, monkeypatch):
     forget, retain = data
     seen, results = [], []
-    real_loss, real_train = unlearn._random_label_loss, unlearn.train
+    real_loss, real_train = base.random_label_loss, base.train
 
     def spy_loss(num_classes):
         inner = real_loss(num_classes)
@@ -128,10 +154,10 @@ def test_rl_epochs_are_a_forget_pass_then_a_retain_pass(original, data, monkeypa
         results.append(real_train(*args, **kwargs))
         return results[-1]
 
-    monkeypatch.setattr(unlearn, "_random_label_loss", spy_loss)
-    monkeypatch.setattr(unlearn, "train", spy_train)
+    monkeypatch.setattr(base, "random_label_loss", spy_loss)
+    monkeypatch.setattr(base, "train", spy_train)
     cfg = unlearn.default_config("rl", epochs=2, batch_size=6, lr=0.013)
-    unlearn.rl(original, forget, retain, cfg, device="cpu", progress=False)
+    unlearn.get("rl")(original, forget, retain, cfg, device="cpu", progress=False)
     # |D_f| = 16 -> batches 6, 6, 4; |D_r| = 64 -> 10 batches of 6 and one of 4; twice
     epoch = [("F", 6), ("F", 6), ("F", 4)] + [("R", 6)] * 10 + [("R", 4)]
     assert seen == epoch * 2
@@ -174,7 +200,8 @@ def test_every_method_returns_a_changed_copy_and_leaves_the_original_alone(origi
     forget, retain = data
     before = _state(original)
     for name in unlearn.list_methods():
-        out = unlearn.get(name)(original, forget, retain, unlearn.default_config(name, epochs=1),
+        extra = {"alpha": 1.0} if name == "ssd" else {}  # a low threshold: some weights are D_f-specific
+        out = unlearn.get(name)(original, forget, retain, unlearn.default_config(name, epochs=1, **extra),
                                 device="cpu", progress=False)
         assert out is not original
         after = out.state_dict()
@@ -187,7 +214,7 @@ def test_salun_changes_only_salient_weights_bitwise(original, data):
     forget, retain = data
     cfg = unlearn.default_config("salun", epochs=2, saliency_fraction=0.3, weight_decay=5e-3)
     mask = unlearn.saliency_mask(original, forget, 0.3, batch_size=cfg.batch_size, device="cpu")
-    out = unlearn.salun(original, forget, retain, cfg, device="cpu", progress=False)
+    out = unlearn.get("salun")(original, forget, retain, cfg, device="cpu", progress=False)
     orig = dict(original.named_parameters())
     changed = 0
     for name, p in out.named_parameters():
@@ -199,7 +226,7 @@ def test_salun_changes_only_salient_weights_bitwise(original, data):
 
 def test_ga_raises_the_forget_loss(original, data):
     forget, retain = data
-    out = unlearn.ga(original, forget, retain, unlearn.default_config("ga", epochs=5, lr=0.05),
+    out = unlearn.get("ga")(original, forget, retain, unlearn.default_config("ga", epochs=5, lr=0.05),
                      device="cpu", progress=False)
     assert evaluate(out, forget)["loss"] > evaluate(original, forget)["loss"]
 
@@ -207,14 +234,14 @@ def test_ga_raises_the_forget_loss(original, data):
 def test_rl_moves_the_forget_set_and_resumes_from_its_folder(original, data, tmp_path):
     forget, retain = data
     cfg = unlearn.default_config("rl", epochs=3)
-    out = unlearn.rl(original, forget, retain, cfg, device="cpu", progress=False, out_dir=tmp_path)
+    out = unlearn.get("rl")(original, forget, retain, cfg, device="cpu", progress=False, out_dir=tmp_path)
     assert (tmp_path / "unlearn" / "done.json").exists()
     # Random labels alone (a retain set of two images barely repairs) pull D_f off its labels.
-    only = unlearn.rl(original, forget, torch.utils.data.Subset(retain, [0, 1]),
+    only = unlearn.get("rl")(original, forget, torch.utils.data.Subset(retain, [0, 1]),
                       unlearn.default_config("rl", epochs=5), device="cpu", progress=False)
     assert evaluate(only, forget)["acc"] < evaluate(original, forget)["acc"]
     # Rerun: loaded, not retrained, and the same weights.
-    again = unlearn.rl(original, forget, retain, cfg, device="cpu", progress=False, out_dir=tmp_path)
+    again = unlearn.get("rl")(original, forget, retain, cfg, device="cpu", progress=False, out_dir=tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(out.state_dict().values(), again.state_dict().values()))
 
 
@@ -222,7 +249,7 @@ def test_l1_strength_steps_down_per_epoch(original, data):
     forget, _ = data
     x = torch.stack([forget[i][0] for i in range(4)])
     y = torch.tensor([forget[i][1] for i in range(4)])
-    loss = unlearn._l1_loss(1e-3, epochs=4)
+    loss = l1_loss(1e-3, epochs=4)
     with torch.no_grad():
         ce = F.cross_entropy(original(x), y)
         l1 = sum(p.abs().sum() for p in original.parameters())
@@ -239,7 +266,20 @@ def test_l1_strength_steps_down_per_epoch(original, data):
 def test_empty_forget_set_is_refused(original, data):
     _, retain = data
     empty = TensorImageDataset(torch.zeros(0, 1, 8, 8), [])
-    for name in ("ga", "rl", "salun"):
+    for name in ("ga", "rl", "salun", "iu", "be", "bs", "neggrad_plus", "scrub", "ssd"):
         with pytest.raises(ValueError, match="empty"):
             unlearn.get(name)(original, empty, retain, unlearn.default_config(name, epochs=1),
                               device="cpu", progress=False)
+
+
+def test_methods_take_a_dict_of_overrides_or_a_plain_config(original):
+    def config(cfg):
+        return base.prepare(original, cfg, "scrub", unlearn.config_class("scrub"), {"lr": 5e-4, "alpha": 0.001},
+                            None)[1]
+
+    got = config({"alpha": 0.5})
+    assert (got.lr, got.alpha) == (5e-4, 0.5)  # a dict overrides the method's defaults
+    got = config(unlearn.UnlearnConfig(epochs=2))
+    assert (got.epochs, got.lr, got.alpha) == (2, 0.01, 0.001)  # shared fields as given, its own at defaults
+    with pytest.raises(ValueError, match=r"unknown SCRUBConfig key\(s\) \['saliency_fraction'\]"):
+        config(unlearn.default_config("salun"))  # another method's config

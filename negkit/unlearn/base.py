@@ -145,17 +145,18 @@ def load_result(out_dir: str | Path | None, stage: str, model: nn.Module, cfg: U
 def prepare(model: nn.Module, cfg: UnlearnConfig | Mapping[str, Any] | None, method: str,
             config_cls: type[UnlearnConfig], defaults: Mapping[str, Any],
             out_dir: str | Path | None) -> tuple[nn.Module, Any]:
-    """A deep copy of ``model`` and the method's config (``None``: its defaults), checked against ``out_dir``.
+    """A deep copy of ``model`` and the method's config, checked against ``out_dir``.
 
-    A plain :class:`UnlearnConfig` given to a method with its own config class keeps its
-    shared fields; the method's own fields take their defaults.
+    ``cfg`` may be the method's config, None (its defaults), a dict (overrides of its
+    defaults), or a plain :class:`UnlearnConfig` given to a method with its own config
+    class (the shared fields as given, the method's own fields at their defaults).
     """
-    if cfg is None:
-        cfg = from_dict(config_cls, dict(defaults))
-    elif isinstance(cfg, UnlearnConfig) and not isinstance(cfg, config_cls):
+    if type(cfg) is config_cls:
+        pass
+    elif isinstance(cfg, UnlearnConfig):
         cfg = from_dict(config_cls, {**defaults, **to_dict(cfg)})
     else:
-        cfg = from_dict(config_cls, cfg)
+        cfg = from_dict(config_cls, {**defaults, **dict(cfg or {})})
     check_run_dir(out_dir, method, cfg)
     return copy.deepcopy(model), cfg
 
