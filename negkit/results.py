@@ -31,14 +31,16 @@ import pandas as pd
 
 from negkit import merge, unlearn
 from negkit.config import ConfigError, check
+from negkit.metrics import RETRAIN_METRICS
 
 __all__ = ["Record", "ResultsLog", "read_results", "method_rank", "list_methods", "COLUMNS", "METRICS", "METHODS"]
 
 #: Metric names used throughout the kit (``acc`` is a plain accuracy in %, used
 #: for per-coefficient curves such as forget/control accuracy of a λ sweep;
 #: ``n_coefs`` and ``coef_max_searched`` describe a λ search: how many coefficients
-#: it evaluated and the highest λ of the range it searched).
-METRICS = ("UA", "RA", "TA", "MIA", "avg_gap", "acc", "n_coefs", "coef_max_searched")
+#: it evaluated and the highest λ of the range it searched; then the output-level metrics of
+#: :mod:`negkit.benchmark.extra`: KL/JS to Retrain, ZRF, relearn epochs).
+METRICS = ("UA", "RA", "TA", "MIA", "avg_gap", "acc", "n_coefs", "coef_max_searched") + RETRAIN_METRICS
 
 #: Display order of the built-in methods. Merge rules and baselines are named as in their
 #: registries (``negkit.merge``, ``negkit.unlearn``); :func:`list_methods` adds rules registered later.

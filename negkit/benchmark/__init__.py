@@ -48,6 +48,7 @@ from negkit.benchmark.pipeline import negated_metrics, negated_model, negation_s
 from negkit.benchmark.report import (MEMORISE_RATIO, coef_warnings, headline, load_results, mean_std, paired, regime,
                                      regime_warnings, results_table, sign_flip_pvalue, summary)
 from negkit.benchmark.setup import Setup, check_run, one_seed, prepare, record_method, seed_dir
+from negkit.benchmark.extra import record_retrain_metrics
 
 __all__ = [
     "PoolSpec", "BenchmarkConfig", "default_config", "cifar10_config", "fashion_mnist_config", "dataset_config",

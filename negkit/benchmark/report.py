@@ -18,6 +18,7 @@ import pandas as pd
 from scipy import stats
 
 from negkit.benchmark.config import SETTING, UNLEARNING_METRICS
+from negkit.metrics import RETRAIN_METRICS
 from negkit.results import METRICS, method_rank, read_results
 
 __all__ = ["load_results", "summary", "headline", "paired", "results_table", "mean_std", "sign_flip_pvalue",
@@ -28,7 +29,7 @@ _NEGATIONS = ("task_arithmetic", "mean", "ties", "magmax", "negmerge", "dare", "
 #: The Original memorises D_f when its UA is at most this fraction of Retrain's (:func:`regime`).
 MEMORISE_RATIO = 0.5
 
-_FINAL = UNLEARNING_METRICS + ("avg_gap",)
+_FINAL = UNLEARNING_METRICS + ("avg_gap",) + RETRAIN_METRICS  # the last from negkit.benchmark.extra
 
 
 def load_results(run_dir: str | Path) -> pd.DataFrame:
