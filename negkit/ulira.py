@@ -37,8 +37,9 @@ Original trains in 9 s, and the default S = 16 shadows (8 Originals, 16 Retrains
 155 s in all, plus 16 runs of the unlearning method (tens of seconds each for a merge with
 its pool and λ search): well under 30 minutes. There, random 10 % (|D_f| = 500), the
 attack tells the Original (``unlearn_fn=None``) from Retrain with AUC 0.64 — that
-Original barely memorises D_f — and Retrain from itself with 0.5. ``out_dir`` keeps every shadow, so a second method scored
-against the same shadows only pays for its own unlearning runs.
+Original barely memorises D_f — and Retrain from itself with 0.5. ``out_dir`` keeps every
+shadow, so a second method scored against the same shadows only pays for its own
+unlearning runs.
 
 Deviations: the paper trains many more shadows on random halves of the data; here every
 shadow Original sees the whole pool, as the benchmark's Original does, and the pairs are
