@@ -58,3 +58,42 @@ def test_resnet18_uses_the_cifar_stem_and_small_resnet_is_small():
     assert sum(p.numel() for p in small.parameters()) < 200_000
     with pytest.raises(ValueError, match="in_channels"):
         models.get("small_resnet", 10, in_channels=1, mean=(0.1, 0.1, 0.1), std=(1.0, 1.0, 1.0))
+
+
+def _bundle(channels: int, classes: int = 3):
+    from negkit import data
+
+    images, labels = torch.rand(6, channels, 8, 8), torch.arange(6) % classes
+    part = data.TensorImageDataset(images, labels)
+    return data.DatasetBundle("tiny", part, part, part, classnames=tuple("abc")[:classes],
+                              mean=(0.4,) * channels, std=(0.2,) * channels)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_get_sizes_the_model_from_the_dataset(channels):
+    bundle = _bundle(channels)
+    model = models.get("small_resnet", dataset=bundle, widths=(4, 8)).eval()
+    assert model.stem[0].in_channels == channels
+    assert model.normalize.mean.flatten().tolist() == pytest.approx([0.4] * channels)
+    assert model(bundle.train[0][0][None]).shape == (1, 3)
+
+
+def test_get_refuses_values_that_contradict_the_dataset():
+    bundle = _bundle(1)
+    with pytest.raises(ValueError, match=r"in_channels=3 contradicts dataset 'tiny' \(in_channels 1\)"):
+        models.get("small_resnet", dataset=bundle, in_channels=3)
+    with pytest.raises(ValueError, match="num_classes=10 contradicts"):
+        models.get("small_resnet", 10, dataset=bundle)
+    with pytest.raises(ValueError, match="needs num_classes"):
+        models.get("small_resnet")
+
+
+def test_get_passes_only_what_a_builder_takes():
+    @models.register_model("_test_linear_no_channels")
+    def linear(num_classes):
+        return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
+
+    try:
+        assert models.get("_test_linear_no_channels", dataset=_bundle(1))[1].out_features == 3
+    finally:
+        models._REGISTRY.pop("_test_linear_no_channels")

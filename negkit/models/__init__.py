@@ -1,15 +1,20 @@
 """Model registry. Every model takes raw [0, 1] pixels: its first layer is :class:`Normalize`.
 
-``negkit.models.get(name, num_classes, **kw)`` builds a registered architecture;
-built in are ``small_resnet`` (a few-second model for the digits benchmark) and
+``negkit.models.get(name, num_classes, **kw)`` builds a registered architecture, and
+``negkit.models.get(name, dataset=bundle)`` takes the classes, input channels and
+normalisation from a :class:`~negkit.data.DatasetBundle`; built in are ``small_resnet`` (a few-second model for the digits benchmark) and
 ``resnet18`` (torchvision's, with the CIFAR stem), see :mod:`negkit.models.resnet`.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import inspect
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from negkit.data import DatasetBundle
 
 __all__ = ["Normalize", "register_model", "get", "list_models"]
 
@@ -62,20 +67,51 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    """Whether the builder ``fn`` takes a keyword ``name`` (by name or through ``**kwargs``)."""
+    params = inspect.signature(fn).parameters.values()
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def get(name: str, num_classes: int | None = None, *, dataset: DatasetBundle | None = None,
+        **kwargs: Any) -> nn.Module:
     """Build the registered model ``name`` with ``num_classes`` outputs.
+
+    With ``dataset``, what the model must agree with comes from the data: the number of
+    classes, the input channels (from the first training image) and the normalisation
+    (``mean``/``std``), each passed only if the builder takes it. A value given explicitly
+    that contradicts the data is refused, so a 3-channel model is never built for 1-channel
+    images by default.
 
     Args:
         name: Registry name, see :func:`list_models`.
-        num_classes: Size of the classification head.
-        **kwargs: Builder options, e.g. ``in_channels``, ``mean``, ``std``.
+        num_classes: Size of the classification head (default with ``dataset``: its classes).
+        dataset: A :class:`~negkit.data.DatasetBundle` to size the model for.
+        **kwargs: Builder options, e.g. ``in_channels``, ``mean``, ``std``, ``widths``.
 
     Raises:
-        ValueError: Unknown name; the message lists the registered ones.
+        ValueError: Unknown name (the message lists the registered ones), no ``num_classes``
+            and no ``dataset``, or an explicit value that contradicts ``dataset``.
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; registered models are {list_models()}")
-    return _REGISTRY[name](num_classes=num_classes, **kwargs)
+    builder = _REGISTRY[name]
+    if dataset is not None:
+        from_data = {"num_classes": dataset.num_classes, "in_channels": int(dataset.input_shape[0]),
+                     "mean": tuple(dataset.mean), "std": tuple(dataset.std)}
+        given = {"num_classes": num_classes, **kwargs}
+        for key, value in from_data.items():
+            mine = given.get(key)
+            if mine is not None and (tuple(mine) if isinstance(mine, (list, tuple)) else mine) != value:
+                raise ValueError(f"model {name!r}: {key}={mine!r} contradicts dataset {dataset.name!r} "
+                                 f"({key} {value!r}); drop {key} to take it from the data")
+        num_classes = dataset.num_classes
+        for key in ("in_channels", "mean", "std"):
+            if _accepts(builder, key):
+                kwargs.setdefault(key, from_data[key])
+    if num_classes is None:
+        raise ValueError(f"model {name!r} needs num_classes, or dataset=<a DatasetBundle> to take it from")
+    return builder(num_classes=num_classes, **kwargs)
 
 
 from negkit.models import resnet  # noqa: E402,F401  (registers the built-in models)
