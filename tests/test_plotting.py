@@ -110,14 +110,16 @@ def test_consensus_heatmap_from_analysis_table():
     np.testing.assert_allclose(mesh2.get_array(), mesh[0].get_array())
 
 
-def test_consensus_heatmap_network_order_and_informative_colour_range():
+def test_consensus_heatmap_network_order_and_fixed_percent_scale():
     table = pd.DataFrame({1: [1.0, 1.0, 1.0], 2: [0.9, 0.8, 0.85], 3: [0.7, 0.6, 0.65]},
                          index=pd.Index(["fc", "layers.10", "stem"], name="group"))
     table.loc["layers.2"] = [1.0, 0.95, 0.9]
     ax = plotting.consensus_heatmap(table, draws=5)
     assert [t.get_text() for t in ax.get_yticklabels()] == ["stem", "layers.2", "layers.10", "fc"]
     mesh = [c for c in ax.collections if isinstance(c, QuadMesh)][0]
-    assert mesh.get_clim() == (0.6, 0.95)  # the trivial K = 1 column (all 1.0) is left out of the range
+    # A fixed 0-100 % scale: a few points of difference do not fill the whole colour map.
+    assert mesh.get_clim() == (0.0, 100.0)
+    assert np.nanmax(mesh.get_array()) == pytest.approx(100.0) and np.nanmin(mesh.get_array()) == pytest.approx(60.0)
     assert "mean over 5 random draws" in ax.collections[0].colorbar.ax.get_ylabel()
     assert plotting.network_order(["proj", "resblocks.1", "conv1", "resblocks.0", "ln_post"]) == [
         "conv1", "resblocks.0", "resblocks.1", "ln_post", "proj"]
@@ -128,8 +130,16 @@ def test_agreement_heatmap_wide_and_long():
     for data in (wide, pairwise_agreement(_pool(3), names=["a", "b", "c"], form="long")):
         ax = plotting.agreement_heatmap(data)
         mesh = [c for c in ax.collections if isinstance(c, QuadMesh)][0]
-        np.testing.assert_allclose(np.asarray(mesh.get_array()).reshape(3, 3), wide.to_numpy())
+        np.testing.assert_allclose(np.asarray(mesh.get_array()).reshape(3, 3), 100 * wide.to_numpy())
         assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
+        assert mesh.get_clim() == (0.0, 100.0) and "agreement" in ax.get_title(loc="left")
+
+
+def test_agreement_heatmap_names_pool_members_by_their_hyperparameters():
+    names = ["e4_wd1e-4_ls0", "e4_wd1e-4_ls0.1", "e6_wd1e-5_ls0"]
+    ax = plotting.agreement_heatmap(pairwise_agreement(_pool(3), names=names))
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["4 ep · wd 1e-4 · ls 0", "4 ep · wd 1e-4 · ls 0.1",
+                                                            "6 ep · wd 1e-5 · ls 0"]
 
 
 def test_consensus_curve_lines_and_bands():
@@ -137,7 +147,7 @@ def test_consensus_curve_lines_and_bands():
     ax = plotting.consensus_curve(df)
     assert len(ax.lines) == 1 and len(ax.collections) == 1
     np.testing.assert_array_equal(ax.lines[0].get_xdata(), [1, 2, 3, 4])
-    expected = df[df.group == "all"].groupby("k")["frac_consistent"].mean().to_numpy()
+    expected = 100 * df[df.group == "all"].groupby("k")["frac_consistent"].mean().to_numpy()  # in %
     np.testing.assert_allclose(ax.lines[0].get_ydata(), expected)
     ax = plotting.consensus_curve(df, groups=["resblocks.0", "resblocks.1"], spread="minmax")
     assert len(ax.lines) == 2 and ax.get_legend() is not None
@@ -145,7 +155,7 @@ def test_consensus_curve_lines_and_bands():
         plotting.consensus_curve(df, groups=["nope"])
     high = pd.DataFrame({"group": "all", "k": [1, 2, 3], "draw": 0, "frac_consistent": [1.0, 0.97, 0.95]})
     lo, hi = plotting.consensus_curve(high).get_ylim()
-    assert 0.9 < lo < 0.95 and 1.0 <= hi < 1.02  # the y range fits the data, not 0..1
+    assert 90 < lo < 95 and 100 <= hi < 102  # the y range fits the data (in %), not 0..100
 
 
 # --------------------------------------------------------------------------- curves
@@ -162,18 +172,33 @@ def _sweep():
 
 
 def test_coef_curve_draws_curves_threshold_and_choice():
-    ax = plotting.coef_curve(_sweep(), "negmerge", chosen=0.5)
+    one_seed = _sweep()
+    one_seed = one_seed[one_seed.seed != 1]
+    ax = plotting.coef_curve(one_seed, "negmerge", chosen=0.5)
     # forget, control, admissibility (reference read from the zeroshot row), chosen λ
     assert len(ax.lines) == 4
-    np.testing.assert_allclose(ax.lines[0].get_ydata(), [80.5, 50.5, 20.5])  # mean over seeds
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [80, 50, 20])
     assert ax.lines[2].get_ydata()[0] == pytest.approx(0.95 * 60)
     assert ax.lines[3].get_xdata()[0] == 0.5
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels[0] == "forget" and "chosen λ = 0.5" in labels
-    ax = plotting.coef_curve(_sweep(), "negmerge", control_reference=50, threshold=0.9)
+    ax = plotting.coef_curve(one_seed, "negmerge", control_reference=50, threshold=0.9)
     assert len(ax.lines) == 3 and ax.lines[2].get_ydata()[0] == pytest.approx(45)
     with pytest.raises(ValueError, match="swept methods: \\['negmerge'\\]"):
         plotting.coef_curve(_sweep(), "ties")
+
+
+def test_coef_curve_draws_each_seed_and_every_seeds_choice_never_a_mean():
+    ax = plotting.coef_curve(_sweep(), "negmerge", chosen={0: 0.5, 1: 1.0})
+    forget = [ln for ln in ax.lines if ln.get_marker() == "o"]
+    assert [list(ln.get_ydata()) for ln in forget] == [[80, 50, 20], [81, 51, 21]]  # one line per seed
+    chosen = [ln for ln in ax.lines if ln.get_linestyle() == ":"]
+    assert sorted(ln.get_xdata()[0] for ln in chosen) == [0.5, 1.0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "chosen λ per seed: 0.5 / 1 (median 0.75)" in labels and "forget (2 seeds, one line each)" in labels
+    # The other panels of a figure keep the chosen-λ entry of their own legend.
+    ax = plotting.coef_curve(_sweep(), "negmerge", chosen=0.5, legend="chosen")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["chosen λ = 0.5"]
 
 
 def test_sensitivity_points_and_reference_lines():
@@ -375,8 +400,13 @@ def test_image_grid_per_panel_scales_next_to_reference_images():
     deltas = torch.zeros(2, 1, 4, 4)
     deltas[0, 0, 0, 0], deltas[1, 0, 1, 1] = 0.4, -0.1
     means = torch.full((2, 1, 4, 4), 0.5)
-    axes = plotting.image_grid(deltas, titles=["class 3", "class 5"], references=means, shared_scale=False)
-    assert [a.get_title() for a in axes[:4]] == ["class 3: mean image", "class 3", "class 5: mean image", "class 5"]
+    axes = plotting.image_grid(deltas, titles=["δ, class 3", "δ, class 5"], references=means, shared_scale=False,
+                               reference_titles=["class 3: mean image", "class 5: mean image"])
+    assert [a.get_title() for a in axes[:4]] == ["class 3: mean image", "δ, class 3", "class 5: mean image",
+                                                 "δ, class 5"]
+    assert min(a.title.get_fontsize() for a in axes[:4]) >= plotting.MIN_FONT  # readable at paper size
+    plain = plotting.image_grid(deltas, titles=["δ, class 3", "δ, class 5"], references=means)
+    assert plain[0].get_title() == "mean image"  # never the δ's title on the image it acts on
     assert axes[0].images[0].get_cmap().name == "gray" and axes[0].images[0].get_clim() == (0, 1.0)
     assert axes[1].images[0].get_clim() == pytest.approx((-0.4, 0.4))
     assert axes[3].images[0].get_clim() == pytest.approx((-0.1, 0.1))
@@ -403,3 +433,13 @@ def test_save_figure_is_byte_reproducible(tmp_path):
         plt.close(fig)
         outputs.append([p.read_bytes() for p in paths])
     assert outputs[0] == outputs[1]
+
+
+def test_sensitivity_grid_never_draws_a_one_value_axis():
+    pool = pd.DataFrame({"pool_config": ["a", "b", "c", "d"], "epochs": [2, 2, 4, 4], "weight_decay": 5e-5,
+                         "label_smoothing": [0.0, 0.1, 0.0, 0.1]})
+    rows = [dict(method="task_arithmetic", pool_config=n, metric="avg_gap", value=float(i), coef=0.5)
+            for i, n in enumerate(pool.pool_config)]
+    axes = plotting.sensitivity_grid(_records(rows), pool)
+    assert [t.get_text() for t in axes[0].get_xticklabels()] == ["0", "0.1"]
+    assert axes[0].get_xlabel() == "label smoothing (weight decay 5e-05 throughout)"

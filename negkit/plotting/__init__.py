@@ -22,14 +22,14 @@ The functions live in one module per kind of figure and are re-exported here, so
 from negkit.plotting.consensus import agreement_heatmap, consensus_curve, consensus_heatmap, network_order
 from negkit.plotting.curves import coef_curve, sensitivity, sensitivity_grid
 from negkit.plotting.images import image_grid, per_class_bars
-from negkit.plotting.results import results_bars, results_table
+from negkit.plotting.results import DOMINANCE, results_bars, results_table
 from negkit.plotting.sweeps import forget_vector_epochs, k_sweep
-from negkit.plotting.style import (METHOD_LABELS, METRIC_COLORS, METRIC_LABELS, SCENARIO_LABELS, SPLIT_LABELS, label,
-                                   method_color, save_figure, set_style)
+from negkit.plotting.style import (METHOD_LABELS, METRIC_COLORS, METRIC_LABELS, MIN_FONT, RULE_LABELS, SCENARIO_LABELS,
+                                   SPLIT_LABELS, label, method_color, save_figure, set_style)
 
 __all__ = [
     "set_style", "save_figure", "consensus_heatmap", "agreement_heatmap", "consensus_curve", "coef_curve",
     "sensitivity", "sensitivity_grid", "results_bars", "results_table", "per_class_bars", "image_grid", "METHOD_LABELS",
     "METRIC_LABELS", "METRIC_COLORS", "network_order", "k_sweep", "forget_vector_epochs",
-    "SCENARIO_LABELS", "SPLIT_LABELS", "label", "method_color",
+    "SCENARIO_LABELS", "SPLIT_LABELS", "RULE_LABELS", "MIN_FONT", "DOMINANCE", "label", "method_color",
 ]

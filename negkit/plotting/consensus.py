@@ -18,7 +18,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 
-from negkit.plotting.style import _axes
+from negkit.plotting.style import _axes, label
 
 __all__ = ["consensus_heatmap", "agreement_heatmap", "consensus_curve", "network_order"]
 
@@ -55,31 +55,28 @@ def consensus_heatmap(table: pd.DataFrame, ax: Axes | None = None, *, annot: boo
                       draws: int | None = None, **kw: Any) -> Axes:
     """Heatmap of the mean consensus rate per layer group (rows, input to output) and pool size K (columns).
 
-    Rows follow :func:`network_order`. At K = 1 every non-zero element is trivially
-    consistent, so that column is left out of the colour range (its cells are still drawn);
-    the colour bar says that a cell is a mean over random draws of K members.
+    Rows follow :func:`network_order`. Values are in % on a fixed 0–100 colour scale, so
+    figures of different runs compare and a few points of difference do not look like a
+    contrast (the numbers in the cells give the detail); the colour bar says that a cell is
+    a mean over random draws of K members.
 
     Args:
         table: :func:`negkit.analysis.consensus_by_layer_vs_k` (wide) or the long
-            :func:`negkit.analysis.consensus_vs_k` table with ``by_group=True``.
+            :func:`negkit.analysis.consensus_vs_k` table with ``by_group=True`` (fractions).
         ax: Axes to draw on.
         annot: Write the values in the cells (default: when there are at most 150).
         draws: Number of random draws per K, for the colour bar's label.
-        **kw: Forwarded to :func:`seaborn.heatmap` (e.g. ``cmap``, ``vmin``).
+        **kw: Forwarded to :func:`seaborn.heatmap` (e.g. ``cmap``).
     """
     if "group" in table.columns:
         table = table[table["group"] != "all"]
     table = _wide(table, "group", "k", "frac_consistent")
-    table = table.loc[network_order(list(table.index))]
+    table = 100.0 * table.loc[network_order(list(table.index))]
     ax = _axes(ax, (1.2 + 0.55 * table.shape[1], 1.0 + 0.28 * table.shape[0]))
     annot = table.size <= 150 if annot is None else annot
-    informative = table.drop(columns=[c for c in table.columns if c == 1]) if table.shape[1] > 1 else table
-    lo, hi = float(np.nanmin(informative.to_numpy())), float(np.nanmax(informative.to_numpy()))
-    if hi - lo < 1e-3:
-        lo, hi = max(0.0, lo - 0.01), min(1.0, hi + 0.01)
     over = f"mean over {draws} random draws of K members" if draws else "mean over random draws of K members"
-    opts = dict(vmin=lo, vmax=hi, cmap="viridis", annot=annot, fmt=".2f",
-                cbar_kws={"label": f"sign-consistent fraction\n({over})"})
+    opts = dict(vmin=0.0, vmax=100.0, cmap="viridis", annot=annot, fmt=".0f",
+                cbar_kws={"label": f"sign-consistent (%)\n({over})"})
     sns.heatmap(table, ax=ax, **{**opts, **kw})
     ax.set_xlabel("K (fine-tuned models merged)")
     ax.set_ylabel("layer group (input → output)")
@@ -88,23 +85,38 @@ def consensus_heatmap(table: pd.DataFrame, ax: Axes | None = None, *, annot: boo
 
 
 def agreement_heatmap(pairwise: pd.DataFrame, ax: Axes | None = None, *, annot: bool | None = None,
-                      **kw: Any) -> Axes:
-    """K × K heatmap of pairwise sign agreement (:func:`negkit.analysis.pairwise_agreement`, wide or long)."""
-    table = _wide(pairwise, "a", "b", "agreement")
+                      title: str | None = "pairwise sign agreement of the pool's task vectors", **kw: Any) -> Axes:
+    """K × K heatmap of pairwise sign agreement (:func:`negkit.analysis.pairwise_agreement`, wide or long).
+
+    In % on a fixed 0–100 colour scale (the cells carry the numbers), rows and columns named
+    by the fine-tunes' hyperparameters (``4 ep · wd 1e-4 · ls 0.1``).
+
+    Args:
+        pairwise: Fractions of elements whose non-zero signs agree, per pair of pool members.
+        ax: Axes to draw on.
+        annot: Write the values in the cells (default: up to 12 members).
+        title: Title (left); None for none.
+        **kw: Forwarded to :func:`seaborn.heatmap`.
+    """
+    table = 100.0 * _wide(pairwise, "a", "b", "agreement")
+    table.index = [label(n, "pool") for n in table.index]
+    table.columns = [label(n, "pool") for n in table.columns]
     n = table.shape[0]
-    ax = _axes(ax, (1.5 + 0.5 * n, 1.0 + 0.45 * n))
+    ax = _axes(ax, (2.5 + 0.6 * n, 1.8 + 0.5 * n))
     annot = n <= 12 if annot is None else annot
-    opts = dict(vmin=0.0, vmax=1.0, cmap="mako", annot=annot, fmt=".2f", square=True,
-                cbar_kws={"label": "same non-zero sign"})
+    opts = dict(vmin=0.0, vmax=100.0, cmap="mako", annot=annot, fmt=".0f", square=True,
+                cbar_kws={"label": "elements with the same non-zero sign (%)"})
     sns.heatmap(table, ax=ax, **{**opts, **kw})
     ax.set_xlabel("")
     ax.set_ylabel("")
+    if title:
+        ax.set_title(title, loc="left")
     return ax
 
 
 def consensus_curve(df: pd.DataFrame, ax: Axes | None = None, *, groups: Sequence[str] | None = None,
                     spread: str = "std", **kw: Any) -> Axes:
-    """Consensus rate versus pool size K: mean over draws with a spread band.
+    """Consensus rate (%) versus pool size K: mean over draws with a spread band.
 
     Args:
         df: :func:`negkit.analysis.consensus_vs_k` output.
@@ -118,22 +130,22 @@ def consensus_curve(df: pd.DataFrame, ax: Axes | None = None, *, groups: Sequenc
     if groups is None:
         groups = ["all"] if (df["group"] == "all").any() else list(dict.fromkeys(df["group"]))
     ax = _axes(ax)
-    bottom = 1.0
+    bottom = 100.0
     for group in groups:
         part = df[df["group"] == group]
         if part.empty:
             raise ValueError(f"no rows for group {group!r}; groups are {sorted(set(df['group']))}")
-        stats = part.groupby("k")["frac_consistent"].agg(["mean", "std", "min", "max"]).fillna(0.0)
+        stats = 100.0 * part.groupby("k")["frac_consistent"].agg(["mean", "std", "min", "max"]).fillna(0.0)
         lo, hi = ((stats["mean"] - stats["std"], stats["mean"] + stats["std"]) if spread == "std"
                   else (stats["min"], stats["max"]))
         (line,) = ax.plot(stats.index, stats["mean"], marker="o", label=group, **kw)
-        ax.fill_between(stats.index, lo.clip(0, 1), hi.clip(0, 1), color=line.get_color(), alpha=0.2, lw=0)
-        bottom = min(bottom, float(lo.clip(0, 1).min()))
+        ax.fill_between(stats.index, lo.clip(0, 100), hi.clip(0, 100), color=line.get_color(), alpha=0.2, lw=0)
+        bottom = min(bottom, float(lo.clip(0, 100).min()))
     ax.set_xlabel("K (fine-tuned models merged)")
-    ax.set_ylabel(f"sign-consistent fraction\n(mean {'± std' if spread == 'std' else 'and range'} over draws)")
+    ax.set_ylabel(f"sign-consistent (%)\n(mean {'± std' if spread == 'std' else 'and range'} over draws)")
     # The y range fits the data (with a margin), so small declines with K stay visible.
-    pad = max(0.02, 0.08 * (1.0 - bottom))
-    ax.set_ylim(max(0.0, bottom - pad), 1.0 + pad / 4)
+    pad = max(2.0, 0.08 * (100.0 - bottom))
+    ax.set_ylim(max(0.0, bottom - pad), 100.0 + pad / 4)
     ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     if len(groups) > 1:
         ax.legend(title="layer group", fontsize="small")

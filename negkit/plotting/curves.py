@@ -1,12 +1,13 @@
 """λ-sweep figures: forget/control accuracy versus λ and the single-fine-tune sensitivity plot.
 
 Both read the tidy table of :func:`negkit.results.read_results` (columns
-:data:`negkit.results.COLUMNS`), averaging over seeds.
+:data:`negkit.results.COLUMNS`): the λ curves draw each seed on its own (seeds search
+different λ), the sensitivity plots average the chosen results over seeds.
 """
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -53,12 +54,13 @@ def coef_curve(
     ax: Axes | None = None,
     control_reference: float | None = None,
     threshold: float = 0.95,
-    chosen: float | None = None,
+    chosen: float | Mapping[int, float] | None = None,
     *,
     forget_split: str | None = None,
     control_split: str | None = None,
     pool_config: str | None = None,
     metric: str = "acc",
+    legend: bool | str = True,
 ) -> Axes:
     """Forget and control accuracy versus the negation coefficient λ.
 
@@ -66,20 +68,26 @@ def coef_curve(
     when control accuracy stays above it (e.g. 95% of the zero-shot ImageNet
     accuracy in the task-negation protocol), and the chosen λ is marked.
 
+    Seeds are not averaged: each seed's search evaluates its own λ values and picks its own
+    λ, so a mean over seeds would mix curves at different λ. With several seeds each seed is
+    one thin line, and ``chosen`` may give each seed's λ (one dotted line per seed; the
+    legend lists them and their median).
+
     Args:
-        df: Tidy results; rows of ``method`` with a finite ``coef`` and ``metric`` are drawn
-            (mean over seeds, ± std band when there are several).
+        df: Tidy results; rows of ``method`` with a finite ``coef`` and ``metric`` are drawn.
         method: Method whose sweep is drawn.
         ax: Axes to draw on.
         control_reference: Control accuracy of the unedited model; when None it is read
             from ``zeroshot``/``original`` rows on the control split, if any.
         threshold: Fraction of the reference that stays admissible.
-        chosen: λ to mark (e.g. from :func:`negkit.evaluate.select_coef`).
+        chosen: λ to mark (e.g. from :func:`negkit.evaluate.select_coef`), or ``{seed: λ}``.
         forget_split: Split of the forget curve (default ``forget``, else ``val_forget``).
         control_split: Split of the control curve (default ``control``, ``val_control``,
             ``retain`` or ``test``, the first present).
         pool_config: Restrict to one pool member (for single-fine-tune Task Arithmetic).
         metric: Metric drawn on both curves.
+        legend: True: the full legend; ``"chosen"``: only the chosen-λ entry (for the other
+            panels of a figure, whose curves the first panel's legend explains); False: none.
     """
     rows = df[(df["method"] == method) & (df["metric"] == metric) & df["coef"].notna()]
     if pool_config is not None:
@@ -87,7 +95,8 @@ def coef_curve(
     if rows.empty:
         swept = sorted(set(df.loc[df["coef"].notna(), "method"]))
         raise ValueError(f"no {metric!r} rows with a coefficient for method {method!r}; swept methods: {swept}")
-    setups = rows[["setting", "model", "dataset", "scenario", "pool_config"]].drop_duplicates()
+    setup_cols = [c for c in ("setting", "model", "dataset", "scenario", "pool_config") if c in rows.columns]
+    setups = rows[setup_cols].drop_duplicates()
     if len(setups) > 1:
         raise ValueError(f"{len(setups)} different setups (dataset/scenario/model/pool_config) in the rows of "
                          f"{method!r}; filter df to one, e.g. df[df.dataset == 'cars'] or pool_config=...")
@@ -98,12 +107,16 @@ def coef_curve(
     # curves coincide (e.g. both at 100 % when no λ forgets anything) both stay visible.
     styles = {"forget": dict(marker="o", ms=3.5, lw=1.6, ls="-", color="#0173b2", zorder=4),
               "control": dict(marker="s", ms=6, lw=1.2, ls=(0, (4, 2)), mfc="none", color="#de8f05", zorder=3)}
+    seeds = sorted(rows["seed"].unique()) if "seed" in rows.columns else [None]
+    many = len(seeds) > 1
     for split, role in ((f_split, "forget"), (c_split, "control")):
-        stats = _mean_by(rows[rows["split"] == split], "coef")
-        (line,) = ax.plot(stats.index, stats["mean"], label=label(split, "split"), **styles[role])
-        if (stats["std"] > 0).any():
-            ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
-                            color=line.get_color(), alpha=0.2, lw=0)
+        for k, seed in enumerate(seeds):
+            part = rows[(rows["split"] == split) & ((rows["seed"] == seed) if seed is not None else True)]
+            curve = part.groupby("coef", sort=True)["value"].mean()
+            style = {**styles[role], **({"lw": 1.0, "ms": 2.5 if role == "forget" else 4, "alpha": 0.75}
+                                        if many else {})}
+            what = label(split, "split") + (f" ({len(seeds)} seeds, one line each)" if many else "")
+            ax.plot(curve.index, curve.to_numpy(), label=what if k == 0 else None, **style)
     if control_reference is None:
         setup = setups.iloc[0]
         ref = df[df["method"].isin(["zeroshot", "original"]) & (df["metric"] == metric)
@@ -112,13 +125,25 @@ def coef_curve(
     if control_reference is not None:
         ax.axhline(threshold * control_reference, ls="--", color="0.4", lw=1,
                    label=f"{threshold:.0%} of control reference")
-    if chosen is not None:
-        ax.axvline(chosen, ls=":", color="k", lw=1, label=f"chosen λ = {chosen:g}")
+    lams = ([] if chosen is None else sorted(float(v) for v in chosen.values() if v is not None and np.isfinite(v))
+            if isinstance(chosen, Mapping) else [float(chosen)])
+    for k, lam in enumerate(lams):
+        if len(lams) == 1:
+            text = f"chosen λ = {lam:g}"
+        else:
+            text = f"chosen λ per seed: {' / '.join(f'{v:g}' for v in lams)} (median {float(np.median(lams)):g})"
+        ax.axvline(lam, ls=":", color="k", lw=1, label=text if k == 0 else None)
     ax.set_xlabel("λ (negation coefficient)")
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     # Left, like every title of the kit: a caller's ax.set_title(..., loc="left") replaces it, never overlaps it.
     ax.set_title(_label(method) + (f" · {label(pool_config, 'pool')}" if pool_config else ""), loc="left")
-    ax.legend(fontsize="small")
+    if legend:
+        handles, names = ax.get_legend_handles_labels()
+        if legend == "chosen":
+            keep = [i for i, n in enumerate(names) if n.startswith("chosen λ")]
+            handles, names = [handles[i] for i in keep], [names[i] for i in keep]
+        if handles:
+            ax.legend(handles, names, fontsize="small")
     return ax
 
 
@@ -253,7 +278,9 @@ def sensitivity_grid(
     e.g. 3 epoch panels × 3 weight decays × 3 label smoothings). Points are mean ± std over
     seeds, set slightly apart per ``hue`` so coinciding values stay visible; the merges are
     horizontal lines in every panel, each with its own colour and dash pattern (drawn
-    widest first, so lines on the same value all show). One legend for the figure.
+    widest first, so lines on the same value all show). One legend for the figure. When the
+    pool holds one value of ``x`` (e.g. one weight decay), ``hue`` takes the x axis and the
+    axis label names the fixed value, so no axis shows a single tick.
 
     Args:
         df: Tidy results of one setup at the chosen coefficients.
@@ -288,6 +315,13 @@ def sensitivity_grid(
     for name, part in points.groupby("pool_config"):
         _one_coef(part, f"{point_method} / {name}")
     stats = _mean_by(points, "pool_config").join(pool.set_index("pool_config")[[col, x, hue]], how="inner")
+    # An axis of one value says nothing: the colour's hyperparameter takes the x axis instead, and the
+    # one-value hyperparameter is named once, in the axis label.
+    fixed = ""
+    if stats[x].nunique() == 1:
+        fixed = f" ({_HYPER_LABELS.get(x, x)} {stats[x].iloc[0]:g} throughout)"
+        if stats[hue].nunique() > 1:
+            x, hue = hue, x
     cols, xs, hues = (sorted(stats[c].unique()) for c in (col, x, hue))
     if axes is None:
         with style_context():
@@ -308,14 +342,15 @@ def sensitivity_grid(
             pos = np.arange(len(xs)) + offsets[j]
             ax.errorbar(pos, sub["mean"], yerr=sub["std"] if (sub["std"] > 0).any() else None, fmt="o-", ms=4.5,
                         lw=0.8, capsize=2, color=color, zorder=3,
-                        label=f"single fine-tune, {_HYPER_LABELS.get(hue, hue)} {h:g}")
+                        label=f"single fine-tune, {_HYPER_LABELS.get(hue, hue)} {h:g}" if len(hues) > 1
+                        else "single fine-tune")
         for i, (m, ref) in enumerate(refs):
             _one_coef(ref, m)
             ax.axhline(ref["value"].mean(), color=method_color(m), lw=2.6 - 0.45 * i, ls=dashes[i % len(dashes)],
                        zorder=2 + 0.01 * i, label=label(m))
         ax.set_xticks(np.arange(len(xs)), [f"{v:g}" for v in xs])
         ax.set_xlim(-0.5, len(xs) - 0.5)
-        ax.set_xlabel(_HYPER_LABELS.get(x, x))
+        ax.set_xlabel(_HYPER_LABELS.get(x, x) + fixed)
         ax.set_title(f"{_HYPER_LABELS.get(col, col)} = {c:g}", fontsize="medium", loc="left")
     values = [*stats["mean"], *(float(r["value"].mean()) for _, r in refs)]
     coefs = [*points["coef"], *(c for _, r in refs for c in r["coef"])]

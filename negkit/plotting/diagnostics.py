@@ -18,6 +18,9 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 
+from matplotlib.lines import Line2D
+
+from negkit.plotting.results import _clipped_yerr, _cut_dominant
 from negkit.plotting.style import _axes, label, method_color
 from negkit.results import method_rank
 
@@ -27,38 +30,61 @@ __all__ = ["errorbar_results", "paired_intervals", "diversity_heatmap", "member_
 def errorbar_results(summary: pd.DataFrame, metric: str = "avg_gap", ax: Axes | None = None) -> Axes:
     """Bars of ``metric`` per method with mean ± std error bars over seeds.
 
+    Error bars stop at 0 and 100 %; a zero (Retrain's gap) is a line on the axis; a method
+    measured on fewer seeds than the others is labelled ``(n=…)``; when one bar dwarfs the
+    rest the axis is cut above the others and that bar carries its value
+    (:data:`negkit.plotting.DOMINANCE`).
+
     Args:
-        summary: Rows of :func:`negkit.benchmark.summary` for one scenario (columns
+        summary: Rows of :func:`negkit.benchmark.summary` for one scenario and one λ rule (columns
             ``method, metric, value, std, n_seeds``).
         metric: Which metric to draw.
         ax: Axes to draw on (new if None).
 
     Raises:
-        ValueError: ``summary`` has no row of ``metric``.
+        ValueError: ``summary`` has no row of ``metric``, or several rows of one method (filter
+            to one scenario and setting first).
     """
     d = summary[summary.metric == metric]
     if d.empty:
         raise ValueError(f"no rows of metric {metric!r}; the summary has {sorted(set(summary.metric))}")
+    if d.method.duplicated().any():
+        dup = d.method[d.method.duplicated()].iloc[0]
+        raise ValueError(f"{dup!r} has several {metric} rows; filter the summary to one scenario and setting")
     d = d.assign(_r=d.method.map(method_rank)).sort_values("_r", kind="stable")
     ax = _axes(ax, figsize=(8, 3))
     x = np.arange(len(d))
-    err = d["std"].fillna(0.0).to_numpy()
-    ax.bar(x, d.value, yerr=err, capsize=3, color=[method_color(m) for m in d.method], edgecolor="none")
-    ax.set_xticks(x, [label(m, "method") for m in d.method], rotation=30, ha="right")
+    means, stds = d.value.to_numpy(dtype=float), d["std"].to_numpy(dtype=float)
+    err = _clipped_yerr(means, stds)
+    ax.bar(x, np.nan_to_num(means), yerr=err if err.any() else None, capsize=3,
+           color=[method_color(m) for m in d.method], edgecolor="none")
+    for xi, m, v in zip(x, d.method, means):
+        if np.isfinite(v) and v == 0:  # a zero: a line on the axis, never a stub below it
+            ax.plot([xi - 0.4, xi + 0.4], [0, 0], lw=3, color=method_color(m), solid_capstyle="butt", clip_on=True)
+    n = d.n_seeds.to_numpy(dtype=int) if "n_seeds" in d else np.ones(len(d), dtype=int)
+    ticks = [label(m, "method") + (f" (n={k})" if k < n.max() else "") for m, k in zip(d.method, n)]
+    ax.set_xticks(x, ticks, rotation=30, ha="right")
+    ax.set_xlim(-0.6, len(d) - 0.4)
+    ax.set_ylim(bottom=0)
+    stats = pd.DataFrame({"mean": means, "std": stds}, index=pd.MultiIndex.from_arrays([d.method, [metric] * len(d)]))
+    cut = _cut_dominant(ax, stats, list(d.method), metric)
     ax.set_ylabel(label(metric, "metric"))
-    n = d.n_seeds.max() if "n_seeds" in d else 1
-    ax.text(1.0, 1.0, f"mean ± std, {n} seeds", transform=ax.transAxes, ha="right", va="bottom", fontsize="small")
+    note = f"mean ± std over {n.max()} seed{'s' if n.max() > 1 else ''}" + ("; axis cut" if cut else "")
+    ax.text(1.0, 1.0, note, transform=ax.transAxes, ha="right", va="bottom", fontsize="small")
     return ax
 
 
-def paired_intervals(paired: pd.DataFrame, ax: Axes | None = None) -> Axes:
+def paired_intervals(paired: pd.DataFrame, ax: Axes | None = None, *, legend: bool = True) -> Axes:
     """Seed-paired mean differences ``a − b`` with their confidence intervals, one row per (scenario, b).
 
-    A difference whose interval excludes 0 is drawn filled; one that includes 0 hollow.
+    A filled marker: the interval excludes 0 (the two methods differ); a hollow one: it
+    includes 0 (no difference the seeds can show). The legend says so, and which side of 0
+    favours ``a``.
 
     Args:
-        paired: Output of :func:`negkit.benchmark.paired`.
+        paired: Output of :func:`negkit.benchmark.paired` (one setting).
         ax: Axes to draw on (new if None).
+        legend: Explain the markers below the axes.
     """
     ax = _axes(ax, figsize=(6, 2.6))
     rows = paired.reset_index(drop=True)
@@ -72,33 +98,56 @@ def paired_intervals(paired: pd.DataFrame, ax: Axes | None = None) -> Axes:
     ax.set_yticks(y, [f"{label(r.scenario, 'scenario')}: {label(r.a, 'method')} − {label(r.b, 'method')}"
                       for r in rows.itertuples()])
     metric = rows.metric.iloc[0] if len(rows) else "avg_gap"
-    ax.set_xlabel(f"difference in {label(metric, 'metric_short')} (95 % t-interval over seeds)")
+    a = label(rows.a.iloc[0], "method") if len(rows) else "a"
+    better = "lower" if metric == "avg_gap" else "higher"
+    ax.set_xlabel(f"difference in {label(metric, 'metric_short')} (95 % t-interval over seeds); "
+                  f"{better} favours {a}")
+    if legend:
+        handles = [Line2D([], [], marker="o", ls="", color="0.3", label="interval excludes 0"),
+                   Line2D([], [], marker="o", ls="", color="0.3", markerfacecolor="white",
+                          label="interval includes 0")]
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.0, -0.22), ncol=2, frameon=False,
+                  fontsize="small")
     return ax
 
 
+#: Fixed colour ranges, so every panel of a figure (and every run) shares one scale.
+_DIVERSITY_RANGE = {"cosine": (-1.0, 1.0), "agreement": (0.0, 100.0), "rel_distance": (0.0, 2.0)}
+_DIVERSITY_LABEL = {"cosine": "cosine similarity", "agreement": "same non-zero sign (%)",
+                    "rel_distance": "‖τ_a − τ_b‖ / ‖τ_a‖"}
+
+
 def diversity_heatmap(diversity: pd.DataFrame, value: str = "cosine", ax: Axes | None = None, *,
-                      annot: bool | None = None) -> Axes:
+                      annot: bool | None = None, cbar: bool = True) -> Axes:
     """K × K heatmap of one column of :func:`negkit.analysis.pool_diversity`.
 
+    The colour scale is fixed per quantity (cosine −1…1, sign agreement 0–100 %, relative
+    distance 0–2), so rows of a figure and figures of different runs compare at a glance.
+
     Args:
-        diversity: Long table ``a, b, cosine, agreement, rel_distance``.
+        diversity: Long table ``a, b, cosine, agreement, rel_distance`` (agreement as a fraction).
         value: ``"cosine"``, ``"agreement"`` or ``"rel_distance"``.
         ax: Axes to draw on (new if None).
         annot: Write the values in the cells (default: when K ≤ 6).
+        cbar: Draw the colour bar (pass False on all but one panel sharing the scale).
 
     Raises:
         ValueError: Unknown ``value``.
     """
-    if value not in ("cosine", "agreement", "rel_distance"):
-        raise ValueError(f"value must be 'cosine', 'agreement' or 'rel_distance', got {value!r}")
+    if value not in _DIVERSITY_RANGE:
+        raise ValueError(f"value must be one of {list(_DIVERSITY_RANGE)}, got {value!r}")
     order = list(dict.fromkeys(diversity["a"]))
     wide = diversity.pivot(index="a", columns="b", values=value).loc[order, order]
+    if value == "agreement":
+        wide = 100.0 * wide
     wide.index = [label(n, "pool") for n in order]
     wide.columns = wide.index
     k = len(order)
     ax = _axes(ax, figsize=(2 + 0.45 * k, 1.5 + 0.4 * k))
-    sns.heatmap(wide, ax=ax, cmap="viridis", annot=k <= 6 if annot is None else annot, fmt=".2f",
-                cbar_kws={"label": value.replace("_", " ")}, square=True)
+    vmin, vmax = _DIVERSITY_RANGE[value]
+    sns.heatmap(wide, ax=ax, cmap="viridis", vmin=vmin, vmax=vmax, annot=k <= 6 if annot is None else annot,
+                fmt=".0f" if value == "agreement" else ".2f", cbar=cbar,
+                cbar_kws={"label": _DIVERSITY_LABEL[value]}, square=True)
     ax.set_xlabel("")
     ax.set_ylabel("")
     return ax

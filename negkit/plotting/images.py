@@ -12,7 +12,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from negkit.plotting.style import _axes
+from negkit.plotting.style import MIN_FONT, _axes
 
 __all__ = ["per_class_bars", "image_grid"]
 
@@ -61,8 +61,8 @@ def per_class_bars(
         xs, values = pos + (i - (k - 1) / 2) * width, table[col].to_numpy(dtype=float)
         ax.bar(xs, values, width, color=color, label=str(col), zorder=2)
         for x in xs[values == 0]:  # an accuracy of exactly 0 (a forgotten class) stays visible as a stub
-            ax.plot([x - width / 2, x + width / 2], [0, 0], color=color, lw=2.5, solid_capstyle="butt", zorder=3,
-                    clip_on=False)
+            ax.plot([x - width / 2, x + width / 2], [0, 0], color=color, lw=3, solid_capstyle="butt", zorder=3,
+                    clip_on=True)  # clipped: half of it above the axis, never a stub below 0
     shown = [str(c) for c in (classnames if classnames is not None else table.index)]
     ax.set_xticks(pos, shown)
     marked = set(forgotten)
@@ -89,6 +89,7 @@ def image_grid(
     cmap: str = "RdBu_r",
     colorbar: bool = True,
     references: Sequence[Any] | None = None,
+    reference_titles: Sequence[str] | None = None,
     pixel_range: float | None = 1.0,
 ) -> np.ndarray:
     """Show perturbations δ (or images) in a grid, one panel each, with their colour scale.
@@ -112,6 +113,7 @@ def image_grid(
         cmap: Diverging colormap of 1-channel images.
         colorbar: Add colour bars (1-channel images).
         references: One image per δ, drawn in grey left of it (same shape as the δ).
+        reference_titles: One title per reference (default ``"mean image"``; the δ keeps its own title).
         pixel_range: Range of the pixel values δ is added to, for the colour bar's label (None: not stated).
 
     Returns:
@@ -126,6 +128,9 @@ def image_grid(
         raise ValueError(f"got {len(refs)} references for {len(items)} images")
     if titles is not None and len(titles) != len(items):
         raise ValueError(f"got {len(titles)} titles for {len(items)} images")
+    if reference_titles is not None and (refs is None or len(reference_titles) != len(refs)):
+        raise ValueError(f"got {len(reference_titles)} reference_titles for "
+                         f"{0 if refs is None else len(refs)} references")
     n = len(items)
     per = 2 if refs is not None else 1
     if ax is not None:
@@ -155,7 +160,7 @@ def image_grid(
         if is_ref:
             a.imshow(x[0] if x.shape[0] == 1 else np.transpose(x, (1, 2, 0)).clip(0, 1), cmap="gray", vmin=0,
                      vmax=pixel_range or float(x.max()) or 1.0, interpolation="nearest")
-            a.set_title("mean image" if titles is None else f"{titles[j]}: mean image", fontsize="x-small")
+            a.set_title("mean image" if reference_titles is None else str(reference_titles[j]), fontsize=MIN_FONT + 1)
             continue
         if x.shape[0] == 1:
             m = (lim if shared_scale else float(np.abs(x).max())) or 1.0
@@ -165,18 +170,20 @@ def image_grid(
             xmin, xmax = (lo, hi) if shared_scale else (float(x.min()), float(x.max()))
             a.imshow(np.transpose((x - xmin) / ((xmax - xmin) or 1.0), (1, 2, 0)), interpolation="nearest")
         if titles is not None:
-            a.set_title(str(titles[j]), fontsize="small")
+            a.set_title(str(titles[j]), fontsize=MIN_FONT + 1)
     one_channel = all(x.shape[0] == 1 for x in items)
     if colorbar and ims and one_channel:
         figure = axes[0].get_figure()
         if shared_scale:
             what = "shared scale" if n > 1 else ""
             note = "; ".join(x for x in (what, scale) if x)
-            figure.colorbar(ims[0][1], ax=list(axes[:per * n]), shrink=0.8, label=f"δ ({note})" if note else "δ")
+            bar = figure.colorbar(ims[0][1], ax=list(axes[:per * n]), shrink=0.8, label=f"δ ({note})" if note else "δ")
+            bar.ax.tick_params(labelsize=MIN_FONT)
         else:
             for a, im, m in ims:
                 note = "; ".join(x for x in ("own scale", scale) if x)
-                figure.colorbar(im, ax=a, shrink=0.8, label=f"δ ({note})" if a is ims[0][0] else None)
+                bar = figure.colorbar(im, ax=a, shrink=0.8, label=f"δ ({note})" if a is ims[0][0] else None)
+                bar.ax.tick_params(labelsize=MIN_FONT)
     return axes
 
 

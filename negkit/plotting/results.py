@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
-from negkit.plotting.style import METRIC_COLORS, _axes, label, method_color
+from negkit.plotting.style import METRIC_COLORS, MIN_FONT, _axes, label, method_color
 from negkit.results import method_rank
 
-__all__ = ["results_bars", "results_table"]
+__all__ = ["results_bars", "results_table", "DOMINANCE"]
 
 #: Columns that tell setups apart; a table cell must not average over two values of one.
 _SETUP_COLUMNS = ("setting", "model", "dataset", "scenario", "split")
@@ -48,23 +48,42 @@ def _method_order(methods: Sequence[str]) -> list[str]:
 
 
 def _cell_stats(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean and spread per (method, metric): over seeds when the rows carry several, else none.
+    """Mean, spread and number of seeds per (method, metric): over seeds when the rows carry several.
 
     Pool members of one seed are averaged first, so the error bar is the spread over seeds only.
-    :func:`negkit.benchmark.summary` output with a ``std`` column keeps its own spread.
+    :func:`negkit.benchmark.summary` output with ``std``/``n_seeds`` columns keeps its own.
     """
     if "seed" in rows.columns:
         per_seed = rows.groupby(["method", "metric", "seed"])["value"].mean()
         stats = per_seed.groupby(level=["method", "metric"]).agg(["mean", "std", "count"])
     else:
-        stats = rows.groupby(["method", "metric"])["value"].agg(["mean", "count"])
-        stats["std"] = rows.groupby(["method", "metric"])["std"].mean() if "std" in rows.columns else float("nan")
+        g = rows.groupby(["method", "metric"])
+        stats = g["value"].agg(["mean", "count"])
+        stats["std"] = g["std"].mean() if "std" in rows.columns else float("nan")
+        if "n_seeds" in rows.columns:
+            stats["count"] = g["n_seeds"].max()
     return stats
+
+
+#: Metrics on a 0-100 % scale: error bars are clipped to it.
+_PERCENT_RANGE = (0.0, 100.0)
+#: The Avg. Gap axis is cut when its largest bar exceeds this many times the next one.
+DOMINANCE = 3.0
+
+
+def _clipped_yerr(means: np.ndarray, stds: np.ndarray) -> np.ndarray:
+    """(2, N) asymmetric error bars: ± std, clipped so no bar runs below 0 % or above 100 %."""
+    stds = np.where(np.isnan(stds) | np.isnan(means), 0.0, stds)
+    m = np.nan_to_num(means)
+    lo = np.clip(np.minimum(stds, m - _PERCENT_RANGE[0]), 0.0, None)
+    hi = np.clip(np.minimum(stds, _PERCENT_RANGE[1] - m), 0.0, None)
+    return np.vstack([lo, hi])
 
 
 def _bars(ax: Axes, stats: pd.DataFrame, methods: Sequence[str], metrics: Sequence[str], *,
           colors: Sequence, by_method: bool = False) -> None:
-    """One bar per (method, metric); a zero is a coloured stub on the axis, a missing value a hatched "n/a"."""
+    """One bar per (method, metric), error bars within [0, 100] %; a zero is a line on the axis, a missing
+    value a hatched "n/a"."""
     k = len(metrics)
     width = 0.8 / k
     top = float(stats["mean"].max()) if len(stats) else 1.0
@@ -74,7 +93,7 @@ def _bars(ax: Axes, stats: pd.DataFrame, methods: Sequence[str], metrics: Sequen
         means = np.array([stats["mean"].get((m, metric), np.nan) for m in methods], dtype=float)
         stds = np.array([stats["std"].get((m, metric), np.nan) for m in methods], dtype=float)
         present = ~np.isnan(means)
-        yerr = np.where(present & ~np.isnan(stds), stds, 0.0)
+        yerr = _clipped_yerr(means, stds)
         colored = [method_color(m) for m in methods] if by_method else color
         ax.bar(xs, np.where(present, means, 0.0), width, color=colored, zorder=2,
                yerr=yerr if yerr.any() else None, error_kw={"elinewidth": 0.9, "capsize": 1.5, "ecolor": "0.15"},
@@ -82,10 +101,34 @@ def _bars(ax: Axes, stats: pd.DataFrame, methods: Sequence[str], metrics: Sequen
         for i, (x, mean, ok) in enumerate(zip(xs, means, present)):
             if not ok:  # missing: an outlined, hatched box, never mistaken for a zero
                 ax.bar(x, 3 * stub, width, bottom=0, fill=False, hatch="////", edgecolor="0.6", lw=0.5, zorder=1)
-                ax.text(x, 4 * stub, "n/a", rotation=90, ha="center", va="bottom", fontsize=5.5, color="0.45")
-            elif abs(mean) < stub:  # a true zero stays visible as a stub in the bar's colour
-                ax.plot([x - width / 2, x + width / 2], [0, 0], lw=2.5, solid_capstyle="butt", zorder=3,
-                        clip_on=False, color=method_color(methods[i]) if by_method else color)
+                ax.text(x, 4 * stub, "n/a", rotation=90, ha="center", va="bottom", fontsize=MIN_FONT, color="0.45")
+            elif abs(mean) < stub:  # a true zero: a line on the axis in the bar's colour (clipped: never below 0)
+                ax.plot([x - width / 2, x + width / 2], [0, 0], lw=3, solid_capstyle="butt", zorder=3,
+                        clip_on=True, color=method_color(methods[i]) if by_method else color)
+
+
+def _cut_dominant(ax: Axes, stats: pd.DataFrame, methods: Sequence[str], metric: str) -> list[str]:
+    """Broken axis for one bar that dwarfs the rest: the axis stops above the others, the tall bar is cut
+    with a break mark and its value written on it. Returns the methods whose bars were cut."""
+    means = pd.Series({m: stats["mean"].get((m, metric), np.nan) for m in methods}, dtype=float).dropna()
+    if len(means) < 3:
+        return []
+    order = means.sort_values(ascending=False)
+    big, rest = order.iloc[0], order.iloc[1]
+    if not (rest > 0 and big > DOMINANCE * rest):
+        return []
+    stds = pd.Series({m: stats["std"].get((m, metric), np.nan) for m in methods}, dtype=float).fillna(0.0)
+    limit = 1.25 * max(float((means + stds)[means < big].max()), rest)
+    ax.set_ylim(0, limit)
+    cut = [m for m in means.index if means[m] > limit]
+    for m in cut:
+        x = list(methods).index(m)
+        ax.text(x, 0.97 * limit, f"{means[m]:.1f}", rotation=90, ha="center", va="top", fontsize=MIN_FONT,
+                color="white", fontweight="bold", zorder=5, gid="negkit-value")
+        # The break: a white zigzag across the bar, below the axis top.
+        ax.plot([x - 0.45, x - 0.15, x + 0.15, x + 0.45], [0.80 * limit, 0.83 * limit, 0.79 * limit, 0.82 * limit],
+                color="white", lw=2.5, zorder=4, clip_on=False)
+    return cut
 
 
 def results_bars(
@@ -102,7 +145,10 @@ def results_bars(
     Avg. Gap is small next to accuracies, so it gets its own axis (right of ``ax``, or
     ``gap_ax``). Bars are means over seeds with ± std error bars when several seeds are
     present (pool members of one seed are averaged first: filter ``df`` to show one).
-    A missing value is a hatched "n/a" box; a zero is a coloured stub on the axis.
+    A missing value is a hatched "n/a" box; a zero is a coloured line on the axis; error bars stop
+    at 0 and 100 %. When one Avg. Gap bar is more than :data:`DOMINANCE` times the next, that
+    axis is cut above the others and the tall bar carries its value. A method measured on
+    fewer seeds than the others is labelled ``(n=…)``.
 
     Args:
         df: Tidy results, or :func:`negkit.benchmark.summary` output (a ``std`` column gives error bars).
@@ -128,7 +174,11 @@ def results_bars(
     if ax is None:
         ax = _axes(None, (max(4.5, 0.75 * len(methods) + 1.5), 3.2))
     _bars(ax, stats, methods, acc_metrics, colors=[METRIC_COLORS.get(m, "0.5") for m in acc_metrics])
-    ticks = [label(m, "method") for m in methods]
+    # A method measured on fewer seeds than the rest says so under its bar (e.g. forget vectors on seed 0 only).
+    counts = stats["count"].groupby(level="method").max()
+    n_max = int(counts.max()) if len(counts) else 1
+    ticks = [label(m, "method") + (f" (n={int(counts[m])})" if m in counts and int(counts[m]) < n_max else "")
+             for m in methods]
     ax.set_xticks(range(len(methods)), ticks, rotation=35, ha="right", rotation_mode="anchor")
     ax.set_xlim(-0.55, len(methods) - 0.45)
     ax.set_ylim(0, 105)
@@ -143,10 +193,11 @@ def results_bars(
             # Attached outside the right edge in axes coordinates, so it follows ax in any layout.
             gap_ax = ax.inset_axes([1.07, 0.0, 0.36, 1.0])
         _bars(gap_ax, stats, methods, ["avg_gap"], colors=[METRIC_COLORS["avg_gap"]], by_method=True)
-        gap_ax.set_xticks(range(len(methods)), ticks, rotation=90, fontsize="x-small")
+        gap_ax.set_xticks(range(len(methods)), ticks, rotation=90, fontsize=MIN_FONT)
         gap_ax.set_xlim(-0.6, len(methods) - 0.4)
         gap_ax.set_ylim(bottom=0)
-        gap_ax.set_title(label("avg_gap", "metric"), fontsize="small", loc="left")
+        cut = _cut_dominant(gap_ax, stats, methods, "avg_gap")
+        gap_ax.set_title(label("avg_gap", "metric") + (" · axis cut" if cut else ""), fontsize="small", loc="left")
         gap_ax.grid(axis="x", visible=False)
         ax.negkit_gap_ax = gap_ax
     return ax

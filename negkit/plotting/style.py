@@ -24,7 +24,10 @@ from matplotlib.figure import Figure
 from negkit.io import atomic_write
 
 __all__ = ["set_style", "save_figure", "label", "method_color", "METHOD_LABELS", "METRIC_LABELS", "METRIC_COLORS",
-           "SCENARIO_LABELS", "SPLIT_LABELS"]
+           "SCENARIO_LABELS", "SPLIT_LABELS", "RULE_LABELS", "MIN_FONT"]
+
+#: Smallest text size (points) any figure of the kit uses, so figures read at paper size.
+MIN_FONT = 8.0
 
 #: Display names for legends (registry names are kept in the data).
 METHOD_LABELS = {
@@ -32,7 +35,11 @@ METHOD_LABELS = {
     "task_arithmetic_val": "Task Arithmetic (val.-selected)", "mean": "Uniform merge", "sum": "Sum", "ties": "TIES",
     "magmax": "MagMax", "negmerge": "NegMerge", "ft": "FT", "ga": "GA", "rl": "RL", "l1_sparse": "ℓ1-sparse",
     "salun": "SalUn", "forget_vector": "Forget vector", "forget_vector_arithmetic": "Forget-vector arithmetic",
+    "dare": "DARE", "breadcrumbs": "Breadcrumbs", "consensus": "Consensus mask", "tsv": "TSV-M",
 }
+#: The λ rules as readers know them (the records' ``setting``; docs: rule (a) and rule (b)).
+RULE_LABELS = {"standard": "rule (a) min_forget", "standard_match": "rule (b) match",
+               "min_forget": "rule (a) min_forget", "match": "rule (b) match"}
 #: Axis labels of the metrics (accuracies in %; ↓ marks lower-is-better).
 METRIC_LABELS = {"UA": "UA (%)", "RA": "RA (%)", "TA": "TA (%)", "MIA": "MIA-efficacy (%)",
                  "avg_gap": "Avg. Gap (%) ↓", "acc": "accuracy (%)"}
@@ -56,6 +63,7 @@ _METHOD_COLORS = {
     "task_arithmetic_val": "#56b4e9", "mean": "#e69f00", "sum": "#f0e442", "ties": "#009e73", "magmax": "#cc79a7",
     "negmerge": "#d55e00", "ft": "#8c8c8c", "ga": "#a6761d", "rl": "#7570b3", "l1_sparse": "#66a61e",
     "salun": "#e7298a", "forget_vector": "#0072b2", "forget_vector_arithmetic": "#1b9e77",
+    "dare": "#b15928", "breadcrumbs": "#fb9a99", "consensus": "#6a3d9a", "tsv": "#33a02c",
 }
 _STYLE = {"axes.titlesize": "medium", "axes.titlelocation": "left", "legend.frameon": False,
           "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": 100}
@@ -73,12 +81,12 @@ def label(name: Any, kind: str | None = None) -> str:
 
     Args:
         name: The identifier as stored in the results.
-        kind: ``"method"``, ``"metric"``, ``"metric_short"``, ``"split"``, ``"scenario"`` or
-            ``"pool"`` to look in one table only (default: the first that knows the name).
+        kind: ``"method"``, ``"metric"``, ``"metric_short"``, ``"split"``, ``"scenario"``, ``"rule"``
+            or ``"pool"`` to look in one table only (default: the first that knows the name).
     """
     text = str(name)
     tables = {"method": METHOD_LABELS, "metric": METRIC_LABELS, "metric_short": _METRIC_SHORT,
-              "split": SPLIT_LABELS, "scenario": SCENARIO_LABELS}
+              "split": SPLIT_LABELS, "scenario": SCENARIO_LABELS, "rule": RULE_LABELS}
     for k in ([kind] if kind else ["method", "metric", "split", "scenario"]):
         if k in tables and text in tables[k]:
             return tables[k][text]
