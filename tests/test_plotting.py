@@ -12,10 +12,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from matplotlib.collections import QuadMesh  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from matplotlib.collections import LineCollection, QuadMesh  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 from negkit import plotting  # noqa: E402
 from negkit.analysis import consensus_by_layer_vs_k, consensus_vs_k, pairwise_agreement  # noqa: E402
-from negkit.plotting import consensus, curves, images, style, sweeps  # noqa: E402
+from negkit.plotting import consensus, curves, figures, images, style, sweeps  # noqa: E402
 from negkit.plotting import results as result_plots  # noqa: E402
 from negkit.results import COLUMNS, Record  # noqa: E402
 
@@ -59,7 +62,7 @@ def _legend_outside(ax):
 
 
 def test_package_reexports_every_public_name_of_its_modules():
-    modules = (style, consensus, curves, result_plots, images, sweeps)
+    modules = (style, consensus, curves, result_plots, images, sweeps, figures)
     for module in modules:
         for name in module.__all__:
             assert getattr(plotting, name) is getattr(module, name), f"{module.__name__}.{name}"
@@ -443,3 +446,84 @@ def test_sensitivity_grid_never_draws_a_one_value_axis():
     axes = plotting.sensitivity_grid(_records(rows), pool)
     assert [t.get_text() for t in axes[0].get_xticklabels()] == ["0", "0.1"]
     assert axes[0].get_xlabel() == "label smoothing (weight decay 5e-05 throughout)"
+
+
+# --------------------------------------------------------------------------- figures from their CSVs
+
+FIGURES_DIR = Path(__file__).resolve().parents[1] / "figures"
+DRAWN_CSVS = sorted(p for p in FIGURES_DIR.glob("*.csv") if plotting.figures._match(p))
+
+
+def _expected_values(table: pd.DataFrame) -> np.ndarray:
+    """Every number a figure of ``table`` may draw: means over seeds (per-seed tables) or the table's own values."""
+    keys = [c for c in ("dataset", "setting", "scenario", "method", "metric", "k") if c in table.columns]
+    if "seed" in table.columns and "value" in table.columns:
+        per_seed = table.groupby(keys + ["seed"], dropna=False).value.mean()
+        return per_seed.groupby(level=keys, dropna=False).mean().to_numpy(dtype=float)
+    numeric = table.select_dtypes("number")
+    return numeric.to_numpy(dtype=float).ravel()
+
+
+def _bar_heights(fig) -> list[float]:
+    return [p.get_height() for ax in fig.axes for p in ax.patches
+            if isinstance(p, Rectangle) and p.get_fill() and p.get_height() != 0 and p.get_width() < 1]
+
+
+def test_every_drawn_figure_has_a_csv():
+    assert {"digits_results", "fashion_mnist_summary", "fashion_mnist_paired"} <= {p.stem for p in DRAWN_CSVS}
+
+
+@pytest.mark.parametrize("csv", DRAWN_CSVS, ids=lambda p: p.stem)
+def test_figure_numbers_equal_its_csv(csv: Path):
+    stem, fig = plotting.draw(csv)
+    table = pd.read_csv(csv)
+    expected = _expected_values(table)
+    expected = expected[np.isfinite(expected)]
+    for h in _bar_heights(fig):  # each bar is a mean of the CSV, never one seed of it
+        assert np.isclose(expected, h, rtol=0, atol=1e-9).any(), f"{stem}: a bar of {h} is not in {csv.name}"
+    for ax in fig.axes:
+        for text in ax.texts:
+            if text.get_gid() == "negkit-value":  # numbers written on the figure
+                assert np.isclose(np.round(expected, 1), float(text.get_text()), atol=1e-9).any(), text.get_text()
+        for coll in ax.collections:  # error bars stay within the metric's range
+            if isinstance(coll, LineCollection) and ax.get_ylabel().endswith(("(%)", "(%) ↓")):
+                ys = np.concatenate([np.asarray(s)[:, 1] for s in coll.get_segments()]) if coll.get_segments() else []
+                assert len(ys) == 0 or (np.min(ys) >= -1e-9 and np.max(ys) <= 100 + 1e-9), stem
+    plt.close(fig)
+
+
+def test_a_figure_shows_the_mean_over_seeds_not_seed_0():
+    rows = [dict(setting="standard", dataset="d", scenario="random_10", method="forget_vector", metric="avg_gap",
+                 value=v, seed=s) for s, v in enumerate((41.3, 44.0, 46.52))]
+    rows += [dict(setting="standard", dataset="d", scenario="random_10", method=m, metric="avg_gap", value=v, seed=0)
+             for m, v in (("original", 5.0), ("retrain", 0.0), ("negmerge", 4.0))]
+    fig = plotting.results_figure(pd.DataFrame(rows))
+    heights = _bar_heights(fig)
+    assert any(np.isclose(h, 43.94) for h in heights) and not any(np.isclose(h, 41.3) for h in heights)
+    gap_ax = fig.axes[0].negkit_gap_ax
+    assert [t.get_text() for t in gap_ax.texts if t.get_gid() == "negkit-value"] == ["43.9"]  # the cut bar's value
+    assert gap_ax.get_ylim()[1] < 43.94 and "axis cut" in gap_ax.get_ylabel()
+    assert "Forget vector (n=3)" not in [t.get_text() for t in gap_ax.get_xticklabels()]
+    assert "Original (n=1)" in [t.get_text() for t in gap_ax.get_xticklabels()]  # fewer seeds say so
+    plt.close(fig)
+
+
+def test_zero_bars_are_never_drawn_below_the_axis_and_error_bars_stop_at_100():
+    rows = [dict(method=m, metric=k, value=v, seed=s) for s in (0, 1)
+            for m, k, v in (("original", "UA", 0.0), ("retrain", "UA", 99.0 + s), ("original", "RA", 100.0))]
+    ax = plotting.results_bars(_records(rows), metrics=("UA", "RA"))
+    assert ax.get_ylim()[0] == 0
+    zero_lines = [ln for ln in ax.lines if list(ln.get_ydata()) == [0, 0]]
+    assert zero_lines and all(ln.get_clip_on() for ln in zero_lines)
+    tops = [np.asarray(s)[:, 1].max() for c in ax.collections if isinstance(c, LineCollection)
+            for s in c.get_segments()]
+    assert tops and max(tops) <= 100 + 1e-9  # Retrain's UA 99.5 ± 0.7 stops at 100
+
+
+def test_redraw_writes_the_figures_beside_their_csvs(tmp_path: Path):
+    src = FIGURES_DIR / "digits_results.csv"
+    (tmp_path / src.name).write_bytes(src.read_bytes())
+    assert plotting.redraw(tmp_path) == []  # no figure there yet: none made unasked
+    assert plotting.redraw(tmp_path, only_existing=False) == [tmp_path / "digits_results.png"]
+    with pytest.raises(ValueError, match="no figure is drawn from notes.csv"):
+        plotting.draw(tmp_path / "notes.csv")

@@ -17,10 +17,14 @@ The functions live in one module per kind of figure and are re-exported here, so
 - :mod:`~negkit.plotting.curves`: :func:`coef_curve`, :func:`sensitivity`, :func:`sensitivity_grid`;
 - :mod:`~negkit.plotting.results`: :func:`results_bars`, :func:`results_table`;
 - :mod:`~negkit.plotting.images`: :func:`per_class_bars`, :func:`image_grid`;
-- :mod:`~negkit.plotting.sweeps`: :func:`k_sweep` (pool size), :func:`forget_vector_epochs`.
+- :mod:`~negkit.plotting.sweeps`: :func:`k_sweep` (pool size), :func:`forget_vector_epochs`;
+- :mod:`~negkit.plotting.figures`: each committed figure from the CSV beside it (:func:`draw`,
+  :func:`redraw`, :func:`results_figure`, :func:`errorbars_figure`, :func:`paired_figure`, …).
 """
 from negkit.plotting.consensus import agreement_heatmap, consensus_curve, consensus_heatmap, network_order
 from negkit.plotting.curves import coef_curve, sensitivity, sensitivity_grid
+from negkit.plotting.figures import (FIGURES, comparison_figure, draw, errorbars_figure, forget_vector_epochs_figure,
+                                     k_sweep_figure, paired_figure, redraw, results_figure)
 from negkit.plotting.images import image_grid, per_class_bars
 from negkit.plotting.results import DOMINANCE, results_bars, results_table
 from negkit.plotting.sweeps import forget_vector_epochs, k_sweep
@@ -32,4 +36,6 @@ __all__ = [
     "sensitivity", "sensitivity_grid", "results_bars", "results_table", "per_class_bars", "image_grid", "METHOD_LABELS",
     "METRIC_LABELS", "METRIC_COLORS", "network_order", "k_sweep", "forget_vector_epochs",
     "SCENARIO_LABELS", "SPLIT_LABELS", "RULE_LABELS", "MIN_FONT", "DOMINANCE", "label", "method_color",
+    "results_figure", "errorbars_figure", "paired_figure", "k_sweep_figure", "forget_vector_epochs_figure",
+    "comparison_figure", "draw", "redraw", "FIGURES",
 ]

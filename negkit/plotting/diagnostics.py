@@ -24,7 +24,7 @@ from negkit.plotting.results import _clipped_yerr, _cut_dominant
 from negkit.plotting.style import _axes, label, method_color
 from negkit.results import method_rank
 
-__all__ = ["errorbar_results", "paired_intervals", "diversity_heatmap", "member_curves"]
+__all__ = ["errorbar_results", "paired_intervals", "paired_legend_handles", "diversity_heatmap", "member_curves"]
 
 
 def errorbar_results(summary: pd.DataFrame, metric: str = "avg_gap", ax: Axes | None = None) -> Axes:
@@ -95,20 +95,26 @@ def paired_intervals(paired: pd.DataFrame, ax: Axes | None = None, *, legend: bo
         ax.errorbar(r.mean_diff, yi, xerr=[[lo], [hi]] if math.isfinite(lo) else None, fmt="o", capsize=3,
                     color=method_color(r.b), markerfacecolor=method_color(r.b) if filled else "white")
     ax.axvline(0.0, color="0.5", lw=0.8)
-    ax.set_yticks(y, [f"{label(r.scenario, 'scenario')}: {label(r.a, 'method')} − {label(r.b, 'method')}"
-                      for r in rows.itertuples()])
+    one_scenario = rows.scenario.nunique() == 1
+    ax.set_yticks(y, [("" if one_scenario else f"{label(r.scenario, 'scenario')}: ")
+                      + f"{label(r.a, 'method')} − {label(r.b, 'method')}" for r in rows.itertuples()])
+    ax.set_ylim(-0.6, len(rows) - 0.4)
     metric = rows.metric.iloc[0] if len(rows) else "avg_gap"
     a = label(rows.a.iloc[0], "method") if len(rows) else "a"
-    better = "lower" if metric == "avg_gap" else "higher"
-    ax.set_xlabel(f"difference in {label(metric, 'metric_short')} (95 % t-interval over seeds); "
-                  f"{better} favours {a}")
+    better = "< 0" if metric == "avg_gap" else "> 0"
+    ax.set_xlabel(f"difference in {label(metric, 'metric_short')}, 95 % t-interval over seeds\n"
+                  f"({better}: {a} closer to Retrain)")
     if legend:
-        handles = [Line2D([], [], marker="o", ls="", color="0.3", label="interval excludes 0"),
-                   Line2D([], [], marker="o", ls="", color="0.3", markerfacecolor="white",
-                          label="interval includes 0")]
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.0, -0.22), ncol=2, frameon=False,
+        ax.legend(handles=paired_legend_handles(), loc="lower right", frameon=True, framealpha=0.9,
                   fontsize="small")
     return ax
+
+
+def paired_legend_handles() -> list[Line2D]:
+    """The two markers of :func:`paired_intervals`, for a figure-level legend."""
+    return [Line2D([], [], marker="o", ls="", color="0.3", label="interval excludes 0: a difference"),
+            Line2D([], [], marker="o", ls="", color="0.3", markerfacecolor="white",
+                   label="interval includes 0: none shown")]
 
 
 #: Fixed colour ranges, so every panel of a figure (and every run) shares one scale.

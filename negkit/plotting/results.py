@@ -173,7 +173,10 @@ def results_bars(
     with_gap = "avg_gap" in metrics and "avg_gap" in set(rows["metric"])
     if ax is None:
         ax = _axes(None, (max(4.5, 0.75 * len(methods) + 1.5), 3.2))
-    _bars(ax, stats, methods, acc_metrics, colors=[METRIC_COLORS.get(m, "0.5") for m in acc_metrics])
+    if not acc_metrics:  # Avg. Gap only: it takes the main axes
+        gap_ax = ax if gap_ax is None else gap_ax
+    else:
+        _bars(ax, stats, methods, acc_metrics, colors=[METRIC_COLORS.get(m, "0.5") for m in acc_metrics])
     # A method measured on fewer seeds than the rest says so under its bar (e.g. forget vectors on seed 0 only).
     counts = stats["count"].groupby(level="method").max()
     n_max = int(counts.max()) if len(counts) else 1
@@ -184,7 +187,7 @@ def results_bars(
     ax.set_ylim(0, 105)
     ax.set_xlabel("")
     ax.set_ylabel("accuracy / MIA-efficacy (%)")
-    if legend:
+    if legend and acc_metrics:
         # Above the panel's right end: a caller's title sits on the left (loc="left").
         ax.legend(fontsize="small", loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=len(acc_metrics),
                   frameon=False, borderaxespad=0.2, handlelength=1.0, columnspacing=1.0)
@@ -195,9 +198,16 @@ def results_bars(
         _bars(gap_ax, stats, methods, ["avg_gap"], colors=[METRIC_COLORS["avg_gap"]], by_method=True)
         gap_ax.set_xticks(range(len(methods)), ticks, rotation=90, fontsize=MIN_FONT)
         gap_ax.set_xlim(-0.6, len(methods) - 0.4)
+        if gap_ax is ax:
+            ax.relim()
+            ax.autoscale(axis="y")
         gap_ax.set_ylim(bottom=0)
         cut = _cut_dominant(gap_ax, stats, methods, "avg_gap")
-        gap_ax.set_title(label("avg_gap", "metric") + (" · axis cut" if cut else ""), fontsize="small", loc="left")
+        if gap_ax is ax:  # a caller's title replaces ours: the axis label says it
+            ax.set_ylabel(label("avg_gap", "metric") + (" · axis cut" if cut else ""))
+        else:
+            gap_ax.set_title(label("avg_gap", "metric") + (" · axis cut" if cut else ""), fontsize="small",
+                             loc="left")
         gap_ax.grid(axis="x", visible=False)
         ax.negkit_gap_ax = gap_ax
     return ax

@@ -74,5 +74,5 @@ def forget_vector_epochs(table: pd.DataFrame, *, ax: Axes | None = None, target:
     ax.set_xlabel("epoch of δ")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(top=100.5)
-    ax.legend(frameon=False, fontsize=7, ncol=2)
+    ax.legend(frameon=False, fontsize=8, ncol=2)
     return ax

@@ -134,7 +134,7 @@ class ConsensusState:
                                          gridspec_kw={"width_ratios": [1, 1.3]})
         plotting.consensus_curve(self.consensus_curve(), ax=ax_k)
         ax_k.axvline(self.k, color="#d62728", ls="-", lw=3, alpha=0.45, zorder=1)
-        ax_k.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))  # % like the numbers and table
+        ax_k.yaxis.set_major_formatter(PercentFormatter(xmax=100.0, decimals=0))  # the curve is in %
         ax_k.set_ylabel("sign-consistent elements\n(mean over random draws)")
         cols = {"frac_consistent": "sign consensus",
                 **{f"frac_kept_{m}": f"{label(m, 'method')} keeps" for m in self.selected}}
