@@ -404,3 +404,19 @@ def test_explorer_tabs(results_dir):
     assert list(tab.views) == ["Negation", "Sign consensus"] and len(tab.children) == 2
     labels = [lbl for lbl, _ in tab.views["Negation"].run.options]
     assert RunKey("digits", "class_3", "small_resnet", "standard").label in labels
+
+
+def test_run_labels_name_their_lambda_rule():
+    a = RunKey("digits", "random_10", "small_resnet", "standard", 0)
+    b = RunKey("digits", "random_10", "small_resnet", "standard_match", 0)
+    assert a.label == "digits / random_10 (small_resnet, seed 0, λ rule (a) min_forget)"
+    assert b.label == "digits / random_10 (small_resnet, seed 0, λ rule (b) match)"
+    assert RunKey("tiny", "live_demo").label == "tiny / live_demo (seed 0)"
+
+
+def test_extreme_metrics_are_explained_where_they_occur():
+    from negkit.widgets.negation import metric_notes
+
+    notes = metric_notes({"UA": 100.0, "RA": 99.0, "MIA": 0.0})
+    assert len(notes) == 2 and notes[0].startswith("UA 100: no image of D_f") and notes[1].startswith("MIA 0:")
+    assert metric_notes({"UA": 97.0, "MIA": 40.0}) == []

@@ -18,7 +18,7 @@ from negkit import merge
 from negkit.evaluate import CoefSearch, coef_grid, resolve_device, search_coef, true_class_confidence
 from negkit.metrics import accuracy, avg_gap, mia_efficacy
 from negkit.taskvec import TaskVector
-from negkit.widgets.negation import RunKey, curve_records
+from negkit.widgets.negation import RunKey, curve_records, metric_notes
 
 __all__ = ["LiveNegation"]
 
@@ -191,6 +191,7 @@ class LiveNegation:
         shared = [k for k in ("UA", "RA", "TA", "MIA") if k in res and k in target]
         if shared:  # the headline number, against the model retrained without D_f
             out.append(("Avg. Gap to Retrain ↓", avg_gap(res, target, keys=shared)))
+        out += [("reading", text) for text in metric_notes(res)]
         return out
 
     # --- computation ------------------------------------------------------------------------

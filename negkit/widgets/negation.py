@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from negkit import merge
+from negkit.plotting.style import RULE_LABELS
 from negkit.results import COLUMNS, method_rank, read_results
 
 __all__ = ["RunKey", "RecordedCurves", "NegationState", "curve_records", "negation_methods", "FINAL_METRICS"]
@@ -57,8 +58,9 @@ class RunKey:
 
     @property
     def label(self) -> str:
-        """Human-readable name for a dropdown."""
-        extra = ", ".join(x for x in (self.model, f"seed {self.seed}") if x)
+        """Human-readable name for a dropdown, naming the λ rule (a run has a row per rule on random forgetting)."""
+        rule = f"λ {RULE_LABELS[self.setting]}" if self.setting in RULE_LABELS else ""
+        extra = ", ".join(x for x in (self.model, f"seed {self.seed}", rule) if x)
         return f"{self.dataset} / {self.scenario} ({extra})"
 
     def mask(self, df: pd.DataFrame) -> pd.Series:
@@ -69,6 +71,27 @@ class RunKey:
         if self.setting:
             m &= df["setting"] == self.setting
         return m
+
+
+#: What an extreme value of a metric means, shown beside it (UA 100 or MIA 0 puzzle first-time readers).
+_EXTREMES = {
+    ("UA", 100.0): "UA 100: no image of D_f is classified correctly (Retrain's value when a whole class is "
+                   "forgotten: it never saw the class)",
+    ("UA", 0.0): "UA 0: every image of D_f is classified correctly, as by the Original that trained on them",
+    ("MIA", 0.0): "MIA 0: the attack calls every image of D_f a training member: the model still treats D_f "
+                  "as seen (the Original's value)",
+    ("MIA", 100.0): "MIA 100: the attack calls every image of D_f unseen, as for data the model never trained on",
+}
+
+
+def metric_notes(values: Mapping[str, Any]) -> list[str]:
+    """Plain sentences for the extreme values among ``values`` (UA/MIA at 0 or 100 %)."""
+    out = []
+    for (metric, at), text in _EXTREMES.items():
+        v = values.get(metric)
+        if isinstance(v, (int, float)) and abs(float(v) - at) < 0.05:
+            out.append(text)
+    return out
 
 
 def _nearest(values: Sequence[float], x: float) -> float:
@@ -213,6 +236,7 @@ class RecordedCurves:
         notes = sorted(set(n for n in rows["note"] if n))
         if notes:
             out.append(("note", "; ".join(notes)))
+        out += [("reading", text) for text in metric_notes({k.split(" ")[0]: v for k, v in out})]
         return out
 
 
