@@ -50,7 +50,7 @@ def test_cifar10_val_is_stratified_and_every_split_clean(fake_cifar10):
     # augment=True: the splits are the same clean images; only the training view is augmented
     a = data.get("cifar10", root=root, augment=True)
     assert a.meta["train_augmentation"] == "random_crop_flip"
-    _, val_idx = stratified_val_split(np.array(list(range(10)) * 15), seed=0)
+    _, val_idx = stratified_val_split(np.array(list(range(10)) * 15), seed=1)
     train_idx = np.setdiff1d(np.arange(150), val_idx)
     for i in (0, 7, 139):
         assert torch.equal(a.train[i][0], torch.from_numpy(raw[train_idx[i]]).float() / 255)
@@ -61,6 +61,22 @@ def test_cifar10_val_is_stratified_and_every_split_clean(fake_cifar10):
     torch.manual_seed(0)
     shown = torch.stack([view[i][0] for i in range(4)])
     assert shown.shape == (4, 3, 32, 32) and not torch.equal(shown, torch.stack([forget[i][0] for i in range(4)]))
+
+
+def test_cifar10_default_split_is_salun_cifar10_dataloaders_default_seed_1(fake_cifar10):
+    """SalUn's Original trains and validates on cifar10_dataloaders(seed=1): RandomState(1), class by class,
+    rng.choice(class indices, int(0.1 * n), replace=False); the rest (in index order) trains."""
+    root, _ = fake_cifar10
+    labels = np.array(list(range(10)) * 15)
+    rng = np.random.RandomState(1)
+    ref_val = np.hstack([rng.choice(np.where(labels == c)[0], int(0.1 * 15), replace=False) for c in range(10)])
+    ref_train = sorted(set(range(150)) - set(ref_val.tolist()))
+    b = data.get("cifar10", root=root)
+    assert b.meta["seed"] == 1 and b.meta["sizes"] == {"train": 140, "val": 10, "test": 20}
+    train_idx, val_idx = stratified_val_split(labels)
+    assert val_idx.tolist() == sorted(ref_val.tolist()) and train_idx.tolist() == ref_train
+    assert labels_of(b.val).tolist() == labels[val_idx].tolist()
+    assert stratified_val_split(labels, seed=0)[1].tolist() != val_idx.tolist()  # the seed matters here
 
 
 def test_random_crop_flip_by_hand():

@@ -9,7 +9,8 @@ Splits, as SalUn's data code: the official 10,000-image test set is ``test``;
 ``val`` is class-stratified, ⌊10 %⌋ of each class of the official 50,000-image
 training set (500 per class for CIFAR-10, 50 for CIFAR-100), drawn class by class
 with ``np.random.RandomState(seed).choice(class_indices, n, replace=False)``; the
-rest (45,000) form ``train``. Images are kept in memory as uint8 (150 MB for the
+rest (45,000) form ``train``. The seed defaults to 1, SalUn's: its data code draws the split
+the Original trains and validates on with ``cifar10_dataloaders``' default ``seed=1``. Images are kept in memory as uint8 (150 MB for the
 training set) and returned as float [0, 1].
 
 Augmentation: ``augment=True`` names random crop (4-pixel zero padding) + horizontal
@@ -72,7 +73,7 @@ def _load(name: str, tv_cls: type, root: str | os.PathLike | None) -> tuple:
     return train, test
 
 
-def stratified_val_split(labels: np.ndarray, per_class: int | None = None, seed: int = 0
+def stratified_val_split(labels: np.ndarray, per_class: int | None = None, seed: int = 1
                          ) -> tuple[np.ndarray, np.ndarray]:
     """SalUn's class-stratified validation split: ``(train_idx, val_idx)``, both sorted.
 
@@ -128,7 +129,7 @@ def _bundle(name: str, tv_cls: type, root: str | os.PathLike | None, mean: tuple
 
 
 @register_dataset("cifar10")
-def cifar10(root: str | os.PathLike | None = None, *, val_size: int | None = None, seed: int = 0,
+def cifar10(root: str | os.PathLike | None = None, *, val_size: int | None = None, seed: int = 1,
             augment: bool = False) -> DatasetBundle:
     """CIFAR-10 (45,000 / 5,000 / 10,000 train / val / test by default).
 
@@ -136,7 +137,7 @@ def cifar10(root: str | os.PathLike | None = None, *, val_size: int | None = Non
         root: Folder holding ``cifar-10-batches-py/`` (the extracted official tarball).
         val_size: Training images held out as validation, a multiple of 10 split evenly
             over the classes (None: 10 % of each class, 500).
-        seed: Seed of that choice.
+        seed: Seed of that choice (1: SalUn's split).
         augment: Name random crop + flip as the training augmentation
             (:func:`negkit.data.augment.training_view`); the splits themselves stay clean.
 
@@ -150,14 +151,14 @@ def cifar10(root: str | os.PathLike | None = None, *, val_size: int | None = Non
 
 
 @register_dataset("cifar100")
-def cifar100(root: str | os.PathLike | None = None, *, val_size: int | None = None, seed: int = 0,
+def cifar100(root: str | os.PathLike | None = None, *, val_size: int | None = None, seed: int = 1,
              augment: bool = False) -> DatasetBundle:
     """CIFAR-100 with its 100 fine labels; arguments as :func:`cifar10` (default val: 50 per class).
 
     Args:
         root: Folder holding ``cifar-100-python/`` (the extracted official tarball).
         val_size: Training images held out as validation, a multiple of 100.
-        seed: Seed of that choice.
+        seed: Seed of that choice (1: SalUn's split).
         augment: Name random crop + flip as the training augmentation.
 
     Raises:
