@@ -231,3 +231,39 @@ def test_timm_train_transform_is_the_reference_recipe():
     assert all(x.dtype == torch.float32 and x.shape == (3, 16, 16) for x in outs)
     assert all(0.0 <= float(x.min()) and float(x.max()) <= 1.0 for x in outs)
     assert any(float(x.max()) == 1.0 for x in outs)  # 255 -> 1.0: scaled like ToTensor, not left at 255
+
+
+def test_single_channel_datasets_reach_the_transforms_as_L_images_from_every_source(digits_root, tmp_path):
+    """MNIST is single-channel whatever the files hold (torchvision's MNIST class gives "L" images);
+    an RGB dataset is RGB. The training transform's ToRGB then makes 3 channels at the model's size."""
+    mode = negkit.data.get("mnist", root=digits_root, source="imagefolder", transform=lambda img: img.mode)
+    assert {mode.train[i][0] for i in range(5)} == {mode.test[0][0]} == {"L"}  # the files are RGB PNGs
+    cd.write_digits_imagefolder(tmp_path, name="svhn", size=20, per_class=4, invert=True)
+    assert negkit.data.get("svhn", root=tmp_path, source="imagefolder", transform=lambda img: img.mode).test[0][0] == "RGB"
+    b = negkit.data.get("mnist", root=digits_root, source="imagefolder", image_size=32,
+                        train_transform=cd.timm_train_transform(32, 9, 3))
+    for seed in range(4):
+        random.seed(seed)
+        x, _ = b.train[seed]
+        assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    assert b.test[0][0].shape == (3, 32, 32)  # the evaluation transform converts to RGB itself
+
+
+def test_to_rgb_keeps_the_colours_of_palette_images():
+    from PIL import Image
+
+    pal = Image.new("RGB", (8, 8), (200, 10, 30)).convert("P")
+    out = cd.ToRGB(16)(pal)
+    colour = pal.convert("RGB").getpixel((0, 0))
+    assert len(set(colour)) == 3 and out.mode == "RGB" and out.size == (8, 8) and out.getpixel((0, 0)) == colour
+
+
+def test_sun397_image_folder_logs_and_records_which_folder_holds_its_test_images(tmp_path, caplog):
+    base = tmp_path / "sun397"
+    for split in ("train", "val"):
+        cd.write_digits_imagefolder(tmp_path, name="sun397", size=20, per_class=3, test_split=split)
+    assert not (base / "test").exists()
+    with caplog.at_level("INFO", logger="negkit.clip.datasets"):
+        b = negkit.data.get("sun397", root=tmp_path, source="imagefolder", image_size=16)
+    assert b.meta["test"] == "the sun397/val folder" and any("sun397/val" in r.getMessage() for r in caplog.records)
+    assert len(b.test) == len(list((base / "val").rglob("*.png")))

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 
+import numpy as np
+import open_clip
 import pytest
 import torch
+from PIL import Image
 
 import negkit.train
 from negkit import io as nkio
@@ -49,9 +53,10 @@ def test_paper_pool_is_30_randaugment_members():
     with pytest.raises(ValueError, match="rand_m and rand_n"):
         cf.PoolConfig(rand_m=3)
     assert cf.PoolConfig(batch_size=128, grad_accum=4).train_config().batch_size == 32
-    # the reference's defaults: fp32, attention frozen, timm's crop + flip + RandAugment, standard fine-tuning
+    # the reference's defaults: fp32, attention as the release (frozen in standard mode), timm's crop + flip +
+    # RandAugment, standard fine-tuning
     assert (pool[0].precision, pool[0].train_attention, pool[0].augment, pool[0].finetuning_mode) == (
-        "fp32", False, "timm", "standard")
+        "fp32", None, "timm", "standard")
     assert tc.amp is False and cf.PoolConfig(precision="bf16").train_config().amp is True
     for field, bad in [("precision", "fp16"), ("augment", "mixup"), ("finetuning_mode", "tangent")]:
         with pytest.raises(ValueError, match=f"unknown {field} '{bad}'"):
@@ -167,3 +172,48 @@ def test_seed_changes_the_fine_tune(setup, tmp_path):
         backbone, "mnist", cf.seed_pool([_cfg(epochs=1)], [0, 1]), out_dir=tmp_path / "pool",
         **_kw(root, tmp_path)).values())
     assert any(not torch.equal(a[k], b[k]) for k in a)  # same recipe, other data order
+
+
+@pytest.mark.parametrize("mode,train_attention,trained", [("standard", None, False), ("linear", None, True),
+                                                          ("standard", True, True), ("linear", False, False)])
+def test_attention_trains_in_linear_mode_as_the_release_and_is_frozen_in_standard_mode(setup, mode, train_attention,
+                                                                                       trained):
+    _, backbone = setup
+    model = cm.ImageClassifier.from_backbone(backbone, torch.nn.Linear(32, 10), finetuning_mode=mode)
+    cfg = cf.PoolConfig(finetuning_mode=mode, train_attention=train_attention)
+    names = set(cf.trainable_names(model, cfg))
+    attn = {f"visual.{n}" for n in cm.attention_parameter_names(model.visual)}
+    assert len(attn) == 8 and (attn <= names if trained else not attn & names)
+    assert {n for n, _ in model.named_parameters() if n.startswith("visual.")} - attn <= names
+    assert not any(n.startswith("head.") for n in names)
+
+
+def _grey_digit() -> Image.Image:
+    """A 28×28 single-channel image, as torchvision's MNIST returns."""
+    return Image.fromarray((np.random.default_rng(0).random((28, 28)) * 255).astype(np.uint8), mode="L")
+
+
+@pytest.mark.parametrize("member", [{}, {"rand_m": 9, "rand_n": 3}, {"rand_m": 9, "rand_n": 3, "augment": "center"}],
+                         ids=["open_clip_train", "timm_randaugment", "center_randaugment"])
+def test_every_members_training_transform_takes_single_channel_images(setup, member):
+    _, backbone = setup
+    tf = cf.PoolConfig(**member).train_transform(backbone)
+    for seed in range(8):  # RandAugment draws other ops per seed; timm's fill colours need RGB
+        random.seed(seed)
+        torch.manual_seed(seed)
+        out = tf(_grey_digit())
+        assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+        assert 0.0 <= float(out.min()) <= float(out.max()) <= 1.0
+    if not member:  # Grayscale(3): the three channels are equal
+        assert torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
+
+
+def test_plain_members_train_on_open_clips_own_training_preprocess(setup):
+    _, backbone = setup
+    tf = cf.PoolConfig().train_transform(backbone)
+    assert tf.transforms[1:] == backbone.train_preprocess.transforms  # taken from the backbone, not rebuilt
+    _, train_pp, _ = open_clip.create_model_and_transforms(cm.TINY_MODEL, pretrained=None)
+    assert [repr(t) for t in tf.transforms[1:]] == [repr(t) for t in train_pp.transforms
+                                                     if type(t).__name__ != "Normalize"]
+    crop = tf.transforms[1]
+    assert type(crop).__name__ == "RandomResizedCrop" and tuple(crop.scale) == (0.9, 1.0) and crop.size == (32, 32)

@@ -31,6 +31,12 @@ Datasets without an official test split in torchvision (EuroSAT, SUN397) get a
 seeded held-out test part, recorded in ``bundle.meta``. Images are open_clip's
 preprocessing *without* Normalize, so pixels stay in [0, 1]; ``bundle.mean/std``
 are CLIP's, applied inside the model (:class:`negkit.models.Normalize`).
+
+Single-channel datasets (:data:`GREYSCALE`: MNIST) reach the transforms as ``"L"``
+images whatever the source; every training transform starts with :class:`ToRGB`,
+which turns them into 3-channel images at the model's size first (the release's
+``Grayscale(3)`` + resize), so timm's RandAugment, which needs RGB, never sees one
+channel. The evaluation transform converts to RGB itself.
 """
 from __future__ import annotations
 
@@ -56,7 +62,7 @@ from negkit.clip.model import strip_normalize
 
 __all__ = [
     "CLIP_DATASETS", "SOURCES", "HF_IDS", "clip_transform", "timm_train_transform", "randaugment_transform",
-    "clip_train_transform", "ToRGB",
+    "clip_train_transform", "ToRGB", "GREYSCALE",
     "holdout_split", "write_digits_imagefolder", "write_smoke_data", "HFImageDataset",
 ]
 
@@ -91,6 +97,9 @@ _WHERE = {
 _TO_TENSOR = (T.ToTensor, open_clip.transform.MaybeToTensor)
 # Test fraction for torchvision datasets that ship no test split.
 _TEST_FRACTION = {"eurosat": 0.1, "sun397": 0.5}
+#: Single-channel datasets: every source hands their images over as ``"L"`` (torchvision's MNIST
+#: class does; image folders and Hugging Face copies are converted), so they all meet :class:`ToRGB`.
+GREYSCALE = ("mnist",)
 # ImageFolder layouts of the reference: folder of each split under the dataset folder, the dataset
 # folder's name when it is not the registry name, and datasets validated on a folder of their own.
 _FOLDERS = {"imagenet": {"test": "val"}, "dtd": {"test": "val"}, "eurosat": {"val": "val"}}
@@ -106,7 +115,7 @@ class ToRGB:
     A class, not a lambda, so DataLoader workers can pickle it.
     """
 
-    SINGLE = ("1", "L", "I", "I;16", "F", "P", "LA")
+    SINGLE = ("1", "L", "I", "I;16", "F", "LA")  # a palette ("P") image may hold colours: converted as RGB
 
     def __init__(self, image_size: int = 224) -> None:
         self.image_size = int(image_size)
@@ -122,14 +131,32 @@ class ToRGB:
         return f"ToRGB(image_size={self.image_size})"
 
 
-def clip_train_transform(image_size: int = 224) -> T.Compose:
-    """open_clip's *training* preprocessing without Normalize (PIL -> [0, 1] tensor).
+def clip_train_transform(image_size: int = 224, preprocess: Callable | None = None) -> T.Compose:
+    """open_clip's *training* preprocessing without Normalize (PIL -> [0, 1] tensor), after :class:`ToRGB`.
 
-    RandomResizedCrop(image_size, scale 0.9–1, bicubic), RGB conversion, ToTensor: what the
-    release's members without RandAugment train on; :class:`ToRGB` runs first.
+    What the release's members without RandAugment train on: the model's train transform
+    from ``open_clip.create_model_and_transforms`` (RandomResizedCrop scale 0.9–1, RGB
+    conversion, ToTensor).
+
+    Args:
+        image_size: Model input size, used when ``preprocess`` is None.
+        preprocess: The model's own train transform (``ClipBackbone.train_preprocess``); None
+            builds open_clip's default one at ``image_size`` (``open_clip.image_transform(is_train=True)``,
+            which ``create_model_and_transforms`` returns for models without a preprocess config).
     """
-    train_tf = strip_normalize(open_clip.image_transform(image_size, is_train=True))
-    return T.Compose([ToRGB(image_size), *train_tf.transforms])
+    train_tf = strip_normalize(preprocess if preprocess is not None
+                               else open_clip.image_transform(image_size, is_train=True))
+    size = _crop_size(train_tf, image_size)
+    return T.Compose([ToRGB(size), *train_tf.transforms])
+
+
+def _crop_size(transform: T.Compose, default: int) -> int:
+    """The output side of a transform's (random-resized or centre) crop, or ``default``."""
+    for t in transform.transforms:
+        size = getattr(t, "size", None)
+        if isinstance(t, (T.RandomResizedCrop, T.CenterCrop)) and size is not None:
+            return int(min(size) if isinstance(size, (tuple, list)) else size)
+    return int(default)
 
 
 def clip_transform(image_size: int = 224) -> T.Compose:
@@ -207,11 +234,15 @@ def holdout_split(n: int, fraction: float, cap: int | None, seed: int) -> tuple[
 
 
 class HFImageDataset(Dataset):
-    """A Hugging Face image-classification split as ``(transform(image), label)`` items."""
+    """A Hugging Face image-classification split as ``(transform(image), label)`` items.
 
-    def __init__(self, hf_split: Any, transform: Callable, image_key: str = "image", label_key: str = "label") -> None:
+    Images are converted to ``mode`` (``"RGB"``, or ``"L"`` for single-channel datasets) first.
+    """
+
+    def __init__(self, hf_split: Any, transform: Callable, image_key: str = "image", label_key: str = "label",
+                 mode: str = "RGB") -> None:
         self.data, self.transform = hf_split, transform
-        self.image_key, self.label_key = image_key, label_key
+        self.image_key, self.label_key, self.mode = image_key, label_key, mode
         self.targets = np.asarray(hf_split[label_key], dtype=np.int64)
 
     def __len__(self) -> int:
@@ -219,7 +250,13 @@ class HFImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         row = self.data[int(i)]
-        return self.transform(row[self.image_key].convert("RGB")), int(row[self.label_key])
+        return self.transform(row[self.image_key].convert(self.mode)), int(row[self.label_key])
+
+
+def _open_greyscale(path: str) -> Image.Image:
+    """An image file as a single-channel ``"L"`` image (the ImageFolder loader of :data:`GREYSCALE` datasets)."""
+    with open(path, "rb") as f:
+        return Image.open(f).convert("L")
 
 
 def _clean(name: str) -> str:
@@ -331,7 +368,8 @@ def _load(name: str, source: str, root: Any, split: str, transform: Callable, hf
         folder = _imagefolder_split(name, base, split)
         if not folder.is_dir():
             raise _missing(name, source, root, f"folder {folder} does not exist")
-        ds = tvd.ImageFolder(str(folder), transform=transform)
+        loader = _open_greyscale if name in GREYSCALE else tvd.folder.default_loader
+        ds = tvd.ImageFolder(str(folder), transform=transform, loader=loader)
         return ds, ds.classes
     if source == "hf":
         try:
@@ -347,7 +385,7 @@ def _load(name: str, source: str, root: Any, split: str, transform: Callable, hf
         except Exception as err:  # the datasets package raises many types for a missing cache
             raise _missing(name, source, root, f"could not load {hid!r} ({err}); pass download=True to fetch it") from err
         names = split.features["label"].names
-        return HFImageDataset(split, transform), names
+        return HFImageDataset(split, transform, mode="L" if name in GREYSCALE else "RGB"), names
     raise ValueError(f"unknown source {source!r} for {name}; valid sources are {list(SOURCES)}")
 
 

@@ -6,10 +6,11 @@ NegMerge release, Kim et al. 2025), which the defaults reproduce:
 * AdamW, lr 1e-5, weight decay 0.1, batch 128, 500 warm-up steps then cosine,
   gradient clipping at 1.0, the zero-shot head frozen;
 * **fp32** training (``precision="bf16"`` autocasts on CUDA instead, faster but not the reference);
-* **attention frozen** (standard mode): every attention Q/K/V and output projection of
+* **attention frozen in standard mode**: every attention Q/K/V and output projection of
   the image encoder keeps ``requires_grad=False``, as in the reference, so those
-  task-vector entries are exactly zero (``train_attention=True`` trains everything);
-  linear (tangent) mode trains every parameter, attention included, as the release does;
+  task-vector entries are exactly zero; linear (tangent) mode trains every parameter,
+  attention included, as the release does (``train_attention=True``/``False`` forces
+  either in both modes);
 * NegMerge's pool: 30 fine-tunes per dataset differing only in RandAugment
   (magnitude 1–10 × number of ops 1–3, magnitude std 0.5) inside timm's ImageNet
   training transform: RandomResizedCrop (scale 0.08–1, random bilinear / bicubic),
@@ -88,8 +89,9 @@ class PoolConfig:
         seed: Seed of the data order and of the augmentation draws (the weights start
             from the pretrained encoder whatever the seed).
         precision: ``"fp32"`` (the reference) or ``"bf16"`` autocast on CUDA.
-        train_attention: False (the reference): attention projections stay frozen in standard
-            mode; linear mode trains them whatever this says, as the release does.
+        train_attention: None (the reference): attention projections stay frozen in
+            standard mode and train in linear mode, as the release does; True or False
+            trains or freezes them in either mode.
         finetuning_mode: ``"standard"`` or ``"linear"`` (tangent-space fine-tuning).
         fused: Fused AdamW on CUDA.
         compile: ``torch.compile`` the forward pass.
@@ -110,7 +112,7 @@ class PoolConfig:
     augment: str = "timm"
     seed: int = 0
     precision: str = "fp32"
-    train_attention: bool = False
+    train_attention: bool | None = None
     finetuning_mode: str = "standard"
     fused: bool = True
     compile: bool = False
@@ -150,13 +152,14 @@ class PoolConfig:
     def train_transform(self, backbone: ClipBackbone) -> T.Compose:
         """This member's training transform (PIL -> [0, 1] tensor; the model normalises).
 
-        Without RandAugment: open_clip's training preprocessing, RandomResizedCrop scale
-        0.9–1 (:func:`~negkit.clip.datasets.clip_train_transform`), as the release's plain members.
+        Without RandAugment: the backbone's open_clip training preprocessing
+        (``create_model_and_transforms``' train transform, RandomResizedCrop scale 0.9–1;
+        :func:`~negkit.clip.datasets.clip_train_transform`), as the release's plain members.
         With it: :func:`~negkit.clip.datasets.timm_train_transform` at the backbone's image size (``augment="timm"``), or the evaluation preprocessing plus
         RandAugment (``augment="center"``).
         """
         if self.rand_m is None:
-            return clip_train_transform(backbone.image_size)
+            return clip_train_transform(backbone.image_size, backbone.train_preprocess)
         if self.augment == "center":
             return randaugment_transform(backbone.preprocess, self.rand_m, self.rand_n, self.rand_mstd)
         return timm_train_transform(backbone.image_size, self.rand_m, self.rand_n, self.rand_mstd, mean=backbone.mean)
@@ -235,10 +238,10 @@ def resolve_pool(pool: str | Sequence[PoolConfig | Mapping[str, Any]], dataset: 
 
 
 def trainable_names(model: ImageClassifier, cfg: PoolConfig) -> list[str]:
-    """Names of the classifier's parameters a member trains: the image encoder's, less attention unless
-    ``cfg.train_attention`` or ``finetuning_mode="linear"`` (the reference keeps every attention
-    projection frozen in standard fine-tuning and trains all of them in linear mode)."""
-    train_all = cfg.train_attention or cfg.finetuning_mode == "linear"  # the release's linear mode trains everything
+    """Names of the classifier's parameters a member trains: the image encoder's, attention projections
+    included where ``cfg.train_attention`` says so, or by default (None) in linear mode only (the reference
+    keeps every attention projection frozen in standard fine-tuning and trains all of them in linear mode)."""
+    train_all = cfg.finetuning_mode == "linear" if cfg.train_attention is None else cfg.train_attention
     frozen = set() if train_all else {f"visual.{n}" for n in attention_parameter_names(model.visual)}
     return [n for n, _ in model.named_parameters() if n.startswith("visual.") and n not in frozen]
 

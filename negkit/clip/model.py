@@ -118,6 +118,10 @@ class ClipBackbone:
         model: The open_clip CLIP model (both towers).
         tokenizer: Its tokenizer.
         preprocess: Evaluation transform PIL -> [0, 1] tensor (no Normalize).
+        train_preprocess: open_clip's training transform for this model, as
+            ``open_clip.create_model_and_transforms`` builds it (RandomResizedCrop scale
+            0.9–1 at the model's size and interpolation), without Normalize; what the
+            reference's members without augmentation train on.
         mean: Per-channel mean the classifier's Normalize layer applies.
         std: Per-channel std.
         model_name: open_clip architecture name.
@@ -135,6 +139,7 @@ class ClipBackbone:
     model_name: str
     pretrained: str
     weights_id: str = ""
+    train_preprocess: T.Compose | None = None
 
     @property
     def name(self) -> str:
@@ -244,7 +249,7 @@ def load_clip(
             )
         _require_weights_or_network(model_name, pretrained, cache_dir)
     device = resolve_device(device)
-    model, _, preprocess = open_clip.create_model_and_transforms(
+    model, train_preprocess, preprocess = open_clip.create_model_and_transforms(
         model_name, pretrained=pretrained, device=device, cache_dir=None if cache_dir is None else str(cache_dir)
     )
     label = weights_id = pretrained or "random"
@@ -258,7 +263,8 @@ def load_clip(
     cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
     mean = tuple(float(m) for m in cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
     std = tuple(float(s) for s in cfg.get("std", open_clip.OPENAI_DATASET_STD))
-    return ClipBackbone(model, tokenizer, strip_normalize(preprocess), mean, std, model_name, label, weights_id)
+    return ClipBackbone(model, tokenizer, strip_normalize(preprocess), mean, std, model_name, label, weights_id,
+                        train_preprocess=strip_normalize(train_preprocess))
 
 
 def load_checkpoint_into(model: nn.Module, path: str | os.PathLike) -> None:
