@@ -210,3 +210,19 @@ def test_paper_table_task_arithmetic_member_chosen_on_validation():
     assert cn.paper_table(df).loc["task_arithmetic", ("mnist", "forget")] == pytest.approx(31.0 / 3)
     with pytest.raises(ValueError, match="'mean', 'val' or 'best'"):
         cn.paper_table(df, task_arithmetic="oracle")
+
+
+def test_default_search_is_the_release_grid_linspace_0_1_21_and_says_so(world, tmp_path):
+    log = ResultsLog(tmp_path / "grid.jsonl")
+    _run(world, log, methods=["mean"], single=False, coefs=None)
+    rows = log.read()
+    rows = rows[rows.method == "mean"]
+    lams = sorted(rows[rows.split == "val_forget"].coef)
+    assert lams == pytest.approx([i / 20 for i in range(21)], abs=1e-12)  # exhaustive, no growth past 1
+    n, top = (rows[rows.metric == m].iloc[0] for m in ("n_coefs", "coef_max_searched"))
+    assert (n.value, top.value) == (21.0, 1.0) and n.note == top.note == "grid: linspace(0, 1, 21)"
+    adaptive = ResultsLog(tmp_path / "adaptive.jsonl")
+    _run(world, adaptive, methods=["mean"], single=False, coefs=None, coef_search="adaptive", coef_max=2.0)
+    df = adaptive.read()
+    n, top = (df[df.metric == m].iloc[0] for m in ("n_coefs", "coef_max_searched"))
+    assert n.note == f"adaptive: {int(n.value)} λ of the step-0.05 grid on [0, {top.value:g}]"

@@ -10,11 +10,11 @@ zero-shot model's. By default λ is chosen, as in the NegMerge release, from the
 exhaustive grid λ ∈ linspace(0, 1, 21) (``coef_search="grid"``, ``coef_max=1``).
 ``coef_search="adaptive"`` with a larger ``coef_max`` is the kit's option: the range
 0..1 grows by doubling while control holds, then bisection (:func:`negkit.evaluate.search_coef`);
-every record carries ``n_coefs`` and ``coef_max_searched``, the grid its result stands
-for. Every λ of a round is evaluated in one pass over the images
-(:func:`negkit.evaluate.negation_evaluator`), so each image is decoded once per round,
-not once per λ. Test accuracies on the
-forget task and on ImageNet at that λ are reported beside the zero-shot model's.
+every candidate's ``n_coefs`` and ``coef_max_searched`` records say which grid its result
+stands for (their ``note``: ``"grid: linspace(0, 1, 21)"`` for the release's). Every λ of
+a round is evaluated in one pass over the images (:func:`negkit.evaluate.negation_evaluator`),
+so each image is decoded once per round, not once per λ. Test accuracies on the forget
+task and on ImageNet at that λ are reported beside the zero-shot model's.
 
 Every number is a :class:`negkit.results.Record` (setting ``"clip"``, scenario
 ``"task"``) appended to a :class:`~negkit.results.ResultsLog` as soon as it is
@@ -285,10 +285,11 @@ def run_task_negation(
                     note += f"; {EDGE_NOTE}"
             new.append(Record(**base, method=method, pool_config=member, coef=coef, split=split, metric="acc",
                               value=value, note=note))
+        grid = _grid_note(coefs, coef_search, coef_step, search)
         new += [Record(**base, method=method, pool_config=member, coef=math.nan, split="val", metric="n_coefs",
-                       value=float(search.n_evaluated)),
+                       value=float(search.n_evaluated), note=grid),
                 Record(**base, method=method, pool_config=member, coef=math.nan, split="val",
-                       metric="coef_max_searched", value=float(search.searched[1]))]
+                       metric="coef_max_searched", value=float(search.searched[1]), note=grid)]
         results.append(new)
         if chosen is None:
             log.warning("%s %s%s: %s", forget.name, method, f" ({member})" if member else "", NO_COEF_NOTE)
@@ -308,6 +309,16 @@ def _choose(evaluate_coefs, coefs: Sequence[float] | None, control_reference: fl
                          columns=["coef", "split", "acc"])
     return CoefSearch(coef=lam, curve=curve, n_evaluated=len(coefs), searched=(coefs[0], coefs[-1]),
                       hit_max=accs["val_control"][-1] >= threshold * control_reference, exhaustive=True)
+
+
+def _grid_note(coefs: Sequence[float] | None, coef_search: str, step: float, search: CoefSearch) -> str:
+    """Which λ grid a result stands for, e.g. ``"grid: linspace(0, 1, 21)"`` (the release's)."""
+    lo, hi = search.searched
+    if coefs is not None:
+        return f"fixed: {len(coefs)} λ in [{lo:g}, {hi:g}]"
+    if coef_search == "grid":
+        return f"grid: linspace({lo:g}, {hi:g}, {int(round((hi - lo) / step)) + 1})"
+    return f"adaptive: {search.n_evaluated} λ of the step-{step:g} grid on [{lo:g}, {hi:g}]"
 
 
 def _summary(method: str, member: str, coef: float, test_forget: float, test_control: float,
