@@ -83,8 +83,10 @@ class TrainConfig:
         seed: Seeds the global torch, numpy and python RNGs and the data order (epoch ``e``
             uses ``(seed, e)``).
         num_workers: DataLoader workers.
-        drop_last: Drop the last incomplete batch. Off, as in the reference code, a last
-            batch of one image is kept too (BatchNorm2d normalises over its H×W positions).
+        drop_last: Drop the last incomplete batch. Off, as in the reference code: a last
+            batch of one image is kept too. BatchNorm2d trains on it (its statistics run over
+            the H×W positions, as in the reference's ResNets); a layer with one value per
+            channel (BatchNorm1d) cannot, and training stops saying to set this.
         fused: Fused optimiser kernels (CUDA only).
         compile: ``torch.compile`` the forward pass.
     """
@@ -306,8 +308,16 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig | Mapping[str, An
                 images = images.to(device, non_blocking=True)
                 labels = torch.as_tensor(labels).to(device, non_blocking=True)
                 frac = (epoch * n_batches + bi) / (cfg.epochs * n_batches)
-                with autocast():
-                    res = loss_fn(forward_model, images, labels, frac)
+                try:
+                    with autocast():
+                        res = loss_fn(forward_model, images, labels, frac)
+                except ValueError as err:
+                    if images.shape[0] == 1 and "more than 1 value per channel" in str(err):
+                        raise ValueError(
+                            f"the last batch of epoch {epoch + 1} holds one image ({len(dataset)} images, batch_size "
+                            f"{cfg.batch_size}) and a BatchNorm layer of the model cannot normalise one value per "
+                            "channel in train mode; pass drop_last=True or another batch_size") from err
+                    raise
                 loss, logits = res if isinstance(res, tuple) else (res, None)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(

@@ -188,3 +188,39 @@ def test_config_validation_and_schedule():
     assert lr_factor(0, 10, "cosine", warmup_steps=2) == 0.5 and lr_factor(1, 10, "cosine", 2) == 1.0
     assert lr_factor(2, 10, "cosine", 2) == 1.0 and lr_factor(6, 10, "cosine", 2) == pytest.approx(0.5)
     assert lr_factor(10, 10, "cosine") == pytest.approx(0.0) and lr_factor(7, 10, "constant") == 1.0
+
+
+def test_defaults_are_the_references_fp32_and_kept_last_batch():
+    cfg = TrainConfig()
+    assert (cfg.amp, cfg.drop_last) == (False, False)
+
+
+def test_multistep_schedule_matches_torchs_multisteplr_stepped_per_epoch():
+    """SalUn's CIFAR-10 recipe: MultiStepLR(milestones, gamma=0.1), scheduler.step() after every epoch."""
+    cfg = TrainConfig(epochs=5, batch_size=16, lr=0.1, schedule="multistep", milestones=(2, 4), gamma=0.1)
+    res = train(_net(), _toy(40), cfg, progress=False)  # 3 batches per epoch, the last of 8 images
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[2, 4], gamma=0.1)
+    expected = []
+    for _ in range(5):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert [h["lr"] for h in res.history] == pytest.approx(expected)  # [0.1, 0.1, 0.01, 0.01, 0.001]
+
+
+def test_a_last_batch_of_one_image_is_kept_and_trains_through_batchnorm2d():
+    model = _net()
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running_mean" in k}
+    res = train(model, _toy(33), dict(FAST, epochs=1), progress=False)  # batches of 16, 16 and 1
+    assert res.metrics["steps"] == 3 and math.isfinite(res.metrics["train_loss"])
+    assert any(not torch.equal(before[k], model.state_dict()[k]) for k in before)
+    assert train(_net(), _toy(33), dict(FAST, epochs=1, drop_last=True), progress=False).metrics["steps"] == 2
+
+
+def test_a_one_image_batch_through_batchnorm1d_says_to_drop_it():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    with pytest.raises(ValueError, match="holds one image .*pass drop_last=True"):
+        train(model, _toy(33), dict(FAST, epochs=1), progress=False)
+    assert train(model, _toy(33), dict(FAST, epochs=1, drop_last=True), progress=False).metrics["steps"] == 2
