@@ -285,9 +285,18 @@ FASHION_BASELINE_GRID: dict[str, dict[str, tuple]] = {
     "rl": {"lr": (0.005, 0.02)},
     "l1_sparse": {"lr": (0.02, 0.1)},
     "salun": {"lr": (0.005, 0.02)},
+    # The paper's table's other three and the toolkits' three, two candidates each from their GRIDS.
+    "iu": {"alpha": (1.0, 10.0)},
+    "be": {"lr": (1e-3, 1e-2)},
+    "bs": {"lr": (1e-3, 1e-2)},
+    "neggrad_plus": {"beta": (0.95, 0.99)},
+    "scrub": {"lr": (5e-3, 2e-2)},
+    "ssd": {"alpha": (1.0, 10.0)},
 }
-#: Epochs of each baseline on the memorising Fashion-MNIST config (each epoch passes D_r, or D_f for GA).
-FASHION_BASELINE_EPOCHS: dict[str, int] = {"ft": 3, "ga": 3, "rl": 2, "l1_sparse": 3, "salun": 2}
+#: Epochs of each trained baseline on the memorising Fashion-MNIST config (each epoch passes D_r, or
+#: D_f for GA, BE and BS; D_r ∪ D_f for NegGrad+; SCRUB's min steps pass D_r). IU and SSD take no epochs.
+FASHION_BASELINE_EPOCHS: dict[str, int] = {"ft": 3, "ga": 3, "rl": 2, "l1_sparse": 3, "salun": 2,
+                                           "be": 10, "bs": 10, "neggrad_plus": 3, "scrub": 3}
 
 
 #: Merge rules negated on the memorising Fashion-MNIST config: the paper's four and the toolkits' four.
@@ -306,8 +315,9 @@ def fashion_mnist_config(*, full: bool = False, quick: bool = False, data_root: 
     the Original's UA on D_f is below 1 % while Retrain errs on ~10 % of it, as on unseen
     data); a 6-member pool (epochs {2, 4} × label smoothing {0, 0.05, 0.1}, weight decay
     5e-5); both scenarios (random 10 %, class 0 — T-shirt/top) and both λ rules; the paper's
-    four merges and DARE, Breadcrumbs, consensus masks and TSV-M (:data:`FASHION_MERGES`); five
-    baselines, each tuned on validation over two learning rates (:data:`FASHION_BASELINE_GRID`, epochs :data:`FASHION_BASELINE_EPOCHS`); forget
+    four merges and DARE, Breadcrumbs, consensus masks and TSV-M (:data:`FASHION_MERGES`); eleven
+    baselines (the classic five, IU, BE, BS, NegGrad+, SCRUB, SSD), each tuned on validation over two
+    candidates (:data:`FASHION_BASELINE_GRID`, epochs :data:`FASHION_BASELINE_EPOCHS`); forget
     vectors with the reference's defaults per scenario (random: four settings
     lr {0.01, 0.1} × β {1, 5}, class-wise: its own defaults, 10 epochs; δ kept after every
     epoch, all on clean images since the Original trained on clean ones), chosen on
@@ -358,7 +368,9 @@ def fashion_mnist_config(*, full: bool = False, quick: bool = False, data_root: 
             original={"epochs": 30, "batch_size": 64, "lr": 0.1, "weight_decay": 0.0},
             pool={"epochs": (2, 4), "weight_decays": (5e-5,), "label_smoothings": (0.0, 0.05, 0.1),
                   "batch_size": 32, "lr": 0.01},
-            baseline_configs={m: {"batch_size": 64, "epochs": FASHION_BASELINE_EPOCHS[m]}
+            baselines=tuple(FASHION_BASELINE_GRID),
+            baseline_configs={m: {"batch_size": 64, **({"epochs": FASHION_BASELINE_EPOCHS[m]}
+                                                       if m in FASHION_BASELINE_EPOCHS else {})}
                               for m in FASHION_BASELINE_GRID},
             baseline_grid=FASHION_BASELINE_GRID, eval_batch_size=1000, seeds=(0, 1, 2, 3, 4),
             forget_vectors=True,
