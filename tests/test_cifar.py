@@ -121,3 +121,13 @@ def test_cifar10_config_trains_original_and_retrain_augmented_and_measures_clean
     assert len(trained) == 2 and all(isinstance(d, Augmented) for d in trained)
     assert len(trained[0]) == len(s.bundle.train) and len(trained[1]) == len(s.retain)
     assert not isinstance(s.forget, Augmented) and not isinstance(s.retain, Augmented)  # metrics: clean images
+
+
+def test_cifar10_original_is_salun_multisteplr_and_cosine_stays_an_option(tmp_path):
+    from negkit.benchmark import config as bconfig
+
+    o = bconfig.cifar10_config(str(tmp_path)).original
+    assert (o.epochs, o.batch_size, o.lr, o.weight_decay, o.momentum, o.optimizer) == (182, 256, 0.1, 5e-4, 0.9, "sgd")
+    assert (o.schedule, o.milestones, o.gamma, o.warmup_steps) == ("multistep", (91, 136), 0.1, 0)
+    cos = bconfig.cifar10_config(str(tmp_path), original={"schedule": "cosine"}).original
+    assert (cos.schedule, cos.epochs, cos.lr, cos.batch_size) == ("cosine", 182, 0.1, 256)  # only the schedule changes

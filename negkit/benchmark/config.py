@@ -433,7 +433,8 @@ def cifar10_config(data_root: str, **overrides: Any) -> BenchmarkConfig:
 
     Args:
         data_root: Folder holding ``cifar-10-batches-py/``.
-        **overrides: Any :class:`BenchmarkConfig` field (nested dicts allowed).
+        **overrides: Any :class:`BenchmarkConfig` field (nested dicts allowed); ``original``
+            fields apply on top of this recipe.
     """
     values: dict[str, Any] = dict(
         dataset="cifar10", data_options={"augment": True}, data_root=str(data_root), model="resnet18",
@@ -447,6 +448,8 @@ def cifar10_config(data_root: str, **overrides: Any) -> BenchmarkConfig:
                           "salun": {"epochs": 10, "lr": 0.013, "batch_size": 256}},
         eval_batch_size=1024,
     )
+    if isinstance(overrides.get("original"), Mapping):  # on top of this recipe, not of the digits default
+        overrides["original"] = {**values["original"], **overrides["original"]}
     return make_config({**values, **overrides})
 
 
