@@ -44,9 +44,12 @@ demo: $(STAMP)
 # kit's thread policy). Notebooks resolve run_dir against the repository root, so they open
 # make demo's runs. Pass options through LAB_ARGS, e.g. `make lab LAB_ARGS="--port 9999"`.
 lab: $(STAMP)
-	@echo "JupyterLab on this checkout: open the URL it prints below, then notebooks/07_explorer.ipynb (the explorer)"
+	@mkdir -p runs/lab && cp -n notebooks/*.ipynb runs/lab/
+	@echo "JupyterLab on working copies of the notebooks in runs/lab/ (the tracked ones in notebooks/ stay clean;"
+	@echo "delete a copy to get the tracked version back). Open the http://127.0.0.1:8888/lab/tree/runs/lab/07_explorer.ipynb"
+	@echo "URL it prints below (with its token) for the explorer."
 	$(VENV)/bin/jupyter lab --notebook-dir=. $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) $(LAB_ARGS) \
-	  notebooks/07_explorer.ipynb
+	  runs/lab/07_explorer.ipynb
 
 # Fashion-MNIST (Debian's dataset-fashion-mnist) in the memorising regime: the benchmark over 5 seeds in
 # 2 worker processes (resumable: rerun after an interruption), notebooks 02-05 on it, then the committed

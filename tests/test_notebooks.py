@@ -4,6 +4,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -39,14 +40,52 @@ def test_notebook_shape(nb_path: Path):
     assert any(c["cell_type"] == "markdown" for c in cells), f"{nb_path.name} has no explanations"
 
 
+def _git_status() -> str | None:
+    """``git status --porcelain`` of the checkout (None outside a git checkout, e.g. an sdist)."""
+    if not (ROOT / ".git").exists():
+        return None
+    return subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout
+
+
+def _default_paths(nb_path: Path) -> dict[str, str]:
+    params = notebook.notebook_parameters(nb_path)
+    dataset = ast.literal_eval(params["dataset"]["default"]) if "dataset" in params else ""
+    return {k: ast.literal_eval(params[k]["default"]).format(dataset=dataset)
+            for k in ("run_dir", "figures_dir") if k in params}
+
+
+@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_default_outputs_are_ignored_by_git(nb_path: Path):
+    """A notebook run with its defaults writes only under paths git ignores: `git status` stays clean."""
+    if _git_status() is None:
+        pytest.skip("not a git checkout")
+    paths = _default_paths(nb_path)
+    assert {"run_dir", "figures_dir"} <= set(paths)
+    for name, rel in paths.items():
+        assert not Path(rel).is_absolute(), (nb_path.name, name, rel)
+        probe = f"{rel.rstrip('/')}/probe.png"
+        ignored = subprocess.run(["git", "check-ignore", "-q", probe], cwd=ROOT).returncode == 0
+        assert ignored, f"{nb_path.name}: default {name}={rel!r} is not ignored by git; its outputs would dirty the tree"
+
+
+def test_make_lab_opens_working_copies_not_the_tracked_notebooks():
+    text = (ROOT / "Makefile").read_text()
+    recipe = text[text.index("\nlab:"):].split("\n\n")[0]
+    assert "runs/lab" in recipe and "notebooks/07_explorer.ipynb" not in recipe.split("jupyter lab")[1]
+    assert "--allow-root" in recipe
+
+
 @pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_in_smoke_mode(nb_path: Path, tmp_path: Path):
     out = tmp_path / nb_path.name
     figures = tmp_path / "figures"
     # A cell limit: nbclient can lose the reply of a cell that displays widgets (jupyter/nbclient#312);
     # then the test fails instead of waiting forever.
+    before = _git_status()
     notebook.execute(nb_path, out, {"smoke": True, "run_dir": str(tmp_path / "run"), "figures_dir": str(figures)},
                      execution_timeout=600)
+    assert _git_status() == before, f"{nb_path.name} changed the checkout (tracked files or untracked, not ignored)"
     executed = json.loads(out.read_text())
     errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
