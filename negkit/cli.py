@@ -128,7 +128,9 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         device=args.device, progress=not args.quiet, workers=args.workers)
     print(f"{len(df)} records in {Path(args.run_dir) / 'results.jsonl'}")
     if not args.quiet:
-        print(benchmark.headline(df).round(2).to_string(index=False))
+        print(benchmark.summary_table(df).to_string(index=False))
+    for path in benchmark.write_summary(df, args.run_dir):
+        print(f"wrote {path}")
     for line in benchmark.regime_warnings(df) + benchmark.coef_warnings(df):  # anything to undo? did λ move?
         print(f"warning: {line}", file=sys.stderr)
     return 0

@@ -424,3 +424,28 @@ def test_fashion_mnist_and_dataset_configs():
         B.make_config(baseline_grid={"ft": {"lr": ()}})
     with pytest.raises(ValueError, match="distinct|repeats"):
         B.make_config(seeds=(0, 0))
+
+
+def test_summary_table_is_labelled_with_original_and_retrain_under_every_rule(seeded_run):
+    run_dir, cfg, df = seeded_run
+    table = B.summary_table(df)
+    assert list(table.columns[:3]) == ["scenario", "rule", "method"] and "Avg. Gap" in table.columns
+    for (scenario, rule), g in table.groupby(["scenario", "rule"]):
+        assert {"Original", "Retrain", "NegMerge"} <= set(g.method), (scenario, rule)
+    assert set(table.rule) == {"rule (a) min_forget", "rule (b) match"}
+    assert (table.n == 2).all()
+    # Every cell is the mean ± std over the two seeds of summary(), to two decimals.
+    s = B.summary(df)
+    ref = s[(s.scenario == "random_10") & (s.method == "negmerge") & (s.metric == "avg_gap")].iloc[0]
+    row = table[(table.scenario == "random 10 % forgotten") & (table.rule == "rule (a) min_forget")
+                & (table.method == "NegMerge")].iloc[0]
+    assert row["Avg. Gap"] == f"{ref.value:.2f} ± {ref['std']:.2f}"
+
+
+def test_write_summary_writes_the_csv_and_figure_of_both_rules(seeded_run, tmp_path):
+    run_dir, cfg, df = seeded_run
+    paths = B.write_summary(df, tmp_path)
+    assert [p.name for p in paths] == ["summary.csv", "summary.png"] and all(p.stat().st_size > 0 for p in paths)
+    written = pd.read_csv(paths[0])
+    assert set(written.setting) == {B.SETTING, B.SETTING_MATCH}
+    assert B.write_summary(df.iloc[0:0], tmp_path / "empty") == []

@@ -266,3 +266,11 @@ def test_coef_warnings_name_a_scenario_where_every_negation_chose_zero():
     rows[1].update(coef=8.0, note=EDGE)
     warnings = B.coef_warnings(pd.DataFrame(rows))
     assert len(warnings) == 1 and "top of their range" in warnings[0] and "maximum" not in ZERO_COEF
+
+
+def test_coef_warnings_are_per_rule_and_say_why_match_stays_at_zero():
+    rows = [{"scenario": "random_10", "setting": s, "method": m, "metric": "UA", "coef": c, "note": "", "value": 0.0}
+            for s, c in (("standard", 1.0), ("standard_match", 0.0)) for m in ("negmerge", "mean")]
+    warnings = B.coef_warnings(pd.DataFrame(rows))
+    assert len(warnings) == 1 and warnings[0].startswith("random_10, rule (b) match: every negation chose λ = 0")
+    assert "closer to Retrain's" in warnings[0] and "pool.epochs" not in warnings[0]

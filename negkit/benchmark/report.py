@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from negkit.benchmark.config import SETTING, UNLEARNING_METRICS
+from negkit.benchmark.config import SETTING, SETTING_MATCH, UNLEARNING_METRICS
 from negkit.metrics import RETRAIN_METRICS
 from negkit.results import METRICS, method_rank, read_results
 
 __all__ = ["load_results", "summary", "headline", "paired", "results_table", "mean_std", "sign_flip_pvalue",
-           "regime", "regime_warnings", "coef_warnings", "MEMORISE_RATIO"]
+           "regime", "regime_warnings", "coef_warnings", "summary_table", "write_summary", "MEMORISE_RATIO"]
 
 _NEGATIONS = ("task_arithmetic", "mean", "ties", "magmax", "negmerge", "dare", "breadcrumbs", "consensus", "tsv")
 
@@ -78,6 +78,78 @@ def mean_std(table: pd.DataFrame, *, digits: int = 2) -> pd.DataFrame:
     wide = table.assign(cell=cell).pivot_table(index=["scenario", "method"], columns="metric", values="cell",
                                                aggfunc="first", sort=False)
     return wide[[m for m in _FINAL if m in wide.columns]]
+
+
+_RULE_OF_SETTING = {SETTING: "rule (a) min_forget", SETTING_MATCH: "rule (b) match"}
+
+
+def summary_table(df: pd.DataFrame, *, digits: int = 2) -> pd.DataFrame:
+    """The labelled end-of-run table: one row per (scenario, λ rule, method), ``mean ± std`` cells.
+
+    Rows hold every method of the run with a final record, Original and Retrain included
+    (their rows repeat under both rules: they do not depend on λ), in the kit's method order.
+
+    Returns:
+        Columns ``scenario, rule, method`` (readable names), one ``"mean ± std"`` column per
+        metric present among UA, RA, TA, MIA and Avg. Gap (std over seeds, ddof=1, left out
+        for one seed) and ``n`` (seeds).
+    """
+    from negkit.plotting.style import label  # readable names only; the numbers come from summary()
+
+    metrics = list(UNLEARNING_METRICS) + ["avg_gap"]
+    rows = []
+    settings = [s for s in _RULE_OF_SETTING if "setting" in df and (df.setting == s).any()]
+    anchors = summary(df, setting=settings[0]) if settings else pd.DataFrame(columns=["scenario", "method"])
+    anchors = anchors[anchors.method.isin(("original", "retrain"))]
+    for setting in settings:
+        table = summary(df, setting=setting)
+        missing = anchors[anchors.scenario.isin(set(table.scenario)) & ~anchors.method.isin(set(table.method))]
+        table = _sorted(pd.concat([missing, table], ignore_index=True)) if len(missing) else table
+        table = table[table.metric.isin(metrics)]
+        for (scenario, method), g in table.groupby(["scenario", "method"], sort=False):
+            row = {"scenario": label(scenario, "scenario"), "rule": _RULE_OF_SETTING[setting],
+                   "method": label(method, "method")}
+            for r in g.itertuples():
+                cell = f"{r.value:.{digits}f}"
+                if np.isfinite(r.std):
+                    cell += f" ± {r.std:.{digits}f}"
+                row[label(r.metric, "metric").replace(" (%)", "").replace(" ↓", "")] = cell
+            row["n"] = int(g.n_seeds.max())
+            rows.append(row)
+    cols = ["scenario", "rule", "method"] + [label(m, "metric").replace(" (%)", "").replace(" ↓", "")
+                                             for m in metrics] + ["n"]
+    out = pd.DataFrame(rows, columns=cols)
+    return out.dropna(axis=1, how="all").fillna("")
+
+
+def write_summary(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """Write ``<out_dir>/summary.csv`` and its figure ``summary.png``; returns the paths written.
+
+    The CSV holds :func:`summary` of each λ rule in the records (column ``setting``: ``standard``
+    is rule (a) min_forget, ``standard_match`` rule (b) match); the figure is
+    :func:`negkit.plotting.errorbars_figure` of it (Avg. Gap, mean ± std over seeds). Both are
+    written atomically; nothing is written for records without final rows.
+    """
+    from negkit.io import atomic_write, save_text
+
+    parts = [summary(df, setting=s).assign(setting=s) for s in _RULE_OF_SETTING
+             if "setting" in df and (df.setting == s).any()]
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return []
+    table = pd.concat(parts, ignore_index=True)
+    table = table[["setting"] + [c for c in table.columns if c != "setting"]]
+    csv = save_text(table.to_csv(index=False), Path(out_dir) / "summary.csv")
+    import matplotlib.pyplot as plt
+
+    from negkit import plotting
+
+    fig = plotting.errorbars_figure(table)
+    png = Path(out_dir) / "summary.png"
+    with atomic_write(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    return [csv, png]
 
 
 def paired(df: pd.DataFrame, a: str = "negmerge", b: Sequence[str] = ("task_arithmetic", "mean"), *,
@@ -170,14 +242,23 @@ def coef_warnings(df: pd.DataFrame) -> list[str]:
     from negkit.benchmark.config import EDGE, ZERO_COEF
 
     d = df[(df.metric == "UA") & df.method.isin(_NEGATIONS)]
+    if "setting" not in d:
+        d = d.assign(setting=SETTING)
     out = []
-    for sc, g in d.groupby("scenario", sort=False):
+    for (sc, setting), g in d.groupby(["scenario", "setting"], sort=False):
+        where = f"{sc}, {_RULE_OF_SETTING.get(setting, setting)}"
         if len(g) and (g.coef == 0).all():
-            out.append(f"{sc}: every negation chose λ = 0, so none unlearned anything: the pool's task vectors "
-                       "are too small; fine-tune the pool longer or with a larger learning rate (pool.epochs, pool.lr)")
+            if setting == SETTING_MATCH:
+                out.append(f"{where}: every negation chose λ = 0, as no λ > 0 brought the validation forget "
+                           "accuracy closer to Retrain's; the Original may already be there (see the regime "
+                           "check), or the validation forget set is too small to tell (data_options val_size)")
+            else:
+                out.append(f"{where}: every negation chose λ = 0, so none unlearned anything: the pool's task "
+                           "vectors are too small; fine-tune the pool longer or with a larger learning rate "
+                           "(pool.epochs, pool.lr)")
         edge = g[g.note == EDGE]
         if len(edge):
-            out.append(f"{sc}: {len(edge)} λ search(es) stopped at the top of their range with control still "
+            out.append(f"{where}: {len(edge)} λ search(es) stopped at the top of their range with control still "
                        "admissible; raise coef_max to search further")
     return out
 
