@@ -1,11 +1,13 @@
-"""Known answers of the merge rules of negkit.merge_rules (DARE, Breadcrumbs, consensus/TALL, TSV-M)."""
+"""Known answers of the toolkits' merge rules in negkit.merge (DARE, Breadcrumbs, consensus/TALL, TSV-M)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from negkit import analysis, merge
-from negkit.merge_rules import breadcrumbs, consensus, dare, tsv
+from negkit.merge.consensus import tall_masks
+from negkit.merge.dare import drop_mask
+from negkit.merge.tsv import tsv_layer
 
 T = torch.tensor
 
@@ -18,8 +20,8 @@ def test_the_new_rules_are_registered():
 def test_dare_is_the_mean_of_masked_rescaled_members():
     tvs = [{"w": T([1.0, 2.0, 3.0, 4.0])}, {"w": T([-1.0, 0.5, 2.0, -3.0])}]
     p = 0.5
-    m0 = dare.drop_mask(torch.Size([4]), p, seed=3, member=0, key="w")
-    m1 = dare.drop_mask(torch.Size([4]), p, seed=3, member=1, key="w")
+    m0 = drop_mask(torch.Size([4]), p, seed=3, member=0, key="w")
+    m1 = drop_mask(torch.Size([4]), p, seed=3, member=1, key="w")
     expect = (tvs[0]["w"] * m0 / (1 - p) + tvs[1]["w"] * m1 / (1 - p)) / 2
     assert torch.allclose(merge.get("dare")(tvs, p=p, seed=3)["w"], expect)
     assert torch.equal(merge.get("dare")(tvs, p=0.0)["w"], merge.get("mean")(tvs)["w"])
@@ -68,7 +70,7 @@ def test_consensus_keeps_elements_enough_members_rank_important():
 
 
 def test_tall_masks_by_hand():
-    masks = consensus.tall_masks([T([2.0]), T([-1.0])], lam=1.0)  # τ_MTL = 1: |2| ≥ |−1|, |−1| ≥ |2| no
+    masks = tall_masks([T([2.0]), T([-1.0])], lam=1.0)  # τ_MTL = 1: |2| ≥ |−1|, |−1| ≥ |2| no
     assert masks.tolist() == [[True], [False]]
 
 
@@ -79,7 +81,7 @@ def test_tsv_of_orthogonal_rank_one_members_is_their_sum():
     e = torch.eye(4, dtype=torch.float64)
     a = 3.0 * torch.outer(e[0], e[1])
     b = 2.0 * torch.outer(e[2], e[3])
-    out = tsv.tsv_layer([a, b], fraction=0.25)
+    out = tsv_layer([a, b], fraction=0.25)
     assert torch.allclose(out, a + b, atol=1e-10)
 
 
@@ -89,7 +91,7 @@ def test_tsv_orthogonalises_interfering_directions():
     u = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
     a, b = torch.outer(u, torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)), \
         torch.outer(u, torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64))
-    out = tsv.tsv_layer([a, b])
+    out = tsv_layer([a, b])
     s = torch.linalg.svdvals(out)
     assert torch.allclose(s[:2], torch.ones(2, dtype=torch.float64), atol=1e-10)  # Σ = diag(1, 1) kept
 

@@ -14,7 +14,8 @@ from typing import Sequence
 
 import torch
 
-from negkit.merge import _acc_dtype, _Fold, _in_memory, register
+from negkit.merge import register
+from negkit.merge.fold import _acc_dtype, _Fold, _in_memory
 from negkit.pool import Pool
 
 __all__ = ["consensus", "tall_masks"]

@@ -13,8 +13,8 @@ from typing import Sequence
 
 import torch
 
-from negkit.merge import _in_memory, register
-from negkit.merge_rules._kept_mean import KeptMeanFold
+from negkit.merge import register
+from negkit.merge.fold import KeptMeanFold, _in_memory
 from negkit.pool import Pool
 
 __all__ = ["breadcrumbs", "breadcrumb_mask"]
