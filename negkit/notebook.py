@@ -36,7 +36,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, MutableMapping, Sequence
 
-__all__ = ["Param", "check_parameters", "injected_parameters", "set_threads", "repo_root", "resolve_path",
+__all__ = ["Param", "check_parameters", "pick", "injected_parameters", "set_threads", "repo_root", "resolve_path",
            "notebook_parameters", "check_names", "execute", "KERNEL_ARGUMENTS"]
 
 logger = logging.getLogger(__name__)
@@ -258,6 +258,22 @@ def check_parameters(namespace: MutableMapping[str, Any], spec: Mapping[str, typ
             values[name] = str(resolve_path(filled, base))
     namespace.update(values)
     return values
+
+
+def pick(options: Sequence[Any], index: int, name: str) -> Any:
+    """``options[index]``, refusing an index past the end with a message naming the parameter.
+
+    A notebook parameter such as ``member_index`` is checked against a list only known after
+    some work (the pool's members); this says which values are valid instead of clamping.
+
+    Raises:
+        ValueError: ``index`` is not in ``0 … len(options) - 1``.
+    """
+    if not 0 <= index < len(options):
+        listed = ", ".join(f"{i}: {o}" for i, o in enumerate(options))
+        raise ValueError(f"{name}={index} is out of range: there are {len(options)} ({listed}); "
+                         f"pass {name} between 0 and {len(options) - 1}")
+    return options[index]
 
 
 def set_threads(threads: int | None = None) -> int:

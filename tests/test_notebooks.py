@@ -208,3 +208,10 @@ def test_set_threads(monkeypatch):
             notebook.set_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+def test_pick_refuses_an_index_past_the_end_naming_the_parameter():
+    assert notebook.pick(["a", "b"], 1, "member_index") == "b"
+    with pytest.raises(ValueError, match=r"member_index=13 is out of range: there are 2 \(0: a, 1: b\); pass "
+                                         r"member_index between 0 and 1"):
+        notebook.pick(["a", "b"], 13, "member_index")
