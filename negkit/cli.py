@@ -115,7 +115,9 @@ def benchmark_config(args: argparse.Namespace):
     try:
         return benchmark.dataset_config(dataset, smoke=smoke, **values)
     except (TypeError, ValueError) as err:
-        raise CliError(str(err)) from None
+        given = [f"--{k.replace('_', '-')}" for k in _flags(args, _BENCH_FLAGS)]
+        where = " and ".join(([str(args.config)] if args.config else []) + given) or f"the {dataset} defaults"
+        raise CliError(f"{where}: {err}") from None
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:

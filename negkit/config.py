@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import functools
 import inspect
 import math
@@ -430,8 +431,10 @@ def from_dict(cls: type[T], values: Mapping[str, Any] | T | None = None, **overr
     bad_keys = [k for k in merged if not isinstance(k, str)]
     unknown = sorted(map(str, set(merged) - set(names)))
     if unknown or bad_keys:
+        close = {k: difflib.get_close_matches(k, names, n=1) for k in unknown}
+        hint = "".join(f" Did you mean {c[0]!r} for {k!r}?" for k, c in close.items() if c)
         raise ConfigError(
-            f"unknown {cls.__name__} key(s) {unknown}; valid keys are {names}. "
+            f"unknown {cls.__name__} key(s) {unknown}; valid keys are {names}.{hint} "
             "Check the spelling in your config or notebook parameters."
         )
     hints = _hints(cls)

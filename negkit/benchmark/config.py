@@ -155,6 +155,7 @@ class BenchmarkConfig:
             merge.get(m)
         for m, opts in self.merge_options.items():
             check_options(merge.get(m), opts, f"merge_options[{m!r}]")
+            _try_merge(m, opts)
         for m in self.baselines:
             unlearn.get(m)
         for m, over in self.baseline_configs.items():
@@ -171,8 +172,13 @@ class BenchmarkConfig:
             for key, values in grid.items():
                 if isinstance(values, (list, tuple)):
                     check_distinct(values, f"forget_vector_grid[{kind!r}][{key!r}]")
-            for values in baseline_candidates(self, m).values():
-                unlearn.default_config(m, **values)  # unknown baselines, fields and bad values fail here
+        for m in dict.fromkeys((*self.baselines, *self.baseline_grid)):
+            for name, values in baseline_candidates(self, m).items():
+                try:  # unknown baselines, fields and bad values of every candidate fail here, at load
+                    unlearn.default_config(m, **values)
+                except (TypeError, ValueError) as err:
+                    raise ValueError(f"baseline {m!r}, candidate {name!r} (baseline_configs[{m!r}] with "
+                                     f"baseline_grid[{m!r}]): {err}") from None
         unknown = [r for r in self.rules if r not in RULES]
         if unknown or "min_forget" not in self.rules:
             raise ValueError(f"rules must include 'min_forget' and come from {list(RULES)}; got {list(self.rules)}")
@@ -223,6 +229,21 @@ def make_config(values: Mapping[str, Any] | BenchmarkConfig | None = None, **ove
         if isinstance(val, Mapping):
             merged[key] = from_dict(cls, {**to_dict(default), **val})
     return from_dict(BenchmarkConfig, merged)
+
+
+def _try_merge(method: str, options: Mapping[str, Any]) -> None:
+    """Run merge rule ``method`` with ``options`` on two 4-element vectors, so bad values fail at load.
+
+    The signature check (``check_options``) catches misspelt names; this catches values the rule
+    refuses (``ties`` density 1.5, ``dare`` p = 1) before any unit trains, with the rule's message.
+    """
+    import torch
+
+    tvs = [{"w": torch.tensor([1.0, -2.0, 3.0, -4.0])}, {"w": torch.tensor([2.0, -1.0, -3.0, 4.0])}]
+    try:
+        merge.get(method)(tvs, **options)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"merge_options[{method!r}] = {dict(options)!r}: {err}") from None
 
 
 def default_config(*, smoke: bool = False, **overrides: Any) -> BenchmarkConfig:
