@@ -2,11 +2,11 @@
 
 Map of the package (one concept per module):
 
-* ``taskvec`` τ = θ_ft − θ_pre with maths-shaped arithmetic; ``merge`` / ``merge_rules``: NegMerge,
+* ``taskvec`` τ = θ_ft − θ_pre with maths-shaped arithmetic; ``merge`` (one module per rule): NegMerge,
   mean, TIES, MagMax, DARE, … behind one registry (``merge.merge("negmerge", taus)``).
 * ``data`` (dataset registry), ``models`` (model registry), ``train`` (the one training loop),
   ``evaluate`` (accuracy, the λ search), ``metrics`` (UA, RA, TA, MIA, Avg. Gap), ``unlearn``
-  (FT, GA, RL, ℓ1-sparse, SalUn), ``forget_vectors`` (input perturbations).
+  (FT, GA, RL, ℓ1-sparse, SalUn, IU, BE, BS, NegGrad+, SCRUB, SSD; one module each), ``forget_vectors`` (input perturbations).
 * ``benchmark`` (the paper's protocol over seeds), ``executor`` (local workers, Ray), ``clip``
   (open_clip task negation); ``results`` (tidy records), ``load_run`` (a run folder read back).
 * ``analysis`` + ``plotting`` (sign consensus, figures from tables), ``widgets`` (the explorer),
