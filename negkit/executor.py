@@ -261,6 +261,15 @@ def _remote_unit(cfg: BenchmarkConfig, run_dir: str, unit: U.Unit, device: str |
     return {"unit": unit.name, "seconds": time.perf_counter() - start, "host": host, "pid": os.getpid()}
 
 
+def _cancel(ray: Any, refs: list) -> None:
+    """Cancel queued and running Ray tasks (force: a running unit's worker is killed; it resumes next time)."""
+    for ref in refs:
+        try:
+            ray.cancel(ref, force=True)
+        except Exception as err:  # already finished, or the cluster is gone: nothing left to stop
+            log.debug("cancelling %s: %s", ref, err)
+
+
 def _ray(cfg: BenchmarkConfig, run_dir: Path, todo: list[U.Unit], bar: tqdm, *, address: str | None,
          num_cpus: int | None, cpus_per_task: float, gpus_per_task: float, retries: int,
          device: str | None) -> None:
@@ -288,20 +297,22 @@ def _ray(cfg: BenchmarkConfig, run_dir: Path, todo: list[U.Unit], bar: tqdm, *, 
             ref = task.options(name=unit.name, **resources).remote(cfg, str(run_dir), unit, device, *deps)
             refs[unit.name], names[ref] = ref, unit.name
         pending = list(names)
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            name = names[ready[0]]
-            try:
-                info = ray.get(ready[0])
-            except Exception as err:  # RayTaskError; its cause is the worker's RuntimeError from _remote_unit
-                for ref in pending:
-                    ray.cancel(ref)
-                cause = getattr(err, "cause", None)
-                detail = str(cause) if isinstance(cause, RuntimeError) else f"{type(err).__name__}: {err}"
-                raise UnitFailed(name, f"after {retries + 1} attempt(s) on Ray, {detail}") from None
-            log.info("unit %s done in %.1f s on %s", name, info["seconds"], info["host"])
-            bar.set_postfix_str(f"{len(pending)} queued or running; last: {name}")
-            bar.update()
+        try:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                name = names[ready[0]]
+                try:
+                    info = ray.get(ready[0])
+                except Exception as err:  # RayTaskError; its cause is the worker's RuntimeError from _remote_unit
+                    cause = getattr(err, "cause", None)
+                    detail = str(cause) if isinstance(cause, RuntimeError) else f"{type(err).__name__}: {err}"
+                    raise UnitFailed(name, f"after {retries + 1} attempt(s) on Ray, {detail}") from None
+                log.info("unit %s done in %.1f s on %s", name, info["seconds"], info["host"])
+                bar.set_postfix_str(f"{len(pending)} queued or running; last: {name}")
+                bar.update()
+        except BaseException:  # a failed unit, Ctrl-C or any error: nothing of this run keeps running
+            _cancel(ray, pending)
+            raise
     finally:
         if started:
             ray.shutdown()

@@ -14,6 +14,7 @@ import torch
 
 from negkit import benchmark as B
 from negkit import cli, io
+from negkit.benchmark import units as U
 from negkit.config import ConfigError
 
 
@@ -150,3 +151,67 @@ def test_sigint_during_a_benchmark_prints_the_resume_command_and_no_traceback(tm
     assert "Traceback" not in err
     lines = [ln for ln in err.splitlines() if ln.startswith("interrupted")]
     assert len(lines) == 1 and "units done; resume with: negkit benchmark --smoke --config" in lines[0], err
+
+
+# ---------------------------------------------------------------- Ray: nothing of an interrupted run keeps running
+class _FakeRay:
+    """Just enough of Ray's API for executor._ray: remote tasks, wait (interrupted on the 2nd call), cancel."""
+
+    def __init__(self) -> None:
+        self.cancelled: list = []
+        self.calls = 0
+        self.shut = False
+        self.initialised = False
+        self.submitted = 0
+
+    def is_initialized(self) -> bool:
+        return self.initialised
+
+    def init(self, **kwargs) -> None:
+        self.initialised = True
+
+    def shutdown(self) -> None:
+        self.shut = True
+
+    def remote(self, fn):
+        fake = self
+
+        class _Task:
+            def options(self, **kw):
+                return self
+
+            def remote(self, *args):
+                fake.submitted += 1
+                return f"ref{fake.submitted - 1}"
+        return _Task()
+
+    def wait(self, pending, num_returns=1):
+        self.calls += 1
+        if self.calls == 2:
+            raise KeyboardInterrupt
+        return pending[:1], pending[1:]
+
+    def get(self, ref):
+        return {"seconds": 0.0, "host": "h", "pid": 1}
+
+    def cancel(self, ref, force=False):
+        assert force
+        self.cancelled.append(ref)
+        if ref == "ref2":
+            raise RuntimeError("already finished")  # swallowed: nothing left to stop
+
+
+def test_ray_tasks_are_cancelled_and_a_local_ray_shut_down_on_interrupt(monkeypatch):
+    from tqdm import tqdm
+
+    from negkit import executor
+    from negkit.benchmark import default_config
+
+    fake = _FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    units = [U.Unit(name=f"u{i}", kind="original", seed=0, scenario="") for i in range(4)]
+    with pytest.raises(KeyboardInterrupt), tqdm(disable=True) as bar:
+        executor._ray(default_config(smoke=True), Path("unused"), units, bar, address=None, num_cpus=1,
+                      cpus_per_task=1, gpus_per_task=0, retries=0, device="cpu")
+    assert fake.cancelled == ["ref1", "ref2", "ref3"]  # every task not finished when Ctrl-C came
+    assert fake.shut  # the Ray this run started is shut down
