@@ -36,3 +36,16 @@ def test_the_cli_names_the_config_file_or_flag_a_bad_value_came_from(tmp_path, c
         main(["benchmark", "--smoke", "--scenarios", "clas_3", "--run-dir", str(tmp_path / "run")])
     assert "error: --scenarios: unknown scenario 'clas_3'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_a_pool_override_changes_only_what_it_names():
+    smoke = B.default_config(smoke=True, pool={"epochs": (1, 2, 3)})
+    assert len(B.pool_configs(smoke)) == 6  # 3 epochs × the smoke pool's 1 weight decay × 2 label smoothings
+    assert len(B.pool_configs(B.default_config(pool={"epochs": (4,)}))) == 4  # digits: 2 wd × 2 ls
+    assert B.default_config(smoke=True, baseline_configs={"ft": {"lr": 0.5}}).baseline_configs["ft"] == {
+        "epochs": 1, "lr": 0.5}
+
+
+def test_cifar10_without_data_root_says_how_to_give_it():
+    with pytest.raises(ValueError, match=r"needs data_root: the folder holding cifar-10-batches-py/ \(pass --data-root"):
+        B.dataset_config("cifar10")

@@ -231,6 +231,27 @@ def make_config(values: Mapping[str, Any] | BenchmarkConfig | None = None, **ove
     return from_dict(BenchmarkConfig, merged)
 
 
+#: Fields whose dict overrides apply on top of a recipe's dict (a pool override keeps the rest of the pool).
+_NESTED = ("original", "pool", "data_options", "model_options", "baseline_configs", "forget_vector_configs")
+
+
+def _on_top(recipe: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``recipe`` with ``overrides``; a dict given for a field of :data:`_NESTED` updates the recipe's dict.
+
+    So ``default_config(smoke=True, pool={"epochs": (1, 2, 3)})`` changes the smoke pool's epochs
+    only (3 × 1 × 2 = 6 members) instead of replacing the pool with the paper's 3 × 3 × 3 grid.
+    """
+    out = {**recipe, **overrides}
+    for key in _NESTED:
+        if isinstance(recipe.get(key), Mapping) and isinstance(overrides.get(key), Mapping):
+            if key in ("baseline_configs", "forget_vector_configs"):  # one level further: per method or kind
+                out[key] = {m: ({**recipe[key][m], **v} if isinstance(v, Mapping) and isinstance(
+                    recipe[key].get(m), Mapping) else v) for m, v in {**recipe[key], **overrides[key]}.items()}
+            else:
+                out[key] = {**recipe[key], **overrides[key]}
+    return out
+
+
 def _try_merge(method: str, options: Mapping[str, Any]) -> None:
     """Run merge rule ``method`` with ``options`` on two 4-element vectors, so bad values fail at load.
 
@@ -271,12 +292,12 @@ def default_config(*, smoke: bool = False, **overrides: Any) -> BenchmarkConfig:
             coefs=(0.0, 0.25, 0.5, 0.75, 1.0), coef_step=0.25,
             baseline_configs={m: {"epochs": 1} for m in unlearn.list_methods()}, smoke=True,
         )
-        return make_config({**smoke_values, **overrides})
+        return make_config(_on_top(smoke_values, overrides))
     digits: dict[str, Any] = dict(
         original={"epochs": 10}, baseline_grid=DIGITS_BASELINE_GRID,
         baseline_configs={"rl": {"epochs": 3}, "salun": {"epochs": 3}},  # each epoch passes D_f and D_r
         pool={"epochs": (4, 6), "weight_decays": (1e-4, 1e-5), "label_smoothings": (0.0, 0.1)})
-    return make_config({**digits, **overrides})
+    return make_config(_on_top(digits, overrides))
 
 
 #: Baseline settings tried on digits: the learning rate around :func:`negkit.unlearn.default_config`'s
@@ -401,7 +422,7 @@ def fashion_mnist_config(*, full: bool = False, quick: bool = False, data_root: 
         )
     values.update(dataset="fashion_mnist", data_root=None if data_root is None else str(data_root),
                   scenarios=("random_10", "class_0"))
-    return make_config({**values, **overrides})
+    return make_config(_on_top(values, overrides))
 
 
 _CONFIGS = {"digits": default_config, "fashion_mnist": fashion_mnist_config}
@@ -439,7 +460,7 @@ def dataset_config(dataset: str = "digits", *, smoke: bool = False, **overrides:
     return cfg
 
 
-def cifar10_config(data_root: str, **overrides: Any) -> BenchmarkConfig:
+def cifar10_config(data_root: str | None = None, **overrides: Any) -> BenchmarkConfig:
     """ResNet-18 on CIFAR-10 with the paper's 27-member pool (GPU-sized; same code path as digits).
 
     Pool: epochs {40, 50, 60} × weight decay {1e-4, 5e-5, 1e-5} × label smoothing
@@ -457,6 +478,9 @@ def cifar10_config(data_root: str, **overrides: Any) -> BenchmarkConfig:
         **overrides: Any :class:`BenchmarkConfig` field (nested dicts allowed); ``original``
             fields apply on top of this recipe.
     """
+    if data_root is None:
+        raise ValueError("the cifar10 benchmark needs data_root: the folder holding cifar-10-batches-py/ "
+                         "(pass --data-root DIR, data_root: DIR in the config file, or data_root= in Python)")
     values: dict[str, Any] = dict(
         dataset="cifar10", data_options={"augment": True}, data_root=str(data_root), model="resnet18",
         original={"epochs": 182, "batch_size": 256, "lr": 0.1, "weight_decay": 5e-4, "schedule": "multistep",
@@ -469,9 +493,7 @@ def cifar10_config(data_root: str, **overrides: Any) -> BenchmarkConfig:
                           "salun": {"epochs": 10, "lr": 0.013, "batch_size": 256}},
         eval_batch_size=1024,
     )
-    if isinstance(overrides.get("original"), Mapping):  # on top of this recipe, not of the digits default
-        overrides["original"] = {**values["original"], **overrides["original"]}
-    return make_config({**values, **overrides})
+    return make_config(_on_top(values, overrides))
 
 
 def _fmt(x: float) -> str:
