@@ -35,6 +35,7 @@ from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from negkit import __version__, io
+from negkit.config import check_registration
 from negkit.pool import Pool, abs_bits, bits_width, kth_largest_abs, open_pool
 from negkit.taskvec import TaskVector
 
@@ -61,9 +62,13 @@ def register(name: str, *, fold: type["_Fold"] | None = None) -> Callable[[Rule]
             their memory use is whatever the rule itself needs).
 
     Raises:
-        ValueError: ``name`` is already registered.
+        TypeError: ``name`` is not a str, or the decorated object is not callable.
+        ValueError: ``name`` is empty, not an identifier, or already registered.
     """
+    check_registration("merge rule", name)
+
     def deco(fn: Rule) -> Rule:
+        check_registration("merge rule", name, fn)
         if name in _RULES:
             raise ValueError(f"merge rule {name!r} is already registered; pick another name")
         _RULES[name] = fn

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -150,3 +151,55 @@ def test_sigint_during_a_benchmark_prints_the_resume_command_and_no_traceback(tm
     assert "Traceback" not in err
     lines = [ln for ln in err.splitlines() if ln.startswith("interrupted")]
     assert len(lines) == 1 and "units done; resume with: negkit benchmark --smoke --config" in lines[0], err
+
+
+# ---------------------------------------------------------------- registries refuse bad names and non-callables
+def _registries():
+    import negkit.data as data
+    import negkit.models as models
+    import negkit.unlearn as unlearn
+    from negkit import merge
+    return [("merge rule", merge.register, merge.list_methods), ("model", models.register_model, models.list_models),
+            ("dataset", data.register_dataset, data.list_datasets),
+            ("unlearning method", unlearn.register, unlearn.list_methods)]
+
+
+@pytest.mark.parametrize("index", range(4), ids=["merge", "models", "data", "unlearn"])
+@pytest.mark.parametrize("name, error, fragment", [
+    (123, TypeError, "name must be a str, got int 123"), (None, TypeError, "name must be a str, got NoneType"),
+    (b"mean2", TypeError, "name must be a str, got bytes"), (["x"], TypeError, "name must be a str, got list"),
+    ("", ValueError, "non-empty identifier"), ("my rule", ValueError, "non-empty identifier"),
+    ("1abc", ValueError, "non-empty identifier"), ("a-b", ValueError, "non-empty identifier")])
+def test_register_refuses_a_name_that_is_not_an_identifier_str(index, name, error, fragment):
+    kind, register, listing = _registries()[index]
+    before = list(listing())
+    with pytest.raises(error, match=re.escape(fragment)):
+        register(name)(lambda *a, **k: None)
+    assert list(listing()) == before
+
+
+@pytest.mark.parametrize("index", range(4), ids=["merge", "models", "data", "unlearn"])
+@pytest.mark.parametrize("obj", [42, "mean", None, [len]])
+def test_register_refuses_a_non_callable(index, obj):
+    kind, register, listing = _registries()[index]
+    before = list(listing())
+    with pytest.raises(TypeError, match=f"{kind} 'fuzz_not_callable' must be registered on a callable"):
+        register("fuzz_not_callable")(obj)
+    assert list(listing()) == before
+
+
+@pytest.mark.parametrize("name, error, fragment", [(7, TypeError, "name must be a str, got int"),
+                                                   ("", ValueError, "file-name-safe"),
+                                                   ("../evil", ValueError, "file-name-safe"),
+                                                   ("a/b", ValueError, "file-name-safe")])
+def test_register_model_config_refuses_a_bad_name(name, error, fragment, tmp_path):
+    from negkit.clip import model as clip_model
+    with pytest.raises(error, match=re.escape(fragment)):
+        clip_model.register_model_config(name, {"embed_dim": 8}, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_register_model_config_refuses_a_config_that_is_not_a_mapping(tmp_path):
+    from negkit.clip import model as clip_model
+    with pytest.raises(TypeError, match="config of 'fuzz_tiny' must be a mapping"):
+        clip_model.register_model_config("fuzz_tiny", [("embed_dim", 8)], tmp_path)
