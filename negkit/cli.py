@@ -92,7 +92,12 @@ def refuse_overwriting_inputs(output: str | Path, inputs: Sequence[tuple[str, st
         CliError: Naming the flag whose file the output would overwrite.
     """
     out = Path(output)
-    if not out.exists():
+    try:
+        exists = out.exists()
+    except OSError as err:  # a name over the file system's limit (ENAMETOOLONG), a loop of links...
+        raise CliError(f"-o {output}: {err.strerror} (a file name may have at most 255 bytes); "
+                       "choose a shorter output path") from None
+    if not exists:
         return
     for flag, path in inputs:
         if path is not None and Path(path).exists() and os.path.samefile(out, path):
@@ -177,7 +182,13 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     values = load_config_file(args.config)
     method = args.method or values.pop("method", "negmerge")
     values.pop("method", None)
-    options = {**values.pop("options", {}), **_key_values(args.option, "--option")}
+    options = values.pop("options", None) or {}
+    if not isinstance(options, Mapping):
+        raise CliError(f"merge config 'options' must be a mapping of option names to values, e.g. "
+                       f"{{density: 0.2}}, got a {type(options).__name__}: {options!r:.80}")
+    if not isinstance(method, str):
+        raise CliError(f"merge config 'method' must be a rule name, got {method!r}")
+    options = {**options, **_key_values(args.option, "--option")}
     pretrained = args.pretrained or values.pop("pretrained", None)
     values.pop("pretrained", None)
     if values:
@@ -395,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, f"negkit {args.command}: error: {err}\n")
     except UnitFailed as err:
         parser.exit(1, f"negkit {args.command}: {err}\n")
-    except (FileNotFoundError, PermissionError, ValueError, ImportError, RunDirLocked) as err:  # messages say the fix
+    except (OSError, ValueError, ImportError, RunDirLocked) as err:  # messages say the fix (and name the path)
         parser.exit(2, f"negkit {args.command}: error: {err}\n")
     return 0
 

@@ -38,11 +38,20 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``device`` as a ``torch.device``; None means ``"cuda"`` when available, else ``"cpu"``.
 
     Raises:
-        ValueError: ``device`` is not a torch device (the message lists valid ones).
+        ValueError: ``device`` is not a torch device (the message lists valid ones), or names a
+            CUDA device this machine does not have (checked here, before any work).
     """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return as_device(device)
+    dev = as_device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} asks for a GPU, but torch.cuda.is_available() is False on this "
+                             "machine (no GPU, no driver, or a CPU-only torch); pass device='cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}: this machine has {torch.cuda.device_count()} GPU(s), "
+                             f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    return dev
 
 
 @torch.no_grad()

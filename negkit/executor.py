@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from negkit.benchmark import BenchmarkConfig, run
 from negkit.benchmark import units as U
+from negkit.evaluate import resolve_device
 from negkit.lock import lock_run_dir
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def run_benchmark(cfg: BenchmarkConfig, run_dir: str | Path, *, executor: str = 
         UnitFailed: A unit still failed after its retries (names it; carries its traceback).
         ImportError: ``executor="ray"`` without Ray installed.
     """
-    _check(executor, address, num_cpus, cpus_per_task, gpus_per_task, retries, workers)
+    _check(executor, address, num_cpus, cpus_per_task, gpus_per_task, retries, workers, device)
     U.validate(cfg, run_dir)  # before the lock creates run_dir
     with lock_run_dir(run_dir, device=device):  # one lock over training and evaluation
         run_units(cfg, run_dir, executor=executor, address=address, num_cpus=num_cpus,
@@ -105,7 +106,7 @@ def run_benchmark(cfg: BenchmarkConfig, run_dir: str | Path, *, executor: str = 
 
 
 def _check(executor: str, address: str | None, num_cpus: int | None, cpus_per_task: float, gpus_per_task: float,
-           retries: int, workers: int) -> None:
+           retries: int, workers: int, device: str | None = None) -> None:
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; valid executors are {list(EXECUTORS)}")
     if cpus_per_task <= 0 or gpus_per_task < 0 or retries < 0:
@@ -117,6 +118,11 @@ def _check(executor: str, address: str | None, num_cpus: int | None, cpus_per_ta
         raise ValueError("address joins a Ray cluster; pass executor='ray' with it")
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1 (1: one unit after another), got {workers!r}")
+    if executor == "local" and gpus_per_task:
+        raise ValueError(f"gpus_per_task={gpus_per_task:g} asks Ray for GPUs, but executor='local' does not use "
+                         "Ray; pass executor='ray' (--executor ray), or device='cuda' (--device cuda) for the local one")
+    if device is not None:
+        resolve_device(device)  # a GPU this machine lacks fails here, before any unit starts
     if executor != "local" and workers != 1:
         raise ValueError(f"workers={workers} is for the local executor; Ray runs as many units at once as "
                          "num_cpus / cpus_per_task allow")
@@ -130,7 +136,7 @@ def run_units(cfg: BenchmarkConfig, run_dir: str | Path, *, executor: str = "loc
     Returns:
         Names of the units that were run (those not done before).
     """
-    _check(executor, address, num_cpus, cpus_per_task, gpus_per_task, retries, workers)
+    _check(executor, address, num_cpus, cpus_per_task, gpus_per_task, retries, workers, device)
     U.validate(cfg, run_dir)
     with lock_run_dir(run_dir, device=device):  # the units' workers write under this process's lock
         return _run_units(cfg, Path(run_dir), executor, address=address, num_cpus=num_cpus,
