@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from negkit.benchmark import BenchmarkConfig, run
 from negkit.benchmark import units as U
 from negkit.evaluate import resolve_device
-from negkit.lock import lock_run_dir
+from negkit.lock import live_workers, lock_run_dir, register_worker
 
 log = logging.getLogger(__name__)
 
@@ -176,13 +176,15 @@ def _local(cfg: BenchmarkConfig, run_dir: Path, todo: list[U.Unit], device: str 
         bar.update()
 
 
-def _worker_init(threads: int, parent: int | None = None) -> None:
+def _worker_init(threads: int, parent: int | None = None, run_dir: str | None = None) -> None:
     """Start of a local worker process: this process's thread count, and tied to its parent's life.
 
     A worker must not outlive the process that handed it units (it would go on writing
     into a run dir a resumed run also writes). On Linux the kernel kills it when its parent
     dies (``PR_SET_PDEATHSIG``); everywhere a watchdog thread exits it once the parent is
     gone. Ctrl-C is the parent's to handle: the worker ignores SIGINT and is terminated.
+    With ``run_dir`` the worker records its PID there (:func:`negkit.lock.register_worker`),
+    so that a resume refuses while it is still alive.
     """
     import torch
 
@@ -197,6 +199,8 @@ def _worker_init(threads: int, parent: int | None = None) -> None:
     if os.getppid() != parent:  # the parent died before the signal was armed
         os._exit(1)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="negkit-parent-watch").start()
+    if run_dir is not None:
+        register_worker(run_dir)
 
 
 def _watch_parent(parent: int, every: float = 1.0) -> None:
@@ -221,15 +225,18 @@ def _processes(cfg: BenchmarkConfig, run_dir: Path, todo: list[U.Unit], device: 
     waiting = list(todo)
     running: dict[cf.Future, U.Unit] = {}
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's threads
-    with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
-                                initargs=(torch.get_num_threads(), os.getpid())) as pool:
-        try:
-            _hand_out(pool, cfg, run_dir, waiting, running, unfinished, device, bar, workers)
-        except (KeyboardInterrupt, SystemExit):  # Ctrl-C or a kill: no worker may go on writing the run dir
-            for proc in list((getattr(pool, "_processes", None) or {}).values()):
-                proc.terminate()
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    try:
+        with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                                    initargs=(torch.get_num_threads(), os.getpid(), str(run_dir))) as pool:
+            try:
+                _hand_out(pool, cfg, run_dir, waiting, running, unfinished, device, bar, workers)
+            except (KeyboardInterrupt, SystemExit):  # Ctrl-C or a kill: no worker may go on writing the run dir
+                for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                    proc.terminate()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+    finally:
+        live_workers(run_dir)  # drops the records of the workers that have exited
 
 
 def _hand_out(pool: cf.ProcessPoolExecutor, cfg: BenchmarkConfig, run_dir: Path, waiting: list[U.Unit],

@@ -293,3 +293,58 @@ def test_apply_to_an_int_model_is_a_type_error(model):
     from negkit.taskvec import TaskVector
     with pytest.raises(TypeError, match=f"apply_to takes a state dict or an nn.Module, got a {type(model).__name__}"):
         TaskVector({"w": torch.ones(2)}).apply_to(model, 1.0)
+
+
+# ---------------------------------------------------------------- a resume waits for the old run's workers
+WORKER = textwrap.dedent("""
+    import os, sys, time
+    from negkit import executor
+    executor._worker_init(1, os.getppid(), sys.argv[1])   # records this worker in the run dir
+    print("ready", flush=True)
+    time.sleep(120)
+""")
+
+
+def _start_worker(tmp_path, run_dir):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    proc = subprocess.Popen([sys.executable, str(script), str(run_dir)], cwd=Path(__file__).parents[1],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_opening_a_run_dir_refuses_while_a_recorded_worker_is_alive(tmp_path):
+    from negkit.lock import RunDirLocked, WORKERS_DIR, live_workers, lock_run_dir
+
+    run_dir = tmp_path / "run"
+    proc = _start_worker(tmp_path, run_dir)
+    try:
+        assert [w["pid"] for w in live_workers(run_dir)] == [proc.pid]
+        with pytest.raises(RunDirLocked, match=rf"worker process\(es\) {proc.pid} of an earlier run.*kill {proc.pid}"):
+            with lock_run_dir(run_dir):
+                pytest.fail("the run dir was opened while a worker of the old run was alive")
+    finally:
+        proc.kill()
+        proc.wait()
+    with lock_run_dir(run_dir):  # the worker is gone: the resume proceeds and its record is dropped
+        assert not (run_dir / WORKERS_DIR).exists()
+
+
+def test_records_of_ended_or_reused_pids_do_not_block(tmp_path):
+    from negkit import io as nkio
+    from negkit.lock import WORKERS_DIR, live_workers, lock_run_dir
+
+    run_dir = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(done.stdout)
+    host = __import__("socket").gethostname()
+    nkio.save_json({"pid": dead, "host": host, "start": "1"}, run_dir / WORKERS_DIR / f"{dead}.json")
+    # a live PID (our parent) with another start time: the PID was reused, not our worker
+    nkio.save_json({"pid": os.getppid(), "host": host, "start": "-1"}, run_dir / WORKERS_DIR / "reused.json")
+    (run_dir / WORKERS_DIR / "junk.json").write_text("not json")
+    nkio.save_json({"pid": os.getppid(), "host": "another-host", "start": "1"}, run_dir / WORKERS_DIR / "far.json")
+    assert live_workers(run_dir) == []
+    assert [p.name for p in (run_dir / WORKERS_DIR).iterdir()] == ["far.json"]  # other hosts: left alone
+    with lock_run_dir(run_dir):
+        pass
