@@ -45,7 +45,11 @@ def load_config_file(path: str | Path | None) -> dict[str, Any]:
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise CliError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}")
+        mark = getattr(err, "problem_mark", None)  # YAML's messages span lines (a caret drawing): keep one
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or " ".join(str(err).split())
+        raise CliError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+                       f"{problem}{where}") from None
     if data is None:
         return {}
     if not isinstance(data, Mapping):

@@ -335,8 +335,8 @@ def search_coef(evaluate_coefs: Callable[[Sequence[float]], Mapping[str, Sequenc
     if rule != "match" and target is not None:
         raise ValueError(f"target is only used by rule='match'; got rule={rule!r}, target={target!r}")
     if not (isinstance(start, numbers.Real) and math.isfinite(start) and start >= 0):
-        raise ValueError(f"start must be a finite λ ≥ 0 (negation subtracts λτ; a negative λ adds the task back), "
-                         f"got start={start!r}")
+        raise ValueError(f"start must be a finite λ ≥ 0 (negation subtracts λτ; a negative λ adds the task "
+                         f"back), got start={start!r}")
     if max_coef < stop:
         raise ValueError(f"max_coef ({max_coef:g}) must be >= stop ({stop:g})")
     n_max = _grid_size(start, max_coef, step)

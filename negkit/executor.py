@@ -120,7 +120,8 @@ def _check(executor: str, address: str | None, num_cpus: int | None, cpus_per_ta
         raise ValueError(f"workers must be an int >= 1 (1: one unit after another), got {workers!r}")
     if executor == "local" and gpus_per_task:
         raise ValueError(f"gpus_per_task={gpus_per_task:g} asks Ray for GPUs, but executor='local' does not use "
-                         "Ray; pass executor='ray' (--executor ray), or device='cuda' (--device cuda) for the local one")
+                         "Ray; pass executor='ray' (--executor ray), or device='cuda' (--device cuda) for the "
+                         "local one")
     if device is not None:
         resolve_device(device)  # a GPU this machine lacks fails here, before any unit starts
     if executor != "local" and workers != 1:

@@ -178,7 +178,10 @@ def lock_run_dir(run_dir: str | os.PathLike, *, device: Any = None, clean: bool 
 
 
 def _start_time(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (``/proc/<pid>/stat`` field 22), to tell a reused PID apart; None off Linux."""
+    """The kernel's start time of ``pid`` (``/proc/<pid>/stat`` field 22), to tell a reused PID apart.
+
+    None off Linux or when ``pid`` is gone.
+    """
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
             return f.read().rsplit(")", 1)[1].split()[19]

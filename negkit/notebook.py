@@ -222,7 +222,8 @@ def _fill(name: str, template: str, values: Mapping[str, Any]) -> str:
     try:
         parts = list(string.Formatter().parse(template))
     except ValueError as err:
-        raise ValueError(f"notebook parameter {name!r}={template!r}: {err}; write literal braces as {{{{ }}}}") from None
+        raise ValueError(f"notebook parameter {name!r}={template!r}: {err}; "
+                         f"write literal braces as {{{{ }}}}") from None
     for literal, field, spec, conversion in parts:
         out.append(literal)
         if field is None:

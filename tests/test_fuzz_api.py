@@ -14,7 +14,6 @@ import socket
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import negkit.data as data
 import negkit.models as models
