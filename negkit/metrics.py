@@ -48,13 +48,15 @@ def _check_labels(labels: torch.Tensor | np.ndarray | Sequence[int], where: str,
                   n_classes: int | None = None) -> None:
     """Refuse labels that are not class indices in [0, n_classes): floats, booleans, negatives."""
     t = labels if isinstance(labels, torch.Tensor) else torch.as_tensor(np.asarray(labels))
+    if t.numel() == 0:  # no dtype to judge (np.asarray([]) is float64); the callers refuse empty input
+        return
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"{where}: labels must be integer class indices, got a {t.dtype} tensor; "
                         f"pass labels.long() (or the dataset's targets, not probabilities)")
-    if t.numel() and int(t.min()) < 0:
+    if int(t.min()) < 0:
         raise ValueError(f"{where}: labels must be class indices ≥ 0, got {int(t.min())}; "
                          f"was an ignore label (e.g. -100) left in?")
-    if n_classes is not None and t.numel() and int(t.max()) >= n_classes:
+    if n_classes is not None and int(t.max()) >= n_classes:
         raise ValueError(f"{where}: label {int(t.max())} is out of range for {n_classes} classes (logits' columns)")
 
 
