@@ -236,6 +236,8 @@ ROWS = [
     ("cfg-threshold-percent", _cfg(threshold=95), ValueError, "threshold"),
     ("cfg-coef-step-zero", _cfg(coef_step=0.0), ValueError, "coef_step"),
     ("cfg-coef-max-nan", _cfg(coef_max=NAN), ValueError, "coef_max"),
+    ("cfg-coefs-negative", _cfg(coefs=(-0.5, 0.0, 1.0)), ValueError, "coefs=(-0.5, 0.0, 1.0) must be >= 0"),
+    ("cfg-coefs-nan", _cfg(coefs=(NAN, 1.0)), ValueError, "coefs=(nan, 1.0) is NaN"),
     ("cfg-merge-unknown", _cfg(merge_methods=("negmrge",)), ValueError, "negmrge"),
     ("cfg-baseline-unknown", _cfg(baselines=("gaa",)), ValueError, "gaa"),
     ("cfg-unknown-key", _cfg(colour="red"), ValueError, "colour"),

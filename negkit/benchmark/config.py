@@ -152,8 +152,8 @@ class BenchmarkConfig:
     forget_vector_grid: dict = dataclasses.field(default_factory=dict)
     smoke: bool = False
 
-    RANGES = {"seeds": ">= 0", "threshold": "(0, 1]", "eval_batch_size": ">= 1", "coef_step": "> 0",
-              "coef_max": "finite"}
+    RANGES = {"seeds": ">= 0", "coefs": ">= 0", "threshold": "(0, 1]", "eval_batch_size": ">= 1",
+              "coef_step": "> 0", "coef_max": "finite"}
 
     def __post_init__(self) -> None:
         check(self)  # types and RANGES (negkit.config) first: scenarios='class_3' is a str, not a tuple
