@@ -14,6 +14,7 @@ examples.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -99,8 +100,8 @@ def refuse_overwriting_inputs(output: str | Path, inputs: Sequence[tuple[str, st
     try:
         exists = out.exists()
     except OSError as err:  # a name over the file system's limit (ENAMETOOLONG), a loop of links...
-        raise CliError(f"-o {output}: {err.strerror} (a file name may have at most 255 bytes); "
-                       "choose a shorter output path") from None
+        hint = " (a file name may have at most 255 bytes)" if err.errno == errno.ENAMETOOLONG else ""
+        raise CliError(f"-o {output}: {err.strerror}{hint}; choose another output path") from None
     if not exists:
         return
     for flag, path in inputs:
