@@ -14,6 +14,7 @@ examples.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -45,7 +46,11 @@ def load_config_file(path: str | Path | None) -> dict[str, Any]:
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise CliError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}")
+        mark = getattr(err, "problem_mark", None)  # YAML's messages span lines (a caret drawing): keep one
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or " ".join(str(err).split())
+        raise CliError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+                       f"{problem}{where}") from None
     if data is None:
         return {}
     if not isinstance(data, Mapping):
@@ -92,7 +97,12 @@ def refuse_overwriting_inputs(output: str | Path, inputs: Sequence[tuple[str, st
         CliError: Naming the flag whose file the output would overwrite.
     """
     out = Path(output)
-    if not out.exists():
+    try:
+        exists = out.exists()
+    except OSError as err:  # a name over the file system's limit (ENAMETOOLONG), a loop of links...
+        hint = " (a file name may have at most 255 bytes)" if err.errno == errno.ENAMETOOLONG else ""
+        raise CliError(f"-o {output}: {err.strerror}{hint}; choose another output path") from None
+    if not exists:
         return
     for flag, path in inputs:
         if path is not None and Path(path).exists() and os.path.samefile(out, path):
@@ -181,7 +191,13 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     values = load_config_file(args.config)
     method = args.method or values.pop("method", "negmerge")
     values.pop("method", None)
-    options = {**values.pop("options", {}), **_key_values(args.option, "--option")}
+    options = values.pop("options", None) or {}
+    if not isinstance(options, Mapping):
+        raise CliError(f"merge config 'options' must be a mapping of option names to values, e.g. "
+                       f"{{density: 0.2}}, got a {type(options).__name__}: {options!r:.80}")
+    if not isinstance(method, str):
+        raise CliError(f"merge config 'method' must be a rule name, got {method!r}")
+    options = {**options, **_key_values(args.option, "--option")}
     pretrained = args.pretrained or values.pop("pretrained", None)
     values.pop("pretrained", None)
     if values:
@@ -399,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, f"negkit {args.command}: error: {err}\n")
     except UnitFailed as err:
         parser.exit(1, f"negkit {args.command}: {err}\n")
-    except (FileNotFoundError, PermissionError, ValueError, ImportError, RunDirLocked) as err:  # messages say the fix
+    except (OSError, ValueError, ImportError, RunDirLocked) as err:  # messages say the fix (and name the path)
         parser.exit(2, f"negkit {args.command}: error: {err}\n")
     return 0
 

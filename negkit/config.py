@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 T = TypeVar("T")
 
 __all__ = ["ConfigError", "from_dict", "to_dict", "replace", "check", "check_values", "check_options",
-           "parse_range"]
+           "check_distinct", "check_registration", "parse_range"]
 
 
 class ConfigError(ValueError):
@@ -332,6 +332,30 @@ def check_distinct(values: Any, where: str) -> None:
             return
     if repeated:
         raise ConfigError(f"{where} repeats {repeated}: each entry may appear once; remove the duplicates")
+
+
+_NO_FN = object()
+
+
+def check_registration(kind: str, name: Any, fn: Any = _NO_FN) -> None:
+    """The checks every registry of the kit makes on ``register(name)(fn)``.
+
+    Args:
+        kind: What is registered, for the message (``"merge rule"``, ``"dataset"``).
+        name: Must be a non-empty identifier str (it becomes a config value and a CLI choice).
+        fn: The decorated object, when known (omit it to check the name alone); must be callable.
+
+    Raises:
+        TypeError: ``name`` is not a str or ``fn`` is not callable.
+        ValueError: ``name`` is empty or not an identifier.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"a {kind}'s name must be a str, got {type(name).__name__} {name!r:.60}; "
+                        f"use it as a decorator: @register('my_name')")
+    if not name.isidentifier():
+        raise ValueError(f"a {kind}'s name must be a non-empty identifier such as 'my_name', got {name!r}")
+    if fn is not _NO_FN and not callable(fn):
+        raise TypeError(f"{kind} {name!r} must be registered on a callable, got {type(fn).__name__} {fn!r:.60}")
 
 
 def _wants_tuple(hint: Any) -> bool:

@@ -38,11 +38,20 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``device`` as a ``torch.device``; None means ``"cuda"`` when available, else ``"cpu"``.
 
     Raises:
-        ValueError: ``device`` is not a torch device (the message lists valid ones).
+        ValueError: ``device`` is not a torch device (the message lists valid ones), or names a
+            CUDA device this machine does not have (checked here, before any work).
     """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return as_device(device)
+    dev = as_device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} asks for a GPU, but torch.cuda.is_available() is False on this "
+                             "machine (no GPU, no driver, or a CPU-only torch); pass device='cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}: this machine has {torch.cuda.device_count()} GPU(s), "
+                             f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    return dev
 
 
 @torch.no_grad()
@@ -130,9 +139,17 @@ def check_threshold(threshold: float) -> None:
 
 
 def _check_reference(control_reference: float) -> None:
-    if not (isinstance(control_reference, numbers.Real) and math.isfinite(control_reference)):
-        raise ValueError(f"control_reference must be a finite accuracy (the original model's control accuracy "
+    if not (isinstance(control_reference, numbers.Real) and math.isfinite(control_reference)
+            and control_reference >= 0):
+        raise ValueError(f"control_reference must be a finite accuracy ≥ 0 (the original model's control accuracy "
                          f"in %), got {control_reference!r}; was the reference evaluated on an empty set?")
+
+
+def _check_coefs(coefs: Sequence[float]) -> None:
+    for i, c in enumerate(coefs):
+        if isinstance(c, bool) or not (isinstance(c, numbers.Real) and math.isfinite(c)):
+            raise ValueError(f"coefs[{i}] must be a finite number, got {c!r}; build the candidates with "
+                             f"negkit.evaluate.coef_grid(0, 1, 0.05)")
 
 
 def _check_selection(threshold: float, control_reference: float, rule: str, target: float | None) -> None:
@@ -192,8 +209,9 @@ def select_coef(coefs: Sequence[float], forget_acc: Sequence[float], control_acc
         The selected coefficient, or None when none qualifies.
 
     Raises:
-        ValueError: The sequences differ in length or are empty; a threshold outside
-            (0, 1]; a non-finite reference; an unknown rule or a missing target.
+        ValueError: The sequences differ in length or are empty; a NaN/Inf coefficient; a
+            threshold outside (0, 1]; a negative or non-finite reference; an unknown rule or
+            a missing target.
     """
     _check_selection(threshold, control_reference, rule, target)
     if not len(coefs) == len(forget_acc) == len(control_acc):
@@ -201,6 +219,7 @@ def select_coef(coefs: Sequence[float], forget_acc: Sequence[float], control_acc
                          f"{len(coefs)}, {len(forget_acc)}, {len(control_acc)}")
     if not len(coefs):
         raise ValueError("no coefficients to select from; pass e.g. negkit.evaluate.coef_grid(0, 1, 0.05)")
+    _check_coefs(coefs)
     best = None
     for c, f, k in zip(coefs, forget_acc, control_acc):
         if not (k >= threshold * control_reference) or math.isnan(f):
@@ -309,12 +328,15 @@ def search_coef(evaluate_coefs: Callable[[Sequence[float]], Mapping[str, Sequenc
         A :class:`CoefSearch`.
 
     Raises:
-        ValueError: A bad threshold, reference, grid, rule or target, or an evaluator
+        ValueError: A bad threshold, reference, grid (``start`` < 0), rule or target, or an evaluator
             that omits a split or returns the wrong number of values.
     """
     _check_selection(threshold, control_reference, rule, target)
     if rule != "match" and target is not None:
         raise ValueError(f"target is only used by rule='match'; got rule={rule!r}, target={target!r}")
+    if not (isinstance(start, numbers.Real) and math.isfinite(start) and start >= 0):
+        raise ValueError(f"start must be a finite λ ≥ 0 (negation subtracts λτ; a negative λ adds the task "
+                         f"back), got start={start!r}")
     if max_coef < stop:
         raise ValueError(f"max_coef ({max_coef:g}) must be >= stop ({stop:g})")
     n_max = _grid_size(start, max_coef, step)

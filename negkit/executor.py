@@ -47,7 +47,8 @@ from tqdm.auto import tqdm
 
 from negkit.benchmark import BenchmarkConfig, run
 from negkit.benchmark import units as U
-from negkit.lock import lock_run_dir
+from negkit.evaluate import resolve_device
+from negkit.lock import live_workers, lock_run_dir, register_worker
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def run_benchmark(cfg: BenchmarkConfig, run_dir: str | Path, *, executor: str = 
         UnitFailed: A unit still failed after its retries (names it; carries its traceback).
         ImportError: ``executor="ray"`` without Ray installed.
     """
-    _check(executor, address, num_cpus, cpus_per_task, gpus_per_task, retries, workers)
+    _check(executor, address, num_cpus, cpus_per_task, gpus_per_task, retries, workers, device)
     U.validate(cfg, run_dir)  # before the lock creates run_dir
     with lock_run_dir(run_dir, device=device):  # one lock over training and evaluation
         run_units(cfg, run_dir, executor=executor, address=address, num_cpus=num_cpus,
@@ -105,7 +106,7 @@ def run_benchmark(cfg: BenchmarkConfig, run_dir: str | Path, *, executor: str = 
 
 
 def _check(executor: str, address: str | None, num_cpus: int | None, cpus_per_task: float, gpus_per_task: float,
-           retries: int, workers: int) -> None:
+           retries: int, workers: int, device: str | None = None) -> None:
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; valid executors are {list(EXECUTORS)}")
     if cpus_per_task <= 0 or gpus_per_task < 0 or retries < 0:
@@ -117,6 +118,12 @@ def _check(executor: str, address: str | None, num_cpus: int | None, cpus_per_ta
         raise ValueError("address joins a Ray cluster; pass executor='ray' with it")
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1 (1: one unit after another), got {workers!r}")
+    if executor == "local" and gpus_per_task:
+        raise ValueError(f"gpus_per_task={gpus_per_task:g} asks Ray for GPUs, but executor='local' does not use "
+                         "Ray; pass executor='ray' (--executor ray), or device='cuda' (--device cuda) for the "
+                         "local one")
+    if device is not None:
+        resolve_device(device)  # a GPU this machine lacks fails here, before any unit starts
     if executor != "local" and workers != 1:
         raise ValueError(f"workers={workers} is for the local executor; Ray runs as many units at once as "
                          "num_cpus / cpus_per_task allow")
@@ -130,7 +137,7 @@ def run_units(cfg: BenchmarkConfig, run_dir: str | Path, *, executor: str = "loc
     Returns:
         Names of the units that were run (those not done before).
     """
-    _check(executor, address, num_cpus, cpus_per_task, gpus_per_task, retries, workers)
+    _check(executor, address, num_cpus, cpus_per_task, gpus_per_task, retries, workers, device)
     U.validate(cfg, run_dir)
     with lock_run_dir(run_dir, device=device):  # the units' workers write under this process's lock
         return _run_units(cfg, Path(run_dir), executor, address=address, num_cpus=num_cpus,
@@ -170,13 +177,15 @@ def _local(cfg: BenchmarkConfig, run_dir: Path, todo: list[U.Unit], device: str 
         bar.update()
 
 
-def _worker_init(threads: int, parent: int | None = None) -> None:
+def _worker_init(threads: int, parent: int | None = None, run_dir: str | None = None) -> None:
     """Start of a local worker process: this process's thread count, and tied to its parent's life.
 
     A worker must not outlive the process that handed it units (it would go on writing
     into a run dir a resumed run also writes). On Linux the kernel kills it when its parent
     dies (``PR_SET_PDEATHSIG``); everywhere a watchdog thread exits it once the parent is
     gone. Ctrl-C is the parent's to handle: the worker ignores SIGINT and is terminated.
+    With ``run_dir`` the worker records its PID there (:func:`negkit.lock.register_worker`),
+    so that a resume refuses while it is still alive.
     """
     import torch
 
@@ -191,6 +200,8 @@ def _worker_init(threads: int, parent: int | None = None) -> None:
     if os.getppid() != parent:  # the parent died before the signal was armed
         os._exit(1)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="negkit-parent-watch").start()
+    if run_dir is not None:
+        register_worker(run_dir)
 
 
 def _watch_parent(parent: int, every: float = 1.0) -> None:
@@ -215,15 +226,18 @@ def _processes(cfg: BenchmarkConfig, run_dir: Path, todo: list[U.Unit], device: 
     waiting = list(todo)
     running: dict[cf.Future, U.Unit] = {}
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's threads
-    with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
-                                initargs=(torch.get_num_threads(), os.getpid())) as pool:
-        try:
-            _hand_out(pool, cfg, run_dir, waiting, running, unfinished, device, bar, workers)
-        except (KeyboardInterrupt, SystemExit):  # Ctrl-C or a kill: no worker may go on writing the run dir
-            for proc in list((getattr(pool, "_processes", None) or {}).values()):
-                proc.terminate()
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    try:
+        with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                                    initargs=(torch.get_num_threads(), os.getpid(), str(run_dir))) as pool:
+            try:
+                _hand_out(pool, cfg, run_dir, waiting, running, unfinished, device, bar, workers)
+            except (KeyboardInterrupt, SystemExit):  # Ctrl-C or a kill: no worker may go on writing the run dir
+                for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                    proc.terminate()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+    finally:
+        live_workers(run_dir)  # drops the records of the workers that have exited
 
 
 def _hand_out(pool: cf.ProcessPoolExecutor, cfg: BenchmarkConfig, run_dir: Path, waiting: list[U.Unit],

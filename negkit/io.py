@@ -15,6 +15,7 @@ instead of executed; convert it once in an environment you trust.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -83,11 +84,16 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
 
     Raises:
         FileNotFoundError: The block finished without creating the temporary file.
+        OSError: Writing, syncing or renaming failed (disk full, a name too long...): the
+            temporary file is removed and the error (same errno) names ``path`` and the fix.
     """
     dest = Path(path)
-    if dest.is_dir():
-        raise IsADirectoryError(f"atomic_write({dest}): the destination is a folder; pass a file path")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if dest.is_dir():
+            raise IsADirectoryError(f"atomic_write({dest}): the destination is a folder; pass a file path")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _named(e, dest) from e
     tmp = dest.with_name(_tmp_name(dest.name))
     try:
         yield tmp
@@ -104,11 +110,27 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
         finally:
             os.close(fd)
         os.replace(tmp, dest)
+    except OSError as e:  # disk full, quota, a name too long: no temporary file stays, the error names dest
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise _named(e, dest) from e
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             tmp.unlink()
         raise
     _fsync_dir(dest.parent)
+
+
+def _named(err: OSError, dest: Path) -> OSError:
+    """``err`` as an OSError (same errno, so the same subclass) whose message names ``dest`` and the fix."""
+    if err.errno is None or (err.strerror or "").startswith("could not write"):
+        return err
+    hint = {errno.ENOSPC: "free disk space and rerun (finished work is kept)",
+            errno.EDQUOT: "free space within your quota and rerun",
+            errno.ENAMETOOLONG: f"a file name may have at most {_NAME_MAX} bytes; choose a shorter name",
+            errno.EROFS: "the file system is read-only; write somewhere else",
+            errno.EACCES: "you may not write there; choose another path"}.get(err.errno, "nothing was written there")
+    return OSError(err.errno, f"could not write {dest}: {err.strerror or err}; {hint}", str(dest))
 
 
 def _tmp_name(name: str) -> str:

@@ -44,11 +44,12 @@ from negkit import io as nkio
 from negkit.evaluate import resolve_device
 
 __all__ = ["RunDirLocked", "lock_run_dir", "locks_run_dir", "holder", "environment", "check_environment",
-           "LOCK_FILE", "ENV_FILE"]
+           "register_worker", "live_workers", "LOCK_FILE", "ENV_FILE", "WORKERS_DIR"]
 
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".negkit.lock"
+WORKERS_DIR = ".negkit.workers"  # one record per live local worker process (register_worker)
 ENV_FILE = "environment.json"
 F = TypeVar("F", bound=Callable[..., Any])
 #: How a decorated runner names its run dir: an argument name, or a function of the bound arguments.
@@ -115,7 +116,8 @@ def lock_run_dir(run_dir: str | os.PathLike, *, device: Any = None, clean: bool 
         ``run_dir`` as a Path.
 
     Raises:
-        RunDirLocked: Another process holds the lock (the message names its PID and host).
+        RunDirLocked: Another process holds the lock (the message names its PID and host), or
+            a worker process of an earlier run is still alive (:func:`live_workers`; named too).
         OSError: The file system does not support locks (the message says so).
     """
     run_dir = Path(run_dir)
@@ -145,6 +147,12 @@ def lock_run_dir(run_dir: str | os.PathLike, *, device: Any = None, clean: bool 
                 raise _refusal(run_dir, holder(run_dir)) from None
             raise OSError(e.errno, f"cannot lock {run_dir / LOCK_FILE} ({e.strerror}); the file system may not "
                                    "support locks: use a run dir on a local disk") from e
+        live = live_workers(run_dir)  # a worker of a killed run may still be writing (its parent held the lock)
+        if live:
+            pids = ", ".join(str(w["pid"]) for w in live)
+            raise RunDirLocked(f"{run_dir} is still being written by worker process(es) {pids} of an earlier run "
+                               f"on this host (recorded in {WORKERS_DIR}/); wait for them to exit or stop them "
+                               f"(kill {pids}), then resume")
         stale = holder(run_dir)
         if stale:
             logger.warning("%s: taking over the stale lock of PID %s on host %s (that process ended without "
@@ -167,6 +175,58 @@ def lock_run_dir(run_dir: str | os.PathLike, *, device: Any = None, clean: bool 
             os.ftruncate(fd, 0)  # an empty lock file: released cleanly
     finally:
         os.close(fd)  # closing the descriptor releases the flock
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (``/proc/<pid>/stat`` field 22), to tell a reused PID apart.
+
+    None off Linux or when ``pid`` is gone.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def register_worker(run_dir: str | os.PathLike) -> Path:
+    """Record this process as a worker writing ``run_dir`` (``<run dir>/.negkit.workers/<pid>.json``).
+
+    A worker process does not hold the run dir's lock (its parent does); the record lets a
+    later :func:`lock_run_dir` refuse while a worker of a killed run is still alive.
+
+    Returns:
+        The record's path (removed by :func:`live_workers` once the process is gone).
+    """
+    pid = os.getpid()
+    info = {"pid": pid, "host": socket.gethostname(), "start": _start_time(pid), "parent": os.getppid()}
+    return nkio.save_json(info, Path(run_dir) / WORKERS_DIR / f"{pid}.json")
+
+
+def live_workers(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Recorded workers of ``run_dir`` still running on this host; the records of ended ones are removed.
+
+    A record counts as live when its PID exists (``os.kill(pid, 0)``) with the recorded start
+    time (a PID the system reused for another process does not count). Records of other
+    hosts cannot be checked here and are left alone.
+    """
+    folder, here, live = Path(run_dir) / WORKERS_DIR, socket.gethostname(), []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            info = nkio.load_json(path)
+            pid = int(info["pid"])
+        except (OSError, ValueError, TypeError, KeyError):
+            info, pid = None, None
+        if info is not None and info.get("host") != here:
+            continue
+        if pid is not None and pid != os.getpid() and _alive(pid) and info.get("start") == _start_time(pid):
+            live.append(info)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only when empty: no worker left to wait for
+    return live
 
 
 def locks_run_dir(run_dir_of: RunDirOf = "run_dir") -> Callable[[F], F]:

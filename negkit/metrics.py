@@ -54,12 +54,30 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Top-1 accuracy in %.
 
     Raises:
+        TypeError: ``labels`` are not integer class indices (floats, booleans).
         ValueError: Empty input or mismatched lengths.
     """
+    _check_labels(labels, "accuracy")
     if logits.shape[0] != labels.shape[0] or labels.numel() == 0:
         raise ValueError(f"need as many labels as logits rows (and at least one); got "
                          f"{tuple(logits.shape)} and {tuple(labels.shape)}")
     return 100.0 * int((logits.argmax(1) == labels).sum()) / labels.numel()
+
+
+def _check_labels(labels: torch.Tensor | np.ndarray | Sequence[int], where: str,
+                  n_classes: int | None = None) -> None:
+    """Refuse labels that are not class indices in [0, n_classes): floats, booleans, negatives."""
+    t = labels if isinstance(labels, torch.Tensor) else torch.as_tensor(np.asarray(labels))
+    if t.numel() == 0:  # no dtype to judge (np.asarray([]) is float64); the callers refuse empty input
+        return
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{where}: labels must be integer class indices, got a {t.dtype} tensor; "
+                        f"pass labels.long() (or the dataset's targets, not probabilities)")
+    if int(t.min()) < 0:
+        raise ValueError(f"{where}: labels must be class indices ≥ 0, got {int(t.min())}; "
+                         f"was an ignore label (e.g. -100) left in?")
+    if n_classes is not None and int(t.max()) >= n_classes:
+        raise ValueError(f"{where}: label {int(t.max())} is out of range for {n_classes} classes (logits' columns)")
 
 
 def _as_column(x: torch.Tensor | np.ndarray | Sequence[float], what: str) -> np.ndarray:
@@ -104,8 +122,17 @@ def mia_features(logits: torch.Tensor, labels: torch.Tensor, feature: str) -> np
     * ``prob``: the whole vector p (d = C).
 
     Raises:
-        ValueError: An unknown feature (the message lists them).
+        TypeError: ``labels`` are not integer class indices.
+        ValueError: An unknown feature (the message lists them); a label < 0 or ≥ the
+            number of classes; as many labels as logits rows missing.
     """
+    if feature not in MIA_FEATURES:
+        raise ValueError(f"unknown MIA feature {feature!r}; choose from {list(MIA_FEATURES)}")
+    _check_labels(labels, "mia_features", n_classes=logits.shape[1] if logits.dim() == 2 else None)
+    n_labels = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels).numel()
+    if logits.dim() != 2 or n_labels != logits.shape[0]:
+        raise ValueError(f"mia_features: need logits of shape (N, C) and N labels; got {tuple(logits.shape)} "
+                         f"and {n_labels} labels")
     # fp32 softmax as the attack's reference (and true_class_confidence); features in fp64
     p = torch.softmax(logits.detach().float().cpu(), dim=1).double()
     y = torch.as_tensor(labels).detach().cpu().long()

@@ -32,7 +32,9 @@ import ast
 import dataclasses
 import difflib
 import logging
+import math
 import os
+import string
 from pathlib import Path
 from typing import Any, Iterable, Mapping, MutableMapping, Sequence
 
@@ -111,13 +113,17 @@ def _scalar(name: str, value: Any, kind: type) -> Any:
         if isinstance(value, bool):
             raise bad
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
+            out = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value.strip())
+                out = float(value.strip())
             except ValueError:
                 raise bad from None
-        raise bad
+        else:
+            raise bad
+        if not math.isfinite(out):  # NaN passes every min/max comparison
+            raise ValueError(f"notebook parameter {name!r} must be a finite number, got {value!r}")
+        return out
     if kind in (str, Path):
         if isinstance(value, (str, Path)):
             return str(value)
@@ -206,6 +212,30 @@ def _unknown_message(unknown: Iterable[str], known: Iterable[str], where: str) -
     return f"unknown notebook parameter(s) {', '.join(parts)} for {where}; it takes: {', '.join(known)}"
 
 
+def _fill(name: str, template: str, values: Mapping[str, Any]) -> str:
+    """``template`` with each ``{param}`` replaced; nothing else in braces is evaluated.
+
+    ``str.format`` would follow ``{d.__class__}`` or ``{d[0]}`` into the values' attributes;
+    here a placeholder must be a bare parameter name (``{{``/``}}`` stay literal braces).
+    """
+    out = []
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise ValueError(f"notebook parameter {name!r}={template!r}: {err}; "
+                         f"write literal braces as {{{{ }}}}") from None
+    for literal, field, spec, conversion in parts:
+        out.append(literal)
+        if field is None:
+            continue
+        if not field.isidentifier() or spec or conversion or field not in values:
+            shown = field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            raise ValueError(f"notebook parameter {name!r}={template!r} names {shown!r} in braces, which is not "
+                             f"a parameter; placeholders can be {sorted(values)} (bare names only)")
+        out.append(str(values[field]))
+    return "".join(out)
+
+
 def check_parameters(namespace: MutableMapping[str, Any], spec: Mapping[str, type | Param], *,
                      smoke_values: Mapping[str, Any] | None = None, root: str | Path | None = None) -> dict[str, Any]:
     """Check, convert and complete a notebook's parameters, writing them back into ``namespace``.
@@ -250,11 +280,7 @@ def check_parameters(namespace: MutableMapping[str, Any], spec: Mapping[str, typ
     plain = {n: v for n, v in values.items() if params[n].kind is not Path}
     for name, p in params.items():
         if p.kind is Path and values[name] is not None:
-            try:
-                filled = values[name].format(**plain)
-            except (KeyError, IndexError) as err:
-                raise ValueError(f"notebook parameter {name!r}={values[name]!r} names {err} in braces, "
-                                 f"which is not a parameter; placeholders can be {sorted(plain)}") from None
+            filled = _fill(name, values[name], plain)
             values[name] = str(resolve_path(filled, base))
     namespace.update(values)
     return values

@@ -17,6 +17,7 @@ recordable the moment it exists (:func:`list_methods`).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -134,6 +135,8 @@ class ResultsLog:
         Raises:
             TypeError: An item is not a :class:`Record`.
             ValueError: The log path is a symbolic link or a folder.
+            OSError: The write failed (e.g. disk full); the file is first cut back to its
+                last complete record, so no half record stays behind.
         """
         if isinstance(records, Record):
             records = [records]
@@ -159,10 +162,19 @@ class ResultsLog:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # held for a few writes: wait rather than fail
             self._drop_torn_tail(fd)
-            view = memoryview(lines)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
+            complete = os.fstat(fd).st_size
+            try:
+                view = memoryview(lines)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError as e:  # disk full, quota, I/O error: leave no partial record behind
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, complete)
+                raise OSError(e.errno, f"could not append {len(records)} record(s) to {self.path}: "
+                                       f"{e.strerror or e}; the log was cut back to its last complete record. "
+                                       "Free space (or fix the file system) and resume the run", str(self.path)
+                              ) from e
         finally:
             os.close(fd)  # releases the lock
 
@@ -184,8 +196,8 @@ class ResultsLog:
         os.fsync(fd)
 
     def read(self) -> pd.DataFrame:
-        """All records as a DataFrame with columns :data:`COLUMNS` (empty if no file)."""
-        return read_results(self.path)
+        """All records as a DataFrame with columns :data:`COLUMNS` (empty if no file yet)."""
+        return read_results(self.path) if self.path.exists() else _frame([])
 
     def has(self, **key: Any) -> bool:
         """True when at least one record matches every ``column=value`` given."""
@@ -242,25 +254,41 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
         A DataFrame with columns :data:`COLUMNS`; empty (with those columns) when
         there is nothing to read.
 
+    Only a torn tail — a last line without its newline, left by an interrupted append —
+    is skipped (with a warning); a complete line that is not JSON is damage, not a torn
+    write, and is refused.
+
     Raises:
+        FileNotFoundError: ``path`` does not exist.
         ValueError: A line is not a valid record; the message gives ``file:line``.
     """
     path = Path(path)
-    files = sorted(path.rglob("*.jsonl")) if path.is_dir() else ([path] if path.exists() else [])
+    if not path.exists():
+        raise FileNotFoundError(errno.ENOENT, f"no results log at {path}; pass a .jsonl file or a folder of them "
+                                              "(a run's log is run_dir/results.jsonl)", str(path))
+    files = sorted(path.rglob("*.jsonl")) if path.is_dir() else [path]
     rows: list[dict[str, Any]] = []
     for f in files:
-        lines = f.read_text(encoding="utf-8").splitlines()
+        text = f.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        torn_tail = bool(text) and not text.endswith("\n")
         for i, line in enumerate(lines):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                if i == len(lines) - 1:  # torn final line of an interrupted append
-                    warnings.warn(f"{f}: skipping a truncated last record (interrupted write)")
+                if torn_tail and i == len(lines) - 1:  # an append cut short: the record never finished
+                    warnings.warn(f"{f}: skipping a truncated last record (interrupted write, no final newline)")
                     continue
-                raise ValueError(f"{f}:{i + 1} is not a JSON record; is this a negkit results log?") from None
+                raise ValueError(f"{f}:{i + 1} is not a JSON record (a complete line, so not an interrupted "
+                                 "append); is this a negkit results log? Remove or repair that line") from None
             rows.append(_validated(row, f"{f}:{i + 1}"))
+    return _frame(rows)
+
+
+def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Validated records as the log's DataFrame, with the column dtypes every reader expects."""
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     df["coef"] = pd.to_numeric(df["coef"], errors="coerce").astype(float)
     df["value"] = pd.to_numeric(df["value"], errors="coerce").astype(float)

@@ -144,6 +144,10 @@ class TaskVector(Mapping):
                            "a BatchNorm running statistic; pass include_bn_stats=True to include it")
                     raise ValueError(f"keys names {key!r}, which is {why}")
                 continue
+            if not ft.is_floating_point():
+                raise TypeError(f"fine-tuned entry {key!r} is a {ft.dtype} tensor where the pretrained one is "
+                                f"{pre.dtype}; a task vector needs floating-point weights on both sides (was the "
+                                "checkpoint quantised or saved with the wrong dtype?)")
             if pre.shape != ft.shape:
                 raise ValueError(
                     f"shape mismatch for {key!r}: {tuple(pre.shape)} pretrained vs {tuple(ft.shape)} fine-tuned; "

@@ -92,8 +92,8 @@ def test_scenario_names():
 @pytest.mark.parametrize("changes, scenario, match", [
     ({"dataset": "digitz"}, "class_3", "unknown dataset 'digitz'"),
     ({"model": "resnet99"}, "class_3", "resnet99"),
-    ({}, "random_0", r"fraction must be in \(0, 1\)"),
-    ({}, "random_100", r"fraction must be in \(0, 1\)"),
+    ({}, "random_0", r"forget percent must be in \(0, 100\)"),
+    ({}, "random_100", r"forget percent must be in \(0, 100\)"),
     ({}, "class_0-1-2-3-4-5-6-7-8-9", "every class"),
     ({}, "class_12", r"unknown class\(es\) \[12\]"),
     ({}, "random_0.01", "empty forget set"),

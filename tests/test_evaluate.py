@@ -232,3 +232,35 @@ def test_negation_evaluator_equals_evaluate_on_each_negated_model():
     assert all(torch.equal(v, pre[k]) for k, v in model.state_dict().items())  # θ_o untouched
     with pytest.raises(ValueError, match="not in the model"):
         negation_evaluator(model, {"nope": torch.zeros(1)}, sets)
+
+
+# ---------------------------------------------------------------- numeric checks on public inputs
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_select_coef_refuses_a_non_finite_coefficient_naming_its_index(bad):
+    with pytest.raises(ValueError, match=r"coefs\[1\] must be a finite number, got (nan|inf|-inf)"):
+        select_coef([0.0, bad, 1.0], [50.0, 40.0, 30.0], [90.0, 90.0, 90.0], 90.0)
+
+
+@pytest.mark.parametrize("bad", [-1.0, -1e-9, math.nan, math.inf])
+def test_select_coef_refuses_a_negative_or_non_finite_reference(bad):
+    with pytest.raises(ValueError, match="control_reference must be a finite accuracy ≥ 0"):
+        select_coef([0.0, 1.0], [50.0, 30.0], [90.0, 90.0], bad)
+
+
+@pytest.mark.parametrize("start", [-1, -0.05, math.nan, math.inf])
+def test_search_coef_refuses_a_negative_or_non_finite_start(start):
+    calls = []
+
+    def evaluate_coefs(coefs):
+        calls.append(coefs)
+        return {"val_forget": [1.0] * len(coefs), "val_control": [1.0] * len(coefs)}
+
+    with pytest.raises(ValueError, match=r"start must be a finite λ ≥ 0.*start=-?(1|0.05|nan|inf)"):
+        search_coef(evaluate_coefs, 1.0, start=start)
+    assert calls == []  # refused before any evaluation
+
+
+def test_search_coef_still_accepts_start_zero():
+    res = search_coef(lambda c: {"val_forget": [100 - 10 * x for x in c], "val_control": [90.0] * len(c)},
+                      90.0, start=0, max_coef=1.0)
+    assert res.coef == 1.0 and res.searched[0] == 0.0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +180,66 @@ def test_safetensors_writer_refuses_bad_streams_and_leaves_nothing(tmp_path):
         with io.safetensors_writer(tmp_path / "x.safetensors", specs) as write:
             write("a", torch.zeros(2))
     assert _leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------- a failed write leaves the old file and no temporary
+import errno  # noqa: E402
+
+import negkit.checkpoint as _ck  # noqa: E402
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_disk_full_safetensors_write_removes_its_temporary_and_names_the_path(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt" / "model.safetensors"
+    io.save_state_dict({"w": torch.ones(3)}, path)
+    before = path.read_bytes()
+    monkeypatch.setattr(io, "save_file", _no_space)
+    with pytest.raises(OSError) as info:
+        io.save_state_dict({"w": torch.zeros(3)}, path)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
+    assert f"could not write {path}" in str(info.value) and "free disk space" in str(info.value)
+    assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == ["model.safetensors"]
+
+
+def test_a_disk_full_training_checkpoint_leaves_no_temporary(tmp_path, monkeypatch):
+    from torch import nn
+
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = _ck.TrainingState(epoch=1, step=3, history=[], seconds=1.0, config={"epochs": 3})
+    monkeypatch.setattr(io, "save_file", _no_space)
+    target = tmp_path / "run" / _ck.CHECKPOINT
+    with pytest.raises(OSError, match=re.escape(str(target))) as info:
+        _ck.save_training_state(target, model, opt, state)
+    assert info.value.errno == errno.ENOSPC
+    assert list((tmp_path / "run").iterdir()) == []
+
+
+@pytest.mark.parametrize("fail", ["write", "fsync", "replace"])
+def test_a_failing_streamed_write_sync_or_rename_removes_the_temporary(tmp_path, monkeypatch, fail):
+    path = tmp_path / "merged.safetensors"
+    specs = {"a": ((2,), torch.float32)}
+    if fail == "write":
+        with pytest.raises(OSError, match=re.escape(str(path))) as info:
+            with io.safetensors_writer(path, specs) as write:
+                _no_space()
+                write("a", torch.ones(2))
+    else:
+        monkeypatch.setattr(io.os, fail, _no_space)
+        with pytest.raises(OSError, match=re.escape(str(path))) as info:
+            with io.safetensors_writer(path, specs) as write:
+                write("a", torch.ones(2))
+        monkeypatch.undo()
+    assert info.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_name_too_long_is_an_oserror_naming_the_path(tmp_path):
+    path = tmp_path / ("n" * 300 + ".safetensors")
+    with pytest.raises(OSError, match="could not write") as info:
+        io.save_state_dict({"w": torch.ones(1)}, path)
+    assert info.value.errno == errno.ENAMETOOLONG and info.value.filename == str(path)
+    assert "at most 255 bytes" in str(info.value) and list(tmp_path.iterdir()) == []

@@ -164,3 +164,27 @@ def test_mia_efficacies_per_feature():
     # the attack calls a member-like forget set "member" on every feature
     res = mia_efficacies(retain, test, sample(20, 8.0), features=("confidence", "m_entropy", "prob"))
     assert list(res) == ["confidence", "m_entropy", "prob"] and max(res.values()) <= 10
+
+
+# ---------------------------------------------------------------- labels must be class indices
+@pytest.mark.parametrize("labels", [torch.tensor([0.0, 1.0]), torch.tensor([True, False]), np.array([0.5, 1.0])])
+def test_accuracy_refuses_non_integer_labels(labels):
+    with pytest.raises(TypeError, match="accuracy: labels must be integer class indices"):
+        accuracy(torch.eye(2), labels)
+
+
+def test_accuracy_still_takes_integer_labels():
+    assert accuracy(torch.eye(2), torch.tensor([0, 0])) == 50.0
+
+
+@pytest.mark.parametrize("feature", MIA_FEATURES)
+def test_mia_features_refuses_negative_labels(feature):
+    with pytest.raises(ValueError, match="labels must be class indices ≥ 0, got -100"):
+        mia_features(torch.eye(3), torch.tensor([0, -100, 2]), feature)
+
+
+def test_mia_features_refuses_labels_past_the_classes_and_float_labels():
+    with pytest.raises(ValueError, match="label 3 is out of range for 3 classes"):
+        mia_features(torch.eye(3), torch.tensor([0, 1, 3]), "confidence")
+    with pytest.raises(TypeError, match="integer class indices, got a torch.float32"):
+        mia_features(torch.eye(3), torch.tensor([0.0, 1.0, 2.0]), "confidence")

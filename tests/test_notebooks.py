@@ -215,3 +215,22 @@ def test_pick_refuses_an_index_past_the_end_naming_the_parameter():
     with pytest.raises(ValueError, match=r"member_index=13 is out of range: there are 2 \(0: a, 1: b\); pass "
                                          r"member_index between 0 and 1"):
         notebook.pick(["a", "b"], 13, "member_index")
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", " nan ", "inf", "-inf", float("nan"), float("inf")])
+def test_a_float_parameter_refuses_nan_and_inf(value, tmp_path: Path):
+    with pytest.raises(ValueError, match="notebook parameter 'lr' must be a finite number"):
+        notebook.check_parameters(_ns(lr=value), {"lr": notebook.Param(float, min=0.0, max=1.0)}, root=tmp_path)
+
+
+@pytest.mark.parametrize("template, shown", [("runs/{d.__class__}", "d.__class__"), ("runs/{d[0]}", "d[0]"),
+                                             ("runs/{d!r}", "d!r"), ("runs/{d:>30}", "d:>30"), ("runs/{0}", "0"),
+                                             ("runs/{}", "")])
+def test_path_placeholders_are_bare_names_and_nothing_is_evaluated(template, shown, tmp_path: Path):
+    with pytest.raises(ValueError, match=re.escape(f"names {shown!r} in braces")):
+        notebook.check_parameters(_ns(d="x", run_dir=template), {"d": str, "run_dir": Path}, root=tmp_path)
+
+
+def test_doubled_braces_stay_literal_in_a_path(tmp_path: Path):
+    out = notebook.check_parameters(_ns(d="x", run_dir="runs/{{d}}/{d}"), {"d": str, "run_dir": Path}, root=tmp_path)
+    assert out["run_dir"] == str(tmp_path / "runs" / "{d}" / "x")

@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import dataclasses
+import errno
+import json
 import math
+import os
+import re
 
 import pytest
 
@@ -77,3 +82,75 @@ def test_method_rank_follows_methods_and_puts_unknown_last():
     assert [method_rank(m) for m in METHODS] == list(range(len(METHODS)))
     assert method_rank("retrain") < method_rank("negmerge") < method_rank("forget_vector")
     assert method_rank("not-a-method") == len(METHODS)
+
+
+# ---------------------------------------------------------------- a missing log, damage vs a torn tail
+def test_reading_a_missing_log_names_the_path(tmp_path):
+    missing = tmp_path / "nowhere" / "results.jsonl"
+    with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
+        read_results(missing)
+
+
+def test_a_complete_last_line_that_is_not_json_is_damage_not_a_torn_write(tmp_path):
+    log = ResultsLog(tmp_path / "r.jsonl")
+    log.append(_rec())
+    with open(log.path, "a") as fh:
+        fh.write('{"setting": "standard", "mod\n')  # ends with its newline: not an interrupted append
+    with pytest.raises(ValueError, match=r"r\.jsonl:2 is not a JSON record"):
+        read_results(log.path)
+
+
+def test_only_a_tail_without_newline_is_skipped(tmp_path):
+    p = tmp_path / "r.jsonl"
+    good = json.dumps(dataclasses.asdict(_rec()))
+    p.write_text(good + "\n" + good + "\n" + "{broken")
+    with pytest.warns(UserWarning, match="truncated last record"):
+        assert len(read_results(p)) == 2
+    p.write_text(good + "\n" + "{broken\n" + good + "\n")
+    with pytest.raises(ValueError, match=r"r\.jsonl:2"):
+        read_results(p)
+
+
+# ---------------------------------------------------------------- a failed append leaves only complete records
+class _FailAfter:
+    """``os.write`` that writes ``n`` bytes of the first call, then fails with ENOSPC."""
+
+    def __init__(self, n):
+        self.n, self.real = n, os.write
+
+    def __call__(self, fd, data):
+        if self.n is None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written = self.real(fd, bytes(data[:self.n]))
+        self.n = None
+        return written
+
+
+@pytest.mark.parametrize("partial", [0, 1, 25])
+def test_a_disk_full_append_truncates_back_to_the_last_record_and_names_the_path(tmp_path, monkeypatch, partial):
+    log = ResultsLog(tmp_path / "r.jsonl")
+    log.append([_rec(), _rec(metric="UA", value=3.0)])
+    before = log.path.read_bytes()
+    monkeypatch.setattr(os, "write", _FailAfter(partial))
+    with pytest.raises(OSError, match=re.escape(str(log.path))) as info:
+        log.append([_rec(metric="RA"), _rec(metric="MIA")])
+    monkeypatch.undo()
+    assert info.value.errno == errno.ENOSPC and "last complete record" in str(info.value)
+    assert log.path.read_bytes() == before
+    log.append(_rec(metric="RA", value=1.0))  # the log is still appendable and readable
+    assert list(log.read().metric) == ["TA", "UA", "RA"]
+
+
+def test_a_failed_fsync_also_truncates(tmp_path, monkeypatch):
+    log = ResultsLog(tmp_path / "r.jsonl")
+    log.append(_rec())
+    before = log.path.read_bytes()
+
+    def fsync(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError, match="could not append 1 record") as info:
+        log.append(_rec(metric="UA"))
+    monkeypatch.undo()
+    assert info.value.errno == errno.EIO and log.path.read_bytes() == before

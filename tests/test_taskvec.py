@@ -211,3 +211,12 @@ def test_from_files_accepts_keys(tmp_path, pre_ft):
     io.save_state_dict(ft, tmp_path / "ft.safetensors")
     tv = TaskVector.from_files(tmp_path / "pre.safetensors", tmp_path / "ft.safetensors", keys=["3.bias"])
     assert list(tv) == ["3.bias"] and torch.equal(tv["3.bias"], ft["3.bias"] - pre["3.bias"])
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool])
+def test_an_integer_fine_tuned_tensor_is_refused_naming_the_key(dtype):
+    pre = {"w": torch.zeros(3), "b": torch.zeros(2)}
+    ft = {"w": torch.ones(3, dtype=dtype), "b": torch.ones(2)}
+    with pytest.raises(TypeError, match=rf"fine-tuned entry 'w' is a {dtype} tensor where the pretrained one is "
+                                        r"torch.float32"):
+        TaskVector.from_state_dicts(pre, ft)

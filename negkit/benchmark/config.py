@@ -66,6 +66,14 @@ class PoolSpec:
 
     def __post_init__(self) -> None:
         check(self)
+        for key in ("epochs", "weight_decays", "label_smoothings"):
+            if not getattr(self, key):
+                raise ValueError(f"PoolSpec.{key} is empty, so the pool (their Cartesian product) has no member; "
+                                 f"give at least one value, e.g. {key}: {list(getattr(PoolSpec, key))[:1]}")
+
+
+#: Classes of the datasets whose size is known without loading them (scenario names are checked at load).
+KNOWN_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "kmnist": 10, "cifar10": 10, "cifar100": 100}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,13 +152,19 @@ class BenchmarkConfig:
     forget_vector_grid: dict = dataclasses.field(default_factory=dict)
     smoke: bool = False
 
-    RANGES = {"seeds": ">= 0", "threshold": "(0, 1]", "eval_batch_size": ">= 1", "coef_step": "> 0",
-              "coef_max": "finite"}
+    RANGES = {"seeds": ">= 0", "coefs": ">= 0", "threshold": "(0, 1]", "eval_batch_size": ">= 1",
+              "coef_step": "> 0", "coef_max": "finite"}
 
     def __post_init__(self) -> None:
         check(self)  # types and RANGES (negkit.config) first: scenarios='class_3' is a str, not a tuple
+        if not self.scenarios:
+            raise ValueError("scenarios is empty: nothing to forget; give at least one, e.g. ['random_10', 'class_3']")
+        n_classes = KNOWN_CLASSES.get(self.dataset)
         for name in self.scenarios:
-            parse_scenario(name)
+            outside = [c for c in parse_scenario(name).get("classes", ()) if n_classes is not None and c >= n_classes]
+            if outside:
+                raise ValueError(f"scenario {name!r}: unknown class(es) {outside}; {self.dataset} has classes "
+                                 f"0..{n_classes - 1}")
         for m in self.merge_methods:
             merge.get(m)
         for m, opts in self.merge_options.items():
@@ -544,12 +558,22 @@ def parse_scenario(name: str) -> dict[str, Any]:
     Returns:
         Keyword arguments of :func:`negkit.data.splits.make_forget_split`.
     """
+    if not isinstance(name, str):
+        raise TypeError(f"a scenario name is a str such as 'random_10' or 'class_3', got {type(name).__name__} "
+                        f"{name!r}")
     m = re.fullmatch(r"random_(\d+(?:\.\d+)?)", name)
     if m:
-        return {"scenario": "random", "fraction": float(m.group(1)) / 100.0, "classes": ()}
+        percent = float(m.group(1))
+        if not 0 < percent < 100:
+            raise ValueError(f"scenario {name!r}: the forget percent must be in (0, 100), e.g. 'random_10' (1–99 % "
+                             f"of the training set), got {percent:g}")
+        return {"scenario": "random", "fraction": percent / 100.0, "classes": ()}
     m = re.fullmatch(r"class_(\d+(?:-\d+)*)", name)
     if m:
-        return {"scenario": "class", "classes": tuple(int(c) for c in m.group(1).split("-"))}
+        classes = tuple(int(c) for c in m.group(1).split("-"))
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"scenario {name!r} repeats a class; name each forgotten class once, e.g. 'class_1-7'")
+        return {"scenario": "class", "classes": classes}
     raise ValueError(f"unknown scenario {name!r}; use 'random_<percent>' (e.g. 'random_10') or "
                      f"'class_<c>[-<c>...]' (e.g. 'class_3', 'class_1-7')")
 

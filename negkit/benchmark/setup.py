@@ -18,6 +18,7 @@ The control reference is the original model's accuracy on ``val_control``.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import math
 import os
@@ -178,8 +179,12 @@ def check_run(cfg: BenchmarkConfig, run_dir: str | Path, *, bundle: DatasetBundl
         FileNotFoundError: Missing data (the dataset's own message says how to get it).
         ValueError: A bad split, model, baseline setting or a run_dir of another config.
         PermissionError: ``run_dir`` cannot be written.
+        NotADirectoryError: ``run_dir`` is an existing file (checked first).
     """
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"run dir {run_dir} is an existing file, not a folder; pass a new "
+                                                "or existing folder as the run dir", str(run_dir))
     if bundle is None:
         bundle = get_dataset(cfg.dataset, root=cfg.data_root, **cfg.data_options)
     labels, rows = labels_of(bundle.train), []

@@ -72,7 +72,19 @@ def register_model_config(name: str, config: Mapping[str, Any], config_dir: str 
 
     Returns:
         ``name``.
+
+    Raises:
+        TypeError: ``name`` is not a str or ``config`` not a mapping.
+        ValueError: ``name`` is empty or holds a path separator (it becomes a file name).
     """
+    if not isinstance(name, str):
+        raise TypeError(f"register_model_config: name must be a str, got {type(name).__name__} {name!r:.60}")
+    if not name or name.strip() != name or any(c in name for c in "/\\\0") or name in (".", ".."):
+        raise ValueError(f"register_model_config: name must be a non-empty file-name-safe string such as "
+                         f"'ViT-Tiny-16', got {name!r}")
+    if not isinstance(config, Mapping):
+        raise TypeError(f"register_model_config: config of {name!r} must be a mapping (embed_dim, vision_cfg, "
+                        f"text_cfg), got {type(config).__name__}")
     if name in open_clip.list_models():
         return name
     folder = Path(config_dir) if config_dir is not None else Path(tempfile.mkdtemp(prefix="negkit_openclip_"))

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
+from negkit.config import check_registration
+
 __all__ = [
     "DatasetBundle", "TensorImageDataset", "register_dataset", "get", "list_datasets", "labels_of",
 ]
@@ -113,9 +115,13 @@ def register_dataset(name: str) -> Callable[[Builder], Builder]:
     """Decorator registering a builder ``(root=None, **kw) -> DatasetBundle`` under ``name``.
 
     Raises:
-        ValueError: ``name`` is already registered.
+        TypeError: ``name`` is not a str, or the decorated object is not callable.
+        ValueError: ``name`` is empty, not an identifier, or registered by another builder.
     """
+    check_registration("dataset", name)
+
     def deco(fn: Builder) -> Builder:
+        check_registration("dataset", name, fn)
         if name in _REGISTRY and _REGISTRY[name] is not fn:
             raise ValueError(f"dataset {name!r} is already registered (by {_REGISTRY[name].__module__})")
         _REGISTRY[name] = fn

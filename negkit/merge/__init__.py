@@ -33,6 +33,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from negkit import __version__
+from negkit.config import check_registration
 from negkit.pool import kth_largest_abs
 from negkit.taskvec import TaskVector
 
@@ -57,9 +58,13 @@ def register(name: str, *, fold: type | None = None) -> Callable[[Rule], Rule]:
             their memory use is whatever the rule itself needs).
 
     Raises:
-        ValueError: ``name`` is already registered.
+        TypeError: ``name`` is not a str, or the decorated object is not callable.
+        ValueError: ``name`` is empty, not an identifier, or already registered.
     """
+    check_registration("merge rule", name)
+
     def deco(fn: Rule) -> Rule:
+        check_registration("merge rule", name, fn)
         if name in _RULES:
             raise ValueError(f"merge rule {name!r} is already registered; pick another name")
         _RULES[name] = fn

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 from torch import nn
 
+from negkit.config import check_registration
+
 if TYPE_CHECKING:
     from negkit.data import DatasetBundle
 
@@ -52,8 +54,16 @@ class Normalize(nn.Module):
 
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering a builder ``(num_classes, **kw) -> nn.Module`` under ``name``."""
+    """Decorator registering a builder ``(num_classes, **kw) -> nn.Module`` under ``name``.
+
+    Raises:
+        TypeError: ``name`` is not a str, or the decorated object is not callable.
+        ValueError: ``name`` is empty, not an identifier, or registered by another builder.
+    """
+    check_registration("model", name)
+
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        check_registration("model", name, fn)
         if name in _REGISTRY and _REGISTRY[name] is not fn:
             raise ValueError(f"model {name!r} is already registered (by {_REGISTRY[name].__module__})")
         _REGISTRY[name] = fn
