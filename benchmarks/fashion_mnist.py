@@ -30,6 +30,7 @@ import pandas as pd  # noqa: E402
 from negkit import analysis, benchmark, executor, plotting  # noqa: E402
 from negkit.benchmark import ksweep  # noqa: E402
 from negkit.io import load_json, save_text  # noqa: E402
+from negkit.metrics import RETRAIN_METRICS  # noqa: E402
 from negkit.plotting import diagnostics  # noqa: E402
 
 DATASET = "fashion_mnist"
@@ -54,6 +55,8 @@ def _config(args: argparse.Namespace) -> benchmark.BenchmarkConfig:
 
 def run(args: argparse.Namespace) -> None:
     cfg = _config(args)
+    if args.seeds:  # a subset of the seeds now (the others run, or resume, later)
+        cfg = benchmark.make_config(cfg, seeds=tuple(args.seeds))
     start = time.time()
     df = executor.run_benchmark(cfg, args.run_dir, device=args.device, progress=args.progress, workers=args.workers)
     minutes = (time.time() - start) / 60
@@ -76,10 +79,15 @@ def _best_baseline(summary: pd.DataFrame, scenario: str, baselines: list[str]) -
 def report(args: argparse.Namespace) -> None:
     cfg = _run_config(args)
     figs = Path(args.figures_dir)
+    plotting.set_style()
+    if args.retrain_metrics:  # KL/JS to Retrain, ZRF, relearn epochs (recorded once; a rerun adds nothing)
+        for sc in cfg.scenarios:
+            for seed in cfg.seeds:
+                benchmark.record_retrain_metrics(cfg, args.run_dir, sc, seed=seed, device=args.device)
     df = benchmark.load_results(args.run_dir)
     df = df[df.scenario.isin(cfg.scenarios) & df.seed.isin(cfg.seeds)]  # notebooks may add one-seed scenarios
     table = benchmark.results_table(df)
-    save_text(table.to_csv(index=False), figs / f"{DATASET}_results.csv")
+    _save_drawn(table, figs / f"{DATASET}_results.csv")
 
     regime = benchmark.regime(df)
     save_text(regime.to_csv(index=False), figs / f"{DATASET}_regime.csv")
@@ -89,7 +97,10 @@ def report(args: argparse.Namespace) -> None:
     settings = (benchmark.SETTING, benchmark.SETTING_MATCH)
     summaries = {s: benchmark.summary(df, setting=s) for s in settings}
     both = pd.concat([t.assign(setting=s) for s, t in summaries.items()], ignore_index=True)
-    save_text(both.to_csv(index=False), figs / f"{DATASET}_summary.csv")
+    _save_drawn(both, figs / f"{DATASET}_summary.csv")
+    retrain = both[both.metric.isin(RETRAIN_METRICS) & (both.setting == benchmark.SETTING)]
+    if len(retrain):
+        save_text(retrain.to_csv(index=False), figs / f"{DATASET}_retrain_metrics.csv")
     heads = pd.concat([benchmark.headline(df, setting=s).assign(setting=s) for s in settings], ignore_index=True)
     save_text(heads.to_csv(index=False), figs / f"{DATASET}_headline.csv")
 
@@ -104,26 +115,7 @@ def report(args: argparse.Namespace) -> None:
             p = benchmark.paired(df[df.scenario == sc], "negmerge", others, setting=s)
             parts.append(p.assign(setting=s, best_baseline=p.b == best))
     paired = pd.concat(parts, ignore_index=True)
-    save_text(paired.to_csv(index=False), figs / f"{DATASET}_paired.csv")
-
-    plotting.set_style()
-    fig, axes = plt.subplots(len(cfg.scenarios) + 1, 1, figsize=(10, 3.2 * (len(cfg.scenarios) + 1)),
-                             squeeze=False, layout="constrained")
-    panels = [(sc, s) for sc in cfg.scenarios for s in settings
-              if s == benchmark.SETTING or sc.startswith("random")]
-    for ax, (sc, s) in zip(axes[:, 0], panels):
-        summ = summaries[s]
-        diagnostics.errorbar_results(summ[summ.scenario == sc], metric="avg_gap", ax=ax)
-        rule = "rule (a): lowest forget acc." if s == benchmark.SETTING else "rule (b): forget acc. ≈ original's val."
-        ax.set_title(f"{plotting.label(sc, 'scenario')}, {rule}: Avg. Gap to Retrain, mean ± std over "
-                     f"{len(cfg.seeds)} seeds", loc="left")
-    plotting.save_figure(fig, figs / f"{DATASET}_results_errorbars")
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.2), layout="constrained")
-    for ax, s in zip(axes, settings):
-        diagnostics.paired_intervals(paired[paired.setting == s], ax=ax)
-        ax.set_title("rule (a)" if s == benchmark.SETTING else "rule (b), random forgetting only", loc="left")
-    plotting.save_figure(fig, figs / f"{DATASET}_paired")
+    _save_drawn(paired, figs / f"{DATASET}_paired.csv")
 
     # Forget vectors on random forgetting: every setting's validation trajectory, over seeds.
     fv_rows = []
@@ -135,17 +127,7 @@ def report(args: argparse.Namespace) -> None:
                 fv_rows.append(t.assign(setting=t.setting.fillna("default"), seed=seed, scenario=sc))
     if fv_rows:
         fv = pd.concat(fv_rows, ignore_index=True)
-        save_text(fv.to_csv(index=False), figs / f"{DATASET}_forget_vector_epochs.csv")
-        fig, axes = plt.subplots(1, len(cfg.scenarios), figsize=(6.5 * len(cfg.scenarios), 3.6), squeeze=False,
-                                 layout="constrained")
-        for ax, sc in zip(axes[0], cfg.scenarios):
-            part = fv[fv.scenario == sc]
-            if part.empty:
-                continue
-            target = part[part.setting == "original"].val_control.mean() if sc.startswith("random") else None
-            plotting.forget_vector_epochs(part, ax=ax, target=target)
-            ax.set_title(f"{plotting.label(sc, 'scenario')}: forget vector per epoch (validation)", loc="left")
-        plotting.save_figure(fig, figs / f"{DATASET}_forget_vector_epochs")
+        _save_drawn(fv, figs / f"{DATASET}_forget_vector_epochs.csv")
 
     # Pool size: NegMerge and the uniform merge on random sub-pools of K members (random forgetting).
     random_sc = [sc for sc in cfg.scenarios if sc.startswith("random")]
@@ -153,14 +135,7 @@ def report(args: argparse.Namespace) -> None:
         ks = ksweep.k_sweep(cfg, args.run_dir, scenario=random_sc[0], ks=(3, 5), subsets=args.k_subsets,
                             methods=("negmerge", "mean"), rules=args.k_rules, seeds=args.k_seeds,
                             device=args.device, progress=args.progress)
-        save_text(ks.to_csv(index=False), figs / f"{DATASET}_k_sweep.csv")
-        rules = list(dict.fromkeys(ks.setting))
-        fig, axes = plt.subplots(1, len(rules), figsize=(5.5 * len(rules), 3.4), squeeze=False, layout="constrained")
-        for ax, s in zip(axes[0], rules):
-            plotting.k_sweep(ks, "avg_gap", setting=s, ax=ax)
-            ax.set_title(f"{plotting.label(random_sc[0], 'scenario')}, "
-                         f"{'rule (a)' if s == benchmark.SETTING else 'rule (b)'}", loc="left")
-        plotting.save_figure(fig, figs / f"{DATASET}_k_sweep")
+        _save_drawn(ks, figs / f"{DATASET}_k_sweep.csv")
 
     seed = cfg.seeds[0]
     fig, axes = plt.subplots(len(cfg.scenarios), 3, figsize=(15, 4.2 * len(cfg.scenarios)), squeeze=False,
@@ -207,6 +182,14 @@ def report(args: argparse.Namespace) -> None:
         print(_markdown(per_seed.groupby(["setting", "method", "k"]).agg(["mean", "std"]).round(2).reset_index()))
 
 
+def _save_drawn(table: pd.DataFrame, csv: Path) -> None:
+    """Write ``table`` to ``csv`` and the figure drawn from that CSV beside it (:func:`negkit.plotting.draw`)."""
+    save_text(table.to_csv(index=False), csv)
+    stem, fig = plotting.draw(csv)
+    plotting.save_figure(fig, csv.parent / stem)
+    plt.close(fig)
+
+
 def _markdown(df: pd.DataFrame) -> str:
     """A pipe table of ``df`` (README-ready)."""
     lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
@@ -225,6 +208,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="local worker processes (one thread each)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="run: only these seeds of the config (the report covers every seed recorded)")
+    parser.add_argument("--no-retrain-metrics", dest="retrain_metrics", action="store_false",
+                        help="skip KL/JS to Retrain, ZRF and relearn epochs in the report")
     parser.add_argument("--k-subsets", type=int, default=3, help="random sub-pools per K in the pool-size sweep "
                         "(0: no sweep)")
     parser.add_argument("--k-rules", nargs="+", default=None, choices=list(benchmark.RULES),
