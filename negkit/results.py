@@ -47,8 +47,8 @@ METRICS = ("UA", "RA", "TA", "MIA", "avg_gap", "acc", "n_coefs", "coef_max_searc
 #: registries (``negkit.merge``, ``negkit.unlearn``); :func:`list_methods` adds rules registered later.
 METHODS = (
     "original", "retrain", "zeroshot", "task_arithmetic", "mean", "sum", "ties", "magmax",
-    "negmerge", "ft", "ga", "rl", "l1_sparse", "salun", "forget_vector",
-    "forget_vector_arithmetic",
+    "negmerge", "dare", "breadcrumbs", "consensus", "tsv", "ft", "ga", "rl", "l1_sparse", "salun", "iu", "be", "bs",
+    "neggrad_plus", "scrub", "ssd", "forget_vector", "forget_vector_arithmetic",
 )
 
 

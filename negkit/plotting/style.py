@@ -36,6 +36,7 @@ METHOD_LABELS = {
     "magmax": "MagMax", "negmerge": "NegMerge", "ft": "FT", "ga": "GA", "rl": "RL", "l1_sparse": "ℓ1-sparse",
     "salun": "SalUn", "forget_vector": "Forget vector", "forget_vector_arithmetic": "Forget-vector arithmetic",
     "dare": "DARE", "breadcrumbs": "Breadcrumbs", "consensus": "Consensus mask", "tsv": "TSV-M",
+    "iu": "IU", "be": "BE", "bs": "BS", "neggrad_plus": "NegGrad+", "scrub": "SCRUB", "ssd": "SSD",
 }
 #: The λ rules as readers know them (the records' ``setting``; docs: rule (a) and rule (b)).
 RULE_LABELS = {"standard": "rule (a) min_forget", "standard_match": "rule (b) match",
