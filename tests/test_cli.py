@@ -289,3 +289,37 @@ def test_a_failing_unit_is_named_with_its_traceback(where, local_run, tiny, tmp_
     err = capsys.readouterr().err
     assert "training unit 'seed_0/class_3/pool/e1_wd1e-4_ls0" in err
     assert "Traceback" in err and "load_finished" in err  # where it failed, in the unit's own process
+
+
+@pytest.mark.slow
+def test_local_workers_die_with_a_killed_main_process_and_the_resume_gives_the_same_records(tiny, reference,
+                                                                                            tmp_path):
+    """kill -9 of `negkit benchmark --workers 2`'s main process: no worker outlives it by 5 s; a resume
+    gives the records of an uninterrupted run byte for byte."""
+    from negkit.lock import WORKERS_DIR, live_workers
+
+    run_dir = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "negkit", *_bench(tiny, run_dir, "--workers", "2")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not (run_dir / "seed_0" / "original" / "done.json").exists() or not list(
+            (run_dir / WORKERS_DIR).glob("*.json")):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "the run trained nothing within 300 s"
+        time.sleep(0.05)
+    workers = [w["pid"] for w in live_workers(run_dir)]
+    assert workers, "no live worker was recorded"
+    os.kill(proc.pid, signal.SIGKILL)  # the main process only: its workers must notice on their own
+    proc.wait(timeout=60)
+    proc.stderr.close()
+    gone = time.monotonic() + 5
+    while live_workers(run_dir) and time.monotonic() < gone:
+        time.sleep(0.1)
+    left = live_workers(run_dir)
+    for w in left:
+        os.kill(w["pid"], signal.SIGKILL)
+    assert not left, f"workers {[w['pid'] for w in left]} outlived their killed parent by more than 5 s"
+
+    assert main(_bench(tiny, run_dir, "--workers", "2")) == 0  # resumes
+    assert (run_dir / "results.jsonl").read_bytes() == (reference / "results.jsonl").read_bytes()
