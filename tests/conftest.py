@@ -39,3 +39,19 @@ def write_fake_cifar10(monkeypatch) -> Callable[..., dict]:
         return files
 
     return write
+
+
+def quadrant_forget_retain():
+    """A tiny 4-class image task (8x8, class c lights up quadrant c, plus noise): (D_f of 16, D_r of 64)."""
+    import torch
+
+    from negkit.data import TensorImageDataset
+
+    g = torch.Generator().manual_seed(0)
+    n = 80
+    y = torch.arange(n) % 4
+    x = 0.1 * torch.rand(n, 1, 8, 8, generator=g)
+    for i, c in enumerate(y.tolist()):
+        r, q = divmod(c, 2)
+        x[i, 0, 4 * r:4 * r + 4, 4 * q:4 * q + 4] += 0.8
+    return TensorImageDataset(x[:16], y[:16]), TensorImageDataset(x[16:], y[16:])

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import quadrant_forget_retain
 import torch
 import torch.nn.functional as F
 
@@ -18,17 +19,7 @@ from negkit.models import get as get_model
 
 @pytest.fixture(scope="module")
 def data():
-    g = torch.Generator().manual_seed(0)
-    # 4 classes of 8x8 one-channel images: class c lights up quadrant c, plus noise.
-    n = 80
-    y = torch.arange(n) % 4
-    x = 0.1 * torch.rand(n, 1, 8, 8, generator=g)
-    for i, c in enumerate(y.tolist()):
-        r, q = divmod(c, 2)
-        x[i, 0, 4 * r:4 * r + 4, 4 * q:4 * q + 4] += 0.8
-    forget = TensorImageDataset(x[:16], y[:16])
-    retain = TensorImageDataset(x[16:], y[16:])
-    return forget, retain
+    return quadrant_forget_retain()
 
 
 @pytest.fixture(scope="module")
