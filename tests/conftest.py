@@ -41,6 +41,7 @@ def write_fake_cifar10(monkeypatch) -> Callable[..., dict]:
     return write
 
 
+@pytest.fixture(scope="session")
 def quadrant_forget_retain():
     """A tiny 4-class image task (8x8, class c lights up quadrant c, plus noise): (D_f of 16, D_r of 64)."""
     import torch

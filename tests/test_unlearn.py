@@ -5,7 +5,6 @@ import math
 
 import numpy as np
 import pytest
-from conftest import quadrant_forget_retain
 import torch
 import torch.nn.functional as F
 
@@ -18,8 +17,8 @@ from negkit.models import get as get_model
 
 
 @pytest.fixture(scope="module")
-def data():
-    return quadrant_forget_retain()
+def data(quadrant_forget_retain):
+    return quadrant_forget_retain
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ import copy
 import itertools
 
 import pytest
-from conftest import quadrant_forget_retain
 import torch
 import torch.nn.functional as F
 
@@ -19,8 +18,8 @@ NEW = ("iu", "be", "bs", "neggrad_plus", "scrub", "ssd")
 
 
 @pytest.fixture(scope="module")
-def data():
-    return quadrant_forget_retain()
+def data(quadrant_forget_retain):
+    return quadrant_forget_retain
 
 
 @pytest.fixture(scope="module")
