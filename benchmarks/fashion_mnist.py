@@ -86,6 +86,16 @@ def report(args: argparse.Namespace) -> None:
                 benchmark.record_retrain_metrics(cfg, args.run_dir, sc, seed=seed, device=args.device)
     df = benchmark.load_results(args.run_dir)
     df = df[df.scenario.isin(cfg.scenarios) & df.seed.isin(cfg.seeds)]  # notebooks may add one-seed scenarios
+    run_df = df  # the diagnostics below need every record: this run's seeds only
+    if args.join_results:
+        earlier = _earlier_table(args.join_results)
+        try:
+            df = benchmark.join_seeds(df, earlier[earlier.scenario.isin(cfg.scenarios)])
+        except ValueError as err:
+            raise SystemExit(f"--join-results {args.join_results}: {err}") from None
+        print(f"seeds {sorted(set(df.seed) - set(run_df.seed))} from {args.join_results}, "
+              f"seeds {sorted(set(run_df.seed))} from {args.run_dir}; the headline, λ curves, pool diversity, "
+              "forget-vector epochs and K sweep cover the run's seeds only")
     table = benchmark.results_table(df)
     _save_drawn(table, figs / f"{DATASET}_results.csv")
 
@@ -101,7 +111,7 @@ def report(args: argparse.Namespace) -> None:
     retrain = both[both.metric.isin(RETRAIN_METRICS) & (both.setting == benchmark.SETTING)]
     if len(retrain):
         save_text(retrain.to_csv(index=False), figs / f"{DATASET}_retrain_metrics.csv")
-    heads = pd.concat([benchmark.headline(df, setting=s).assign(setting=s) for s in settings], ignore_index=True)
+    heads = pd.concat([benchmark.headline(run_df, setting=s).assign(setting=s) for s in settings], ignore_index=True)
     save_text(heads.to_csv(index=False), figs / f"{DATASET}_headline.csv")
 
     # NegMerge minus each comparison, seed by seed: 95 % t-interval and the exact sign-flip p-value.
@@ -161,7 +171,7 @@ def report(args: argparse.Namespace) -> None:
     fig, axes = plt.subplots(len(cfg.scenarios), 2, figsize=(12, 3.6 * len(cfg.scenarios)), squeeze=False,
                              layout="constrained")
     for row, sc in zip(axes, cfg.scenarios):
-        part = df[(df.scenario == sc) & (df.seed == seed) & (df.setting == benchmark.SETTING)]
+        part = run_df[(run_df.scenario == sc) & (run_df.seed == seed) & (run_df.setting == benchmark.SETTING)]
         ref = part[(part.coef == 0) & (part.split == "val_control") & (part.metric == "acc")].value.iloc[0]
         for ax, split in zip(row, ("val_forget", "val_control")):
             diagnostics.member_curves(part, split=split, ax=ax, threshold=cfg.threshold if split == "val_control"
@@ -180,6 +190,18 @@ def report(args: argparse.Namespace) -> None:
         print("\n## pool size K (Avg. Gap, mean ± std over seeds of the sub-pool mean)\n")
         per_seed = ks[ks.metric == "avg_gap"].groupby(["setting", "method", "k", "seed"]).value.mean()
         print(_markdown(per_seed.groupby(["setting", "method", "k"]).agg(["mean", "std"]).round(2).reset_index()))
+
+
+def _earlier_table(path: str) -> pd.DataFrame:
+    """The per-seed results CSV of ``--join-results``, or a one-line exit that says what to pass."""
+    if not Path(path).is_file():
+        raise SystemExit(f"--join-results {path}: no such file; pass the fashion_mnist_results.csv an earlier "
+                         "report wrote (e.g. figures/fashion_mnist_results.csv)")
+    table = pd.read_csv(path)
+    if "scenario" not in table:
+        raise SystemExit(f"--join-results {path}: not a results table (no 'scenario' column); pass the "
+                         "fashion_mnist_results.csv an earlier report wrote")
+    return table
 
 
 def _save_drawn(table: pd.DataFrame, csv: Path) -> None:
@@ -212,6 +234,9 @@ def main() -> None:
                         help="run: only these seeds of the config (the report covers every seed recorded)")
     parser.add_argument("--no-retrain-metrics", dest="retrain_metrics", action="store_false",
                         help="skip KL/JS to Retrain, ZRF and relearn epochs in the report")
+    parser.add_argument("--join-results", default=None, metavar="CSV",
+                        help="an earlier report's fashion_mnist_results.csv: its seeds that this run dir lacks join "
+                             "the tables, summaries and paired differences (e.g. seeds 3-4 run later beside 0-2)")
     parser.add_argument("--k-subsets", type=int, default=3, help="random sub-pools per K in the pool-size sweep "
                         "(0: no sweep)")
     parser.add_argument("--k-rules", nargs="+", default=None, choices=list(benchmark.RULES),

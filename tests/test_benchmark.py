@@ -353,6 +353,28 @@ def test_pick_rule_on_hand_made_candidates():
     assert pipeline._pick(val, 200.0, 0.95, None) == ("d", False)     # none admissible: highest control
 
 
+def test_join_seeds_rebuilds_the_report_from_one_seeds_records_and_the_others_table(seeded_run, tmp_path):
+    _, _, df = seeded_run
+    table = B.results_table(df)
+    table.to_csv(tmp_path / "results.csv", index=False)
+    earlier = pd.read_csv(tmp_path / "results.csv")  # as the committed CSV reads back (notes NaN, not "")
+    joined = B.join_seeds(df[df.seed == 1], earlier)
+    cols = ["setting", "scenario", "method", "metric", "seed", "value", "coef", "n_coefs", "coef_max_searched"]
+    pd.testing.assert_frame_equal(B.results_table(joined)[cols], table[cols], check_dtype=False)
+    for setting in (B.SETTING, B.SETTING_MATCH):
+        pd.testing.assert_frame_equal(B.summary(joined, setting=setting), B.summary(df, setting=setting))
+        pd.testing.assert_frame_equal(B.paired(joined, setting=setting), B.paired(df, setting=setting))
+    pd.testing.assert_frame_equal(B.regime(joined), B.regime(df))
+    # A seed the records hold comes from the records only: the table's other values for it are ignored.
+    changed = earlier.assign(value=earlier.value + 1000)
+    again = B.results_table(B.join_seeds(df[df.seed == 1], changed))
+    assert (again[again.seed == 1].value < 1000).all() and (again[again.seed == 0].value >= 1000 - 1e-9).all()
+    with pytest.raises(ValueError, match="misses columns.*'metric'"):
+        B.join_seeds(df, earlier.drop(columns="metric"))
+    with pytest.raises(ValueError, match="twice"):
+        B.join_seeds(df, pd.concat([earlier, earlier.iloc[:1]]))
+
+
 def test_paired_differences_and_t_interval_by_hand():
     rows = []
     for seed, (nm, ta, mean) in enumerate([(1.0, 2.0, 3.0), (2.0, 2.5, 3.0), (1.5, 3.5, 3.0)]):

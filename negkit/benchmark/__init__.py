@@ -45,9 +45,9 @@ from negkit.benchmark.config import (EDGE, NO_COEF, RULES, SETTING, SETTING_MATC
                                      default_config, fashion_mnist_config, list_configs, make_config, parse_scenario,
                                      pool_configs, pool_frame)
 from negkit.benchmark.pipeline import negated_metrics, negated_model, negation_sweep, pool_task_vectors, run
-from negkit.benchmark.report import (MEMORISE_RATIO, coef_warnings, headline, load_results, mean_std, paired, regime,
-                                     regime_warnings, results_table, sign_flip_pvalue, summary, summary_table,
-                                     write_summary)
+from negkit.benchmark.report import (MEMORISE_RATIO, coef_warnings, headline, join_seeds, load_results, mean_std,
+                                     paired, regime, regime_warnings, results_table, sign_flip_pvalue, summary,
+                                     summary_table, write_summary)
 from negkit.benchmark.setup import Setup, check_run, one_seed, prepare, record_method, seed_dir
 from negkit.benchmark.extra import record_retrain_metrics
 
@@ -56,6 +56,6 @@ __all__ = [
     "list_configs", "make_config", "pool_configs", "pool_frame", "baseline_candidates", "parse_scenario", "Setup",
     "prepare", "check_run", "one_seed", "seed_dir", "record_method", "pool_task_vectors", "negated_model",
     "negation_sweep", "negated_metrics", "run", "load_results", "summary", "mean_std", "paired", "headline",
-    "results_table", "sign_flip_pvalue", "regime", "regime_warnings", "coef_warnings", "summary_table", "write_summary", "MEMORISE_RATIO", "SETTING", "SETTING_MATCH",
+    "results_table", "join_seeds", "sign_flip_pvalue", "regime", "regime_warnings", "coef_warnings", "summary_table", "write_summary", "MEMORISE_RATIO", "SETTING", "SETTING_MATCH",
     "RULES", "UNLEARNING_METRICS", "NO_COEF", "EDGE",
 ]

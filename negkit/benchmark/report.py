@@ -22,7 +22,7 @@ from negkit.metrics import RETRAIN_METRICS
 from negkit.results import METRICS, method_rank, read_results
 
 __all__ = ["load_results", "summary", "headline", "paired", "results_table", "mean_std", "sign_flip_pvalue",
-           "regime", "regime_warnings", "coef_warnings", "summary_table", "write_summary", "MEMORISE_RATIO"]
+           "regime", "regime_warnings", "join_seeds", "coef_warnings", "summary_table", "write_summary", "MEMORISE_RATIO"]
 
 _NEGATIONS = ("task_arithmetic", "mean", "ties", "magmax", "negmerge", "dare", "breadcrumbs", "consensus", "tsv")
 
@@ -324,18 +324,53 @@ def results_table(df: pd.DataFrame) -> pd.DataFrame:
     and, for negations, ``n_coefs`` (λ evaluated) and ``coef_max_searched`` (top of the range
     searched); the note says when λ hit the top of its range or when no λ was admissible.
     """
-    d = _method_rows(df, None)
+    d = _method_rows(df, None).reset_index(drop=True)
+    searched = ("n_coefs", "coef_max_searched")
+    joined = {c: d.pop(c) for c in searched if c in d}  # rows joined from an earlier table (:func:`join_seeds`)
     # The validation-selected Task Arithmetic row searched λ as its pool member did (named in its note).
-    member = d.note.str.extract(r"^val-selected pool member (\S+)$", expand=False).fillna("")
+    member = d.note.fillna("").str.extract(r"^val-selected pool member (\S+)$", expand=False).fillna("")
     d = d.assign(_member=member.where(d.method == "task_arithmetic", ""))
-    search = df[df.metric.isin(("n_coefs", "coef_max_searched"))].rename(columns={"pool_config": "_member"})
+    search = df[df.metric.isin(searched)].rename(columns={"pool_config": "_member"})
     keys = ["setting", "dataset", "scenario", "method", "seed", "_member"]
     if not search.empty:
         wide = search.pivot_table(index=keys, columns="metric", values="value", aggfunc="last").reset_index()
-        d = d.merge(wide, on=keys, how="left")
-    for c in ("n_coefs", "coef_max_searched"):
+        d = d.merge(wide, on=keys, how="left")  # a left merge keeps d's row order and index
+    for c in searched:
         if c not in d:
             d[c] = math.nan
+        if c in joined:
+            d[c] = d[c].fillna(joined[c])
     cols = ["setting", "dataset", "model", "scenario", "method", "metric", "seed", "value", "coef", "note",
             "n_coefs", "coef_max_searched"]
     return _sorted(d[cols]).sort_values(["setting", "dataset", "scenario"], kind="stable").reset_index(drop=True)
+
+
+def join_seeds(records: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """``records`` plus the rows of ``table`` for seeds ``records`` lacks: one run's seeds beside another's.
+
+    ``table`` is a per-seed results table (:func:`results_table`, e.g. a ``<dataset>_results.csv``
+    an earlier report wrote). For each (dataset, scenario) a seed that has any record in
+    ``records`` comes from ``records`` only; the other seeds' method rows come from ``table``.
+    :func:`summary`, :func:`paired`, :func:`regime` and :func:`results_table` read the result;
+    :func:`headline` needs every pool member's record, which a results table does not hold.
+
+    Raises:
+        ValueError: ``table`` misses a column of a results table, or holds a (setting, dataset,
+            scenario, method, metric, seed) twice.
+    """
+    need = ["setting", "dataset", "scenario", "method", "metric", "seed", "value"]
+    missing = [c for c in need if c not in table]
+    if missing:
+        raise ValueError(f"the results table to join misses columns {missing}: pass a <dataset>_results.csv "
+                         "written by a benchmark report (one row per setting, scenario, method, metric and seed)")
+    dup = table.duplicated(need[:-1])
+    if dup.any():
+        row = table[dup].iloc[0]
+        raise ValueError(f"the results table to join holds {row.method} {row.metric} of {row.scenario}, seed "
+                         f"{row.seed} ({row.setting}) twice: pass one report's table")
+    have = set(zip(records.dataset, records.scenario, records.seed.astype(int))) if len(records) else set()
+    keep = [(ds, sc, int(sd)) not in have for ds, sc, sd in zip(table.dataset, table.scenario, table.seed)]
+    extra = table[keep].assign(pool_config="", seed=lambda t: t.seed.astype(int))
+    if "note" in extra:
+        extra["note"] = extra.note.fillna("")
+    return pd.concat([records, extra], ignore_index=True)
