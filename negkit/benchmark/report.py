@@ -239,7 +239,7 @@ def regime(df: pd.DataFrame) -> pd.DataFrame:
 def coef_warnings(df: pd.DataFrame) -> list[str]:
     """Plain sentences for the λ searches that found nothing to do: every negation of a scenario at
     λ = 0, or searches that stopped at the top of their range with control still admissible."""
-    from negkit.benchmark.config import EDGE, ZERO_COEF
+    from negkit.benchmark.config import EDGE
 
     d = df[(df.metric == "UA") & df.method.isin(_NEGATIONS)]
     if "setting" not in d:
