@@ -32,12 +32,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from negkit import benchmark as B
 from negkit import merge
-from negkit.evaluate import coef_grid, evaluate, negation_evaluator, search_coef
+from negkit.coefs import coef_grid, negation_evaluator, search_coef
+from negkit.evaluate import evaluate
 from negkit.results import read_results
 from negkit.taskvec import TaskVector
 

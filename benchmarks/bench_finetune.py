@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from negkit.clip import model as cm
 from negkit.clip.heads import build_head
 from negkit.data import TensorImageDataset
-from negkit.evaluate import coef_grid, resolve_device
+from negkit.coefs import coef_grid
+from negkit.evaluate import resolve_device
 from negkit.train import TrainConfig, train
 
 

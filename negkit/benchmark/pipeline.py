@@ -50,7 +50,8 @@ from negkit.benchmark.setup import Setup, _done_steps, check_run, prepare, recor
 from negkit.config import to_dict
 from negkit.data import get as get_dataset
 from negkit.data.augment import training_view
-from negkit.evaluate import CoefSearch, evaluate, negation_evaluator, search_coef, select_coef
+from negkit.coefs import CoefSearch, negation_evaluator, search_coef, select_coef
+from negkit.evaluate import evaluate
 from negkit.io import load_json, save_json
 from negkit.lock import locks_run_dir
 from negkit.metrics import unlearning_metrics

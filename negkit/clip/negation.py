@@ -40,8 +40,8 @@ from negkit.clip.heads import get_head
 from negkit.clip.linearize import check_finetuning_mode
 from negkit.clip.model import ClipBackbone, ImageClassifier
 from negkit.data import DatasetBundle
-from negkit.evaluate import (CoefSearch, check_threshold, coef_grid, evaluate, negation_evaluator, resolve_device,
-                             search_coef, select_coef)
+from negkit.coefs import CoefSearch, check_threshold, coef_grid, negation_evaluator, search_coef, select_coef
+from negkit.evaluate import evaluate, resolve_device
 from negkit.lock import locks_run_dir
 from negkit.results import Record, ResultsLog
 from negkit.taskvec import TaskVector

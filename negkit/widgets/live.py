@@ -15,7 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from negkit import merge
-from negkit.evaluate import CoefSearch, coef_grid, resolve_device, search_coef, true_class_confidence
+from negkit.coefs import CoefSearch, coef_grid, search_coef
+from negkit.evaluate import resolve_device, true_class_confidence
 from negkit.metrics import accuracy, avg_gap, mia_efficacy
 from negkit.taskvec import TaskVector
 from negkit.widgets.negation import RunKey, curve_records, metric_notes

@@ -200,7 +200,7 @@ class RecordedCurves:
             return float(finite.iloc[0])
         if not rows.empty:  # final rows without λ: the pipeline found no admissible coefficient
             return None
-        from negkit.evaluate import select_coef
+        from negkit.coefs import select_coef
 
         curve = self.curve(run, method, pool_config)
         ref = self.control_reference(run, method, pool_config)
