@@ -100,15 +100,15 @@ def test_random_crop_flip_by_hand():
 
 def test_cifar10_config_trains_original_and_retrain_augmented_and_measures_clean(fake_cifar10, tmp_path,
                                                                                  monkeypatch):
-    from negkit.benchmark import config as bconfig
+    from negkit.benchmark import recipes as brecipes
     from negkit.benchmark import setup as bsetup
 
     root, _ = fake_cifar10
-    cfg = bconfig.cifar10_config(str(root))
+    cfg = brecipes.cifar10_config(str(root))
     assert cfg.data_options == {"augment": True}
     assert cfg.baseline_configs["rl"]["lr"] == cfg.baseline_configs["salun"]["lr"] == 0.013
-    small = bconfig.cifar10_config(str(root), model="small_resnet", model_options={"widths": (4, 8)},
-                                   original={"epochs": 1, "batch_size": 32}, scenarios=("random_10",))
+    small = brecipes.cifar10_config(str(root), model="small_resnet", model_options={"widths": (4, 8)},
+                                    original={"epochs": 1, "batch_size": 32}, scenarios=("random_10",))
     trained = []
     real_train = bsetup.train
 
@@ -124,10 +124,10 @@ def test_cifar10_config_trains_original_and_retrain_augmented_and_measures_clean
 
 
 def test_cifar10_original_is_salun_multisteplr_and_cosine_stays_an_option(tmp_path):
-    from negkit.benchmark import config as bconfig
+    from negkit.benchmark import recipes as brecipes
 
-    o = bconfig.cifar10_config(str(tmp_path)).original
+    o = brecipes.cifar10_config(str(tmp_path)).original
     assert (o.epochs, o.batch_size, o.lr, o.weight_decay, o.momentum, o.optimizer) == (182, 256, 0.1, 5e-4, 0.9, "sgd")
     assert (o.schedule, o.milestones, o.gamma, o.warmup_steps) == ("multistep", (91, 136), 0.1, 0)
-    cos = bconfig.cifar10_config(str(tmp_path), original={"schedule": "cosine"}).original
+    cos = brecipes.cifar10_config(str(tmp_path), original={"schedule": "cosine"}).original
     assert (cos.schedule, cos.epochs, cos.lr, cos.batch_size) == ("cosine", 182, 0.1, 256)  # only the schedule changes

@@ -10,6 +10,7 @@ import torch
 
 import negkit.data
 from negkit.clip import datasets as cd
+from negkit.clip import transforms as ct
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +51,12 @@ def test_holdout_split_cap():
 
 
 def test_randaugment_changes_training_images_only(digits_root):
-    train_tf = cd.randaugment_transform(cd.clip_transform(32), magnitude=9, num_ops=3)
+    train_tf = ct.randaugment_transform(ct.clip_transform(32), magnitude=9, num_ops=3)
     names = [type(t).__name__ for t in train_tf.transforms]
     assert names.index("RandAugment") < names.index("MaybeToTensor")
     torch.manual_seed(0)
     b = negkit.data.get("mnist", root=digits_root, source="imagefolder", image_size=32, train_transform=train_tf)
-    plain = b.train.dataset.__class__(b.train.dataset.root, transform=cd.clip_transform(32))
+    plain = b.train.dataset.__class__(b.train.dataset.root, transform=ct.clip_transform(32))
     i, v = b.train.indices[0], b.val.indices[0]
     assert any(not torch.equal(b.train[0][0], plain[i][0]) for _ in range(5))
     assert torch.equal(b.val[0][0], plain[v][0])  # {dataset}Val is never augmented
@@ -91,12 +92,12 @@ def test_randaugment_low_magnitude_posterize_gives_black_image_not_error():
     from PIL import Image
 
     img = Image.new("RGB", (8, 8), (200, 100, 50))
-    assert cd._posterize(img, 0).getextrema() == ((0, 0), (0, 0), (0, 0))
-    assert cd._posterize(img, 8) is img
-    assert cd._posterize(img, 1).getpixel((0, 0)) == (128, 0, 0)
-    tf = cd.randaugment_transform(cd.clip_transform(16), magnitude=1, num_ops=3)
+    assert ct._posterize(img, 0).getextrema() == ((0, 0), (0, 0), (0, 0))
+    assert ct._posterize(img, 8) is img
+    assert ct._posterize(img, 1).getpixel((0, 0)) == (128, 0, 0)
+    tf = ct.randaugment_transform(ct.clip_transform(16), magnitude=1, num_ops=3)
     ra = next(t for t in tf.transforms if type(t).__name__ == "RandAugment")
-    assert sum(op.aug_fn is cd._posterize for op in ra.ops) == 1
+    assert sum(op.aug_fn is ct._posterize for op in ra.ops) == 1
     random.seed(0)
     np.random.seed(0)
     for _ in range(60):  # Posterize (0 bits at m=1) is drawn in about one call in ten
@@ -153,7 +154,7 @@ def test_training_images_scanned_once_without_augmentation(digits_root, monkeypa
     assert calls == ["train", "test"]  # train folder once (train and val share it), test folder once
     assert b.train.dataset is b.val.dataset
     calls.clear()
-    train_tf = cd.randaugment_transform(cd.clip_transform(32), magnitude=1, num_ops=1)
+    train_tf = ct.randaugment_transform(ct.clip_transform(32), magnitude=1, num_ops=1)
     b = negkit.data.get("mnist", root=digits_root, source="imagefolder", image_size=32, train_transform=train_tf)
     assert calls == ["train", "train", "test"] and b.train.dataset is not b.val.dataset
 
@@ -212,16 +213,16 @@ def test_reference_layouts_eurosat_dtd_resisc45(tmp_path):
 def test_timm_train_transform_is_the_reference_recipe():
     from PIL import Image
 
-    tf = cd.timm_train_transform(16, magnitude=9, num_ops=2)
+    tf = ct.timm_train_transform(16, magnitude=9, num_ops=2)
     to_rgb, rrc, flip, ra = tf.transforms[:4]
-    assert isinstance(to_rgb, cd.ToRGB)  # single-channel images become RGB first, as in the release
+    assert isinstance(to_rgb, ct.ToRGB)  # single-channel images become RGB first, as in the release
     assert type(rrc).__name__ == "RandomResizedCropAndInterpolation" and rrc.scale == (0.08, 1.0)
     assert rrc.size == (16, 16) and len(rrc.interpolation) == 2  # bilinear or bicubic, drawn per image
-    assert isinstance(flip, cd.T.RandomHorizontalFlip) and flip.p == 0.5
+    assert isinstance(flip, ct.T.RandomHorizontalFlip) and flip.p == 0.5
     assert type(ra).__name__ == "RandAugment" and ra.num_layers == 2
     assert {op.magnitude for op in ra.ops} == {9} and {op.magnitude_std for op in ra.ops} == {0.5}
-    assert sum(op.aug_fn is cd._posterize for op in ra.ops) == 1
-    assert not any(isinstance(t, cd.T.Normalize) for t in tf.transforms)  # the model normalises
+    assert sum(op.aug_fn is ct._posterize for op in ra.ops) == 1
+    assert not any(isinstance(t, ct.T.Normalize) for t in tf.transforms)  # the model normalises
     # RandAugment fills uncovered pixels with the CLIP mean (0-255), not ImageNet's
     assert ra.ops[0].hparams["img_mean"] == (123, 117, 104)
     random.seed(0)
@@ -241,7 +242,7 @@ def test_single_channel_datasets_reach_the_transforms_as_L_images_from_every_sou
     cd.write_digits_imagefolder(tmp_path, name="svhn", size=20, per_class=4, invert=True)
     assert negkit.data.get("svhn", root=tmp_path, source="imagefolder", transform=lambda img: img.mode).test[0][0] == "RGB"
     b = negkit.data.get("mnist", root=digits_root, source="imagefolder", image_size=32,
-                        train_transform=cd.timm_train_transform(32, 9, 3))
+                        train_transform=ct.timm_train_transform(32, 9, 3))
     for seed in range(4):
         random.seed(seed)
         x, _ = b.train[seed]
@@ -253,7 +254,7 @@ def test_to_rgb_keeps_the_colours_of_palette_images():
     from PIL import Image
 
     pal = Image.new("RGB", (8, 8), (200, 10, 30)).convert("P")
-    out = cd.ToRGB(16)(pal)
+    out = ct.ToRGB(16)(pal)
     colour = pal.convert("RGB").getpixel((0, 0))
     assert len(set(colour)) == 3 and out.mode == "RGB" and out.size == (8, 8) and out.getpixel((0, 0)) == colour
 

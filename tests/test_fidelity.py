@@ -13,6 +13,7 @@ from negkit import benchmark as B
 from negkit import unlearn
 from negkit.clip import datasets as cd
 from negkit.clip import negation
+from negkit.clip import transforms as ct
 from negkit.evaluate import search_coef
 from negkit.train import TrainConfig, lr_factor, train
 
@@ -33,7 +34,7 @@ def test_clip_negation_defaults_to_the_release_grid_linspace_0_1_21():
 
 
 # ---------------------------------------------------------------- CLIP: single-channel images
-@pytest.mark.parametrize("make", [lambda: cd.timm_train_transform(32, 9, 2), lambda: cd.clip_train_transform(32)],
+@pytest.mark.parametrize("make", [lambda: ct.timm_train_transform(32, 9, 2), lambda: ct.clip_train_transform(32)],
                          ids=["randaugment", "open_clip_train"])
 def test_single_channel_images_pass_the_full_training_transform(make):
     torch.manual_seed(0)
@@ -44,14 +45,14 @@ def test_single_channel_images_pass_the_full_training_transform(make):
 
 def test_to_rgb_converts_and_resizes_single_channel_only():
     grey = Image.new("L", (28, 28), 7)
-    rgb = cd.ToRGB(64)(grey)
+    rgb = ct.ToRGB(64)(grey)
     assert rgb.mode == "RGB" and rgb.size == (64, 64) and rgb.getpixel((0, 0)) == (7, 7, 7)
     colour = Image.new("RGB", (28, 28))
-    assert cd.ToRGB(64)(colour) is colour
+    assert ct.ToRGB(64)(colour) is colour
 
 
 def test_open_clip_training_preprocess_is_a_random_resized_crop_from_0_9():
-    crops = [t for t in cd.clip_train_transform(32).transforms if type(t).__name__ == "RandomResizedCrop"]
+    crops = [t for t in ct.clip_train_transform(32).transforms if type(t).__name__ == "RandomResizedCrop"]
     assert len(crops) == 1 and tuple(crops[0].scale) == (0.9, 1.0)
 
 

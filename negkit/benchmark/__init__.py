@@ -12,7 +12,7 @@ training set; ``"class_3"``: every training image of class 3):
    (:func:`prepare`, :mod:`negkit.benchmark.setup`).
 2. **Pool**: θ_o fine-tuned on the forget set D_f once per pool configuration
    (:func:`pool_configs`; the paper's 27-member grid, epochs scaled for digits —
-   :mod:`negkit.benchmark.config`).
+   :mod:`negkit.benchmark.config`, :mod:`negkit.benchmark.recipes`).
 3. **Negation** θ(λ) = θ_o − λ·τ of each single task vector τ_k = θ_k − θ_o (Task
    Arithmetic) and of the merged pool (``mean``, ``ties``, ``magmax``, ``negmerge``),
    λ chosen on validation; then the classic baselines FT, GA, RL, ℓ1-sparse, SalUn
@@ -41,9 +41,9 @@ Example::
     benchmark.summary(df)
 """
 from negkit.benchmark.config import (EDGE, NO_COEF, RULES, SETTING, SETTING_MATCH, UNLEARNING_METRICS,
-                                     BenchmarkConfig, PoolSpec, baseline_candidates, cifar10_config, dataset_config,
-                                     default_config, fashion_mnist_config, list_configs, make_config, parse_scenario,
+                                     BenchmarkConfig, PoolSpec, baseline_candidates, make_config, parse_scenario,
                                      pool_configs, pool_frame)
+from negkit.benchmark.recipes import cifar10_config, dataset_config, default_config, fashion_mnist_config, list_configs
 from negkit.benchmark.pipeline import negated_metrics, negated_model, negation_sweep, pool_task_vectors, run
 from negkit.benchmark.report import (MEMORISE_RATIO, coef_warnings, headline, join_seeds, load_results, mean_std,
                                      paired, regime, regime_warnings, results_table, sign_flip_pvalue, summary,

@@ -14,7 +14,7 @@ NegMerge release, Kim et al. 2025), which the defaults reproduce:
 * NegMerge's pool: 30 fine-tunes per dataset differing only in RandAugment
   (magnitude 1–10 × number of ops 1–3, magnitude std 0.5) inside timm's ImageNet
   training transform: RandomResizedCrop (scale 0.08–1, random bilinear / bicubic),
-  horizontal flip 0.5, RandAugment (:func:`negkit.clip.datasets.timm_train_transform`).
+  horizontal flip 0.5, RandAugment (:func:`negkit.clip.transforms.timm_train_transform`).
 
 :class:`PoolConfig` is one member; :func:`paper_pool` builds the paper's list, any
 list of ``PoolConfig`` (other lr, weight decay, label smoothing, epochs) is a pool
@@ -40,7 +40,7 @@ from torchvision import transforms as T
 
 import negkit.data
 from negkit import io as nkio
-from negkit.clip.datasets import clip_train_transform, randaugment_transform, timm_train_transform
+from negkit.clip.transforms import clip_train_transform, randaugment_transform, timm_train_transform
 from negkit.clip.heads import get_head
 from negkit.clip.linearize import FINETUNING_MODES
 from negkit.clip.model import ClipBackbone, ImageClassifier, attention_parameter_names
@@ -154,8 +154,8 @@ class PoolConfig:
 
         Without RandAugment: the backbone's open_clip training preprocessing
         (``create_model_and_transforms``' train transform, RandomResizedCrop scale 0.9–1;
-        :func:`~negkit.clip.datasets.clip_train_transform`), as the release's plain members.
-        With it: :func:`~negkit.clip.datasets.timm_train_transform` at the backbone's image size (``augment="timm"``), or the evaluation preprocessing plus
+        :func:`~negkit.clip.transforms.clip_train_transform`), as the release's plain members.
+        With it: :func:`~negkit.clip.transforms.timm_train_transform` at the backbone's image size (``augment="timm"``), or the evaluation preprocessing plus
         RandAugment (``augment="center"``).
         """
         if self.rand_m is None:
