@@ -56,6 +56,7 @@ __all__ = [
     "list_configs", "make_config", "pool_configs", "pool_frame", "baseline_candidates", "parse_scenario", "Setup",
     "prepare", "check_run", "one_seed", "seed_dir", "record_method", "pool_task_vectors", "negated_model",
     "negation_sweep", "negated_metrics", "run", "load_results", "summary", "mean_std", "paired", "headline",
-    "results_table", "join_seeds", "sign_flip_pvalue", "regime", "regime_warnings", "coef_warnings", "summary_table", "write_summary", "MEMORISE_RATIO", "SETTING", "SETTING_MATCH",
+    "results_table", "join_seeds", "sign_flip_pvalue", "regime", "regime_warnings", "coef_warnings",
+    "summary_table", "write_summary", "record_retrain_metrics", "MEMORISE_RATIO", "SETTING", "SETTING_MATCH",
     "RULES", "UNLEARNING_METRICS", "NO_COEF", "EDGE",
 ]

@@ -16,7 +16,7 @@ import pandas as pd
 
 from negkit import merge, unlearn
 from negkit.config import check, check_distinct, check_options, from_dict, to_dict
-from negkit.evaluate import coef_grid
+from negkit.coefs import coef_grid
 from negkit.train import TrainConfig
 
 __all__ = ["PoolSpec", "BenchmarkConfig", "make_config", "pool_configs", "pool_frame", "baseline_candidates",
