@@ -13,6 +13,11 @@ setting, scenario, method, metric and seed), ``fashion_mnist_summary.csv`` (mean
 seeds, both λ rules), ``fashion_mnist_paired.csv`` (NegMerge minus validation-selected Task
 Arithmetic and minus the uniform merge, seed by seed, with 95 % t-intervals) and the figures
 ``fashion_mnist_{results_errorbars,paired,pool_diversity,consensus_vs_k,member_curves}``.
+
+Seeds can run apart: ``run --seeds 3 4 --run-dir runs/later`` then ``report --run-dir runs/later
+--join-results figures/fashion_mnist_results.csv`` takes seeds 0-2 from the earlier report's table
+(:func:`negkit.benchmark.join_seeds`: a seed comes from one source only) into the results, summary and
+paired tables; the diagnostics that need every record cover the run dir's seeds.
 """
 from __future__ import annotations
 
@@ -54,9 +59,7 @@ def _config(args: argparse.Namespace) -> benchmark.BenchmarkConfig:
 
 
 def run(args: argparse.Namespace) -> None:
-    cfg = _config(args)
-    if args.seeds:  # a subset of the seeds now (the others run, or resume, later)
-        cfg = benchmark.make_config(cfg, seeds=tuple(args.seeds))
+    cfg = _run_config(args)
     start = time.time()
     df = executor.run_benchmark(cfg, args.run_dir, device=args.device, progress=args.progress, workers=args.workers)
     minutes = (time.time() - start) / 60
@@ -65,8 +68,13 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _run_config(args: argparse.Namespace) -> benchmark.BenchmarkConfig:
-    """The config of the run in ``args.run_dir``: its own recipe, with every method the kit's config lists."""
-    return _config(args)
+    """The config of the run in ``args.run_dir``: its own recipe, with every method the kit's config lists.
+
+    ``--seeds`` narrows it: ``run`` trains those seeds now (the others run, or resume, later) and
+    ``report`` reads only them (e.g. the seeds that have finished while another still runs).
+    """
+    cfg = _config(args)
+    return benchmark.make_config(cfg, seeds=tuple(args.seeds)) if args.seeds else cfg
 
 
 def _best_baseline(summary: pd.DataFrame, scenario: str, baselines: list[str]) -> str | None:
@@ -231,7 +239,7 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--seeds", nargs="+", type=int, default=None,
-                        help="run: only these seeds of the config (the report covers every seed recorded)")
+                        help="only these seeds of the config (run: train them now, the others later; report: read them)")
     parser.add_argument("--no-retrain-metrics", dest="retrain_metrics", action="store_false",
                         help="skip KL/JS to Retrain, ZRF and relearn epochs in the report")
     parser.add_argument("--join-results", default=None, metavar="CSV",
