@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from negkit import analysis, benchmark, executor, plotting  # noqa: E402
-from negkit.benchmark import ksweep  # noqa: E402
+from negkit.benchmark import extra, ksweep  # noqa: E402
 from negkit.io import load_json, save_text  # noqa: E402
 from negkit.metrics import RETRAIN_METRICS  # noqa: E402
 from negkit.plotting import diagnostics  # noqa: E402
@@ -88,19 +88,15 @@ def report(args: argparse.Namespace) -> None:
     cfg = _run_config(args)
     figs = Path(args.figures_dir)
     plotting.set_style()
+    run_df, df = _records(args, cfg)
     if args.retrain_metrics:  # KL/JS to Retrain, ZRF, relearn epochs (recorded once; a rerun adds nothing)
         for sc in cfg.scenarios:
+            best = extra.best_baseline(df, cfg, sc)  # over every seed of the tables, joined ones included
+            methods = [*extra.DEFAULT_METHODS, *([best] if best else [])]
             for seed in cfg.seeds:
-                benchmark.record_retrain_metrics(cfg, args.run_dir, sc, seed=seed, device=args.device)
-    df = benchmark.load_results(args.run_dir)
-    df = df[df.scenario.isin(cfg.scenarios) & df.seed.isin(cfg.seeds)]  # notebooks may add one-seed scenarios
-    run_df = df  # the diagnostics below need every record: this run's seeds only
+                benchmark.record_retrain_metrics(cfg, args.run_dir, sc, seed=seed, device=args.device, methods=methods)
+        run_df, df = _records(args, cfg)
     if args.join_results:
-        earlier = _earlier_table(args.join_results)
-        try:
-            df = benchmark.join_seeds(df, earlier[earlier.scenario.isin(cfg.scenarios)])
-        except ValueError as err:
-            raise SystemExit(f"--join-results {args.join_results}: {err}") from None
         print(f"seeds {sorted(set(df.seed) - set(run_df.seed))} from {args.join_results}, "
               f"seeds {sorted(set(run_df.seed))} from {args.run_dir}; the headline, λ curves, pool diversity, "
               "forget-vector epochs and K sweep cover the run's seeds only")
@@ -198,6 +194,19 @@ def report(args: argparse.Namespace) -> None:
         print("\n## pool size K (Avg. Gap, mean ± std over seeds of the sub-pool mean)\n")
         per_seed = ks[ks.metric == "avg_gap"].groupby(["setting", "method", "k", "seed"]).value.mean()
         print(_markdown(per_seed.groupby(["setting", "method", "k"]).agg(["mean", "std"]).round(2).reset_index()))
+
+
+def _records(args: argparse.Namespace, cfg: benchmark.BenchmarkConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The run's records of ``cfg``'s seeds and scenarios, and those joined with ``--join-results``'s other seeds."""
+    df = benchmark.load_results(args.run_dir)
+    run_df = df[df.scenario.isin(cfg.scenarios) & df.seed.isin(cfg.seeds)]  # notebooks may add one-seed scenarios
+    if not args.join_results:
+        return run_df, run_df
+    earlier = _earlier_table(args.join_results)
+    try:
+        return run_df, benchmark.join_seeds(run_df, earlier[earlier.scenario.isin(cfg.scenarios)])
+    except ValueError as err:
+        raise SystemExit(f"--join-results {args.join_results}: {err}") from None
 
 
 def _earlier_table(path: str) -> pd.DataFrame:
