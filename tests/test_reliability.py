@@ -139,8 +139,11 @@ def test_sigint_during_a_benchmark_prints_the_resume_command_and_no_traceback(tm
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "negkit", "benchmark", "--smoke", "--config", str(cfg), "--run-dir", str(run_dir),
            "--quiet", "--workers", "2"]
+    # As from a terminal: a shell's background job (CI launched with `&`) passes SIGINT on ignored, and Python
+    # then leaves it ignored; the child gets the default disposition back before it starts.
     proc = subprocess.Popen(cmd, cwd=Path(__file__).parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not list(run_dir.glob("seed_0/*/checkpoint.safetensors")) and \
             not list(run_dir.glob("seed_0/*/*/checkpoint.safetensors")):  # a model is mid-training
