@@ -18,6 +18,10 @@ Seeds can run apart: ``run --seeds 3 4 --run-dir runs/later`` then ``report --ru
 --join-results figures/fashion_mnist_results.csv`` takes seeds 0-2 from the earlier report's table
 (:func:`negkit.benchmark.join_seeds`: a seed comes from one source only) into the results, summary and
 paired tables; the diagnostics that need every record cover the run dir's seeds.
+
+``tables [--figures-dir figures] [--check | --write docs/results.md]`` prints the markdown tables
+docs/results.md quotes, drawn from the report's CSVs (:mod:`negkit.benchmark.markdown`), checks that
+each marked table of the file is as rendered, or rewrites them.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from negkit import analysis, benchmark, executor, plotting  # noqa: E402
-from negkit.benchmark import extra, ksweep  # noqa: E402
+from negkit.benchmark import extra, ksweep, markdown  # noqa: E402
 from negkit.io import load_json, save_text  # noqa: E402
 from negkit.metrics import RETRAIN_METRICS  # noqa: E402
 from negkit.plotting import diagnostics  # noqa: E402
@@ -236,9 +240,95 @@ def _markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+#: Rows of the docs' tables, in reading order.
+DOC_METHODS = ("original", "task_arithmetic", "mean", "ties", "magmax", "negmerge", "dare", "breadcrumbs",
+               "consensus", "tsv", "ft", "ga", "rl", "l1_sparse", "salun", "iu", "be", "bs", "neggrad_plus",
+               "scrub", "ssd", "forget_vector")
+TABLE_MARK = "<!-- table:"
+NEWER = ("iu", "be", "bs", "neggrad_plus", "scrub", "ssd")
+RETRAIN_COLUMNS = {"kl_retrain_forget": "KL on D_f", "kl_retrain_test": "KL on test", "zrf": "ZRF",
+                   "relearn_epochs": "relearn epochs"}
+
+
+def doc_tables(figures_dir: str | Path) -> dict[str, str]:
+    """The markdown tables docs/results.md quotes, drawn from the report's CSVs in ``figures_dir``."""
+    fig = Path(figures_dir)
+    summary = pd.read_csv(fig / f"{DATASET}_summary.csv")
+    paired = pd.read_csv(fig / f"{DATASET}_paired.csv")
+    scenarios = sorted(summary.scenario.unique(), key=lambda s: (not s.startswith("random"), s))
+    tables = {"avg_gap": markdown.gap_table(summary, methods=DOC_METHODS, fallback="standard", columns=[
+        (s, r) for s in scenarios for r in ("standard", "standard_match")
+        if ((summary.scenario == s) & (summary.setting == r)).any()])}
+    tables["newer"] = markdown.metric_table(summary, scenarios=scenarios, methods=NEWER,
+                                            labels={m: markdown.method_label(m) for m in NEWER})
+    tables["references"] = markdown.metric_table(summary, scenarios=scenarios,
+                                                 methods=("original", "retrain", "negmerge", "forget_vector"))
+    retrain = fig / f"{DATASET}_retrain_metrics.csv"
+    if retrain.is_file():
+        out = pd.read_csv(retrain)
+        rows = []
+        for s in scenarios:
+            best = paired[(paired.scenario == s) & paired.best_baseline.astype(bool)].b
+            methods = ["original", "retrain", "task_arithmetic", "mean", "negmerge", *best.unique()[:1]]
+            labels = {"task_arithmetic": "Task Arithmetic (val.)",
+                      **{b: f"{markdown.method_label(b)} (best baseline)" for b in best.unique()[:1]}}
+            rows.append(markdown.metric_table(out, scenarios=[s], methods=methods, metrics=tuple(RETRAIN_COLUMNS),
+                                              headers=RETRAIN_COLUMNS, labels=labels, zero=("retrain",),
+                                              digits={**dict.fromkeys(RETRAIN_COLUMNS, 3), "relearn_epochs": 1}))
+        tables["retrain_metrics"] = rows[0] + "".join("\n" + r.split("\n", 2)[2] for r in rows[1:])
+    tables["regime"] = markdown.regime_table(pd.read_csv(fig / f"{DATASET}_regime.csv"))
+    tables["paired"] = markdown.paired_table(paired)
+    return tables
+
+
+def _tables_in(text: str) -> dict[str, tuple[int, int]]:
+    """Where each ``<!-- table: NAME -->`` marker's table lies in ``text`` (start and end offsets)."""
+    spans, pos = {}, 0
+    while (at := text.find(TABLE_MARK, pos)) >= 0:
+        name_end = text.index("-->", at)
+        name = text[at + len(TABLE_MARK):name_end].strip()
+        start = text.index("\n", name_end) + 1
+        end = start
+        while text.startswith("|", end):
+            end = text.find("\n", end) + 1 or len(text)
+        spans[name] = (start, end)
+        pos = end
+    return spans
+
+
+def tables(args: argparse.Namespace) -> None:
+    """Print the docs' tables from ``--figures-dir``'s CSVs, check a document quotes them, or rewrite it.
+
+    A document marks each table it quotes with ``<!-- table: NAME -->`` on the line above it
+    (names: :func:`doc_tables`'s keys); ``--check FILE`` exits non-zero naming every table that
+    differs from the CSVs, ``--write FILE`` replaces them (written atomically).
+    """
+    rendered = doc_tables(args.figures_dir)
+    path = args.check or args.write
+    if not path:
+        for name, text in rendered.items():
+            print(f"{TABLE_MARK} {name} -->\n{text}\n")
+        return
+    text = Path(path).read_text()
+    spans = _tables_in(text)
+    unknown = sorted(set(spans) - set(rendered))
+    if unknown:
+        raise SystemExit(f"{path}: table markers {unknown} name no table; known: {sorted(rendered)}")
+    stale = [n for n, (a, b) in spans.items() if text[a:b].rstrip("\n") != rendered[n]]
+    if args.check:
+        if stale:
+            raise SystemExit(f"{path}: the tables {stale} differ from {args.figures_dir}'s CSVs; rewrite them with "
+                             f"`python benchmarks/fashion_mnist.py tables --figures-dir {args.figures_dir} --write {path}`")
+        print(f"{path}: its {len(spans)} tables match {args.figures_dir}'s CSVs")
+        return
+    for name, (a, b) in sorted(spans.items(), key=lambda kv: -kv[1][0]):
+        text = text[:a] + rendered[name] + "\n" + text[b:]
+    save_text(text, path)
+    print(f"{path}: rewrote {len(stale)} of its {len(spans)} tables from {args.figures_dir}'s CSVs")
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=("run", "report"))
+    parser.add_argument("step", choices=("run", "report", "tables"))
     parser.add_argument("--run-dir", default=None, help="default: runs/fashion_mnist (runs/fashion_mnist_full)")
     parser.add_argument("--figures-dir", default="figures")
     parser.add_argument("--data-root", default=None, help="folder of the IDX files (default: Debian's)")
@@ -259,11 +349,15 @@ def main() -> None:
     parser.add_argument("--k-rules", nargs="+", default=None, choices=list(benchmark.RULES),
                         help="λ rules of the pool-size sweep (default: the run's)")
     parser.add_argument("--k-seeds", nargs="+", type=int, default=None, help="seeds of the sweep (default: the run's)")
+    checks = parser.add_mutually_exclusive_group()
+    checks.add_argument("--check", default=None, metavar="FILE",
+                        help="tables: exit non-zero unless every marked table of FILE (docs/results.md) is as rendered")
+    checks.add_argument("--write", default=None, metavar="FILE", help="tables: rewrite FILE's marked tables")
     args = parser.parse_args()
     args.run_dir = args.run_dir or ("runs/fashion_mnist_full" if args.full else
                                     "runs/fashion_mnist_quick" if args.quick else "runs/fashion_mnist")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    {"run": run, "report": report}[args.step](args)
+    {"run": run, "report": report, "tables": tables}[args.step](args)
 
 
 if __name__ == "__main__":
