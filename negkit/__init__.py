@@ -9,8 +9,8 @@ Map of the package (one concept per module):
   (FT, GA, RL, ℓ1-sparse, SalUn, IU, BE, BS, NegGrad+, SCRUB, SSD; one module each), ``forget_vectors`` (input perturbations).
 * ``benchmark`` (the paper's protocol over seeds), ``executor`` (local workers, Ray), ``clip``
   (open_clip task negation); ``results`` (tidy records), ``load_run`` (a run folder read back).
-* ``analysis`` + ``plotting`` (sign consensus, figures from tables), ``widgets`` (the explorer),
-  ``notebook`` (what every notebook runs first); ``cli`` is the ``negkit`` command.
+* ``analysis`` (sign consensus), ``diversity`` (pool diversity) + ``plotting`` (figures from tables),
+  ``widgets`` (the explorer), ``notebook`` (what every notebook runs first); ``cli`` is the ``negkit`` command.
 """
 __version__ = "0.1.0"
 

@@ -220,17 +220,3 @@ def test_frac_kept_uses_the_merge_registry(tmp_path):
     assert not math.isnan(mem["frac_kept_negmerge"].sum())
     assert analysis.ALL == "all"
 
-
-def test_pool_diversity_by_hand_and_near_duplicates():
-    tvs = [{"w": torch.tensor([3.0, 4.0])}, {"w": torch.tensor([3.0, 4.0001])}, {"w": torch.tensor([-4.0, 3.0])}]
-    div = analysis.pool_diversity(tvs, names=["a", "b", "c"]).set_index(["a", "b"])
-    assert len(div) == 9
-    assert div.loc[("a", "c"), "cosine"] == pytest.approx(0.0)          # (3,4)·(−4,3) = 0
-    assert div.loc[("a", "a"), "cosine"] == pytest.approx(1.0)
-    assert div.loc[("a", "c"), "agreement"] == pytest.approx(0.5)       # signs (+,+) vs (−,+)
-    assert div.loc[("a", "c"), "rel_distance"] == pytest.approx(math.sqrt(50) / 5)
-    assert div.loc[("a", "b"), "rel_distance"] == pytest.approx(1e-4 / 5, rel=1e-2)  # float32 4.0001
-    assert div.loc[("c", "c"), "norm_a"] == pytest.approx(5.0)
-    groups = analysis.distinct_members(div.reset_index())
-    assert groups == [["a", "b"], ["c"]]
-    assert analysis.distinct_members(div.reset_index(), tol=1e-6) == [["a"], ["b"], ["c"]]
