@@ -14,7 +14,7 @@ usually through the :func:`locks_run_dir` decorator. The lock is an exclusive
 * the same process may re-enter a run dir it holds (a runner calling another).
 
 Opening a run dir also removes the temporary files of writes that a killed
-process left behind (:func:`negkit.io.clean_orphans`), and records the run
+process left behind (:func:`negkit.atomic.clean_orphans`), and records the run
 environment (thread count, torch and negkit versions, device) in
 ``environment.json``: a resume under another environment warns, because results
 are bitwise deterministic only at a fixed thread count, device and version.
@@ -39,8 +39,7 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar, Union
 
 import torch
 
-from negkit import __version__
-from negkit import io as nkio
+from negkit import __version__, atomic
 from negkit.evaluate import resolve_device
 
 __all__ = ["RunDirLocked", "lock_run_dir", "locks_run_dir", "holder", "environment", "check_environment",
@@ -164,7 +163,7 @@ def lock_run_dir(run_dir: str | os.PathLike, *, device: Any = None, clean: bool 
             _held[key] = 1
         try:
             if clean:
-                removed = nkio.clean_orphans(run_dir)
+                removed = atomic.clean_orphans(run_dir)
                 if removed:
                     logger.info("%s: removed %d temporary file(s) of interrupted writes", run_dir, len(removed))
             check_environment(run_dir, device=device)
@@ -200,7 +199,7 @@ def register_worker(run_dir: str | os.PathLike) -> Path:
     """
     pid = os.getpid()
     info = {"pid": pid, "host": socket.gethostname(), "start": _start_time(pid), "parent": os.getppid()}
-    return nkio.save_json(info, Path(run_dir) / WORKERS_DIR / f"{pid}.json")
+    return atomic.save_json(info, Path(run_dir) / WORKERS_DIR / f"{pid}.json")
 
 
 def live_workers(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -213,7 +212,7 @@ def live_workers(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     folder, here, live = Path(run_dir) / WORKERS_DIR, socket.gethostname(), []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
-            info = nkio.load_json(path)
+            info = atomic.load_json(path)
             pid = int(info["pid"])
         except (OSError, ValueError, TypeError, KeyError):
             info, pid = None, None
@@ -277,15 +276,15 @@ def check_environment(run_dir: str | os.PathLike, *, device: Any = None) -> dict
     path = Path(run_dir) / ENV_FILE
     now = environment(device)
     if not path.exists():
-        nkio.save_json(now, path)
+        atomic.save_json(now, path)
         return {}
     try:
-        saved = nkio.load_json(path)
+        saved = atomic.load_json(path)
     except (OSError, ValueError):
         saved = None
     if not isinstance(saved, dict):
         warnings.warn(f"{path} is not an environment record; rewriting it", RuntimeWarning, stacklevel=3)
-        nkio.save_json(now, path)
+        atomic.save_json(now, path)
         return {}
     diff = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
     if diff:
