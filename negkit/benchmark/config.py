@@ -19,8 +19,9 @@ from negkit.config import check, check_distinct, check_options, from_dict, to_di
 from negkit.coefs import coef_grid
 from negkit.train import TrainConfig
 
-__all__ = ["PoolSpec", "BenchmarkConfig", "make_config", "pool_configs", "pool_frame", "baseline_candidates",
-           "parse_scenario", "SETTING", "SETTING_MATCH", "RULES", "UNLEARNING_METRICS", "NO_COEF", "EDGE", "ZERO_COEF"]
+__all__ = ["PoolSpec", "BenchmarkConfig", "make_config", "on_top", "pool_configs", "pool_frame", "baseline_candidates",
+           "parse_scenario", "SETTING", "SETTING_MATCH", "RULES", "UNLEARNING_METRICS", "NO_COEF", "EDGE",
+           "ZERO_COEF"]
 
 SETTING = "standard"
 UNLEARNING_METRICS = ("UA", "RA", "TA", "MIA")
@@ -243,11 +244,21 @@ def make_config(values: Mapping[str, Any] | BenchmarkConfig | None = None, **ove
 _NESTED = ("original", "pool", "data_options", "model_options", "baseline_configs", "forget_vector_configs")
 
 
-def _on_top(recipe: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """``recipe`` with ``overrides``; a dict given for a field of :data:`_NESTED` updates the recipe's dict.
+def on_top(recipe: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A recipe's dict with a caller's overrides applied on top, one level into nested fields.
 
-    So ``default_config(smoke=True, pool={"epochs": (1, 2, 3)})`` changes the smoke pool's epochs
-    only (3 × 1 × 2 = 6 members) instead of replacing the pool with the paper's 3 × 3 × 3 grid.
+    A dict given for a field of :data:`_NESTED` updates the recipe's dict instead of replacing it
+    (for ``baseline_configs`` and ``forget_vector_configs``, per method or kind as well). So
+    ``default_config(smoke=True, pool={"epochs": (1, 2, 3)})`` changes the smoke pool's epochs only
+    (3 × 1 × 2 = 6 members) instead of replacing the pool with the paper's 3 × 3 × 3 grid. The ready
+    recipes of :mod:`negkit.benchmark.recipes` pass their result to :func:`make_config`.
+
+    Args:
+        recipe: A recipe's plain values (fields of :class:`BenchmarkConfig`).
+        overrides: The caller's values; they win over ``recipe``.
+
+    Returns:
+        A new dict; neither argument is changed.
     """
     out = {**recipe, **overrides}
     for key in _NESTED:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from negkit import unlearn
-from negkit.benchmark.config import BenchmarkConfig, _on_top, make_config
+from negkit.benchmark.config import BenchmarkConfig, make_config, on_top
 from negkit.config import to_dict
 
 __all__ = ["default_config", "cifar10_config", "fashion_mnist_config", "dataset_config", "list_configs",
@@ -49,12 +49,12 @@ def default_config(*, smoke: bool = False, **overrides: Any) -> BenchmarkConfig:
             coefs=(0.0, 0.25, 0.5, 0.75, 1.0), coef_step=0.25,
             baseline_configs={m: {"epochs": 1} for m in unlearn.list_methods()}, smoke=True,
         )
-        return make_config(_on_top(smoke_values, overrides))
+        return make_config(on_top(smoke_values, overrides))
     digits: dict[str, Any] = dict(
         original={"epochs": 10}, baseline_grid=DIGITS_BASELINE_GRID,
         baseline_configs={"rl": {"epochs": 3}, "salun": {"epochs": 3}},  # each epoch passes D_f and D_r
         pool={"epochs": (4, 6), "weight_decays": (1e-4, 1e-5), "label_smoothings": (0.0, 0.1)})
-    return make_config(_on_top(digits, overrides))
+    return make_config(on_top(digits, overrides))
 
 
 #: Baseline settings tried on digits: the learning rate around :func:`negkit.unlearn.default_config`'s
@@ -179,7 +179,7 @@ def fashion_mnist_config(*, full: bool = False, quick: bool = False, data_root: 
         )
     values.update(dataset="fashion_mnist", data_root=None if data_root is None else str(data_root),
                   scenarios=("random_10", "class_0"))
-    return make_config(_on_top(values, overrides))
+    return make_config(on_top(values, overrides))
 
 
 _CONFIGS = {"digits": default_config, "fashion_mnist": fashion_mnist_config}
@@ -250,4 +250,4 @@ def cifar10_config(data_root: str | None = None, **overrides: Any) -> BenchmarkC
                           "salun": {"epochs": 10, "lr": 0.013, "batch_size": 256}},
         eval_batch_size=1024,
     )
-    return make_config(_on_top(values, overrides))
+    return make_config(on_top(values, overrides))
