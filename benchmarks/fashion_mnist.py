@@ -188,16 +188,17 @@ def report(args: argparse.Namespace) -> None:
     plotting.save_figure(fig, figs / f"{DATASET}_member_curves")
 
     print("\n## regime: does the Original memorise D_f?\n")
-    print(_markdown(regime.round(2)))
+    print(markdown.frame_table(regime.round(2)))
     for setting, t in summaries.items():
         print(f"\n## {setting}: mean ± std over seeds\n")
-        print(_markdown(benchmark.mean_std(t).reset_index()))
+        print(markdown.frame_table(benchmark.mean_std(t).reset_index()))
     print("\n## paired differences NegMerge − other (95 % t-interval, exact sign-flip p)\n")
-    print(_markdown(paired.round(3)))
+    print(markdown.frame_table(paired.round(3)))
     if random_sc and args.k_subsets > 0:
         print("\n## pool size K (Avg. Gap, mean ± std over seeds of the sub-pool mean)\n")
         per_seed = ks[ks.metric == "avg_gap"].groupby(["setting", "method", "k", "seed"]).value.mean()
-        print(_markdown(per_seed.groupby(["setting", "method", "k"]).agg(["mean", "std"]).round(2).reset_index()))
+        spread = per_seed.groupby(["setting", "method", "k"]).agg(["mean", "std"]).round(2)
+        print(markdown.frame_table(spread.reset_index()))
 
 
 def _records(args: argparse.Namespace, cfg: benchmark.BenchmarkConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -231,13 +232,6 @@ def _save_drawn(table: pd.DataFrame, csv: Path) -> None:
     stem, fig = plotting.draw(csv)
     plotting.save_figure(fig, csv.parent / stem)
     plt.close(fig)
-
-
-def _markdown(df: pd.DataFrame) -> str:
-    """A pipe table of ``df`` (README-ready)."""
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(map(str, row)) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 #: Rows of the docs' tables, in reading order.

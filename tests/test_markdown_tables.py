@@ -58,6 +58,11 @@ def test_paired_and_regime_tables():
     assert markdown.regime_table(regime).splitlines()[2] == "| random 10 % | 1 | 99.00 | 1.00 | 10.00 | no |"
 
 
+def test_frame_table_shows_any_frame():
+    assert markdown.frame_table(pd.DataFrame({"k": [3, 5], "mean": [3.79, 3.85]})).splitlines() == [
+        "| k | mean |", "|---|---|", "| 3 | 3.79 |", "| 5 | 3.85 |"]
+
+
 def test_metric_table_prints_zero_for_an_exact_reference():
     summary = _summary([("standard", "class_0", "retrain", "kl", 0.0, 0.0, 5),
                         ("standard", "class_0", "negmerge", "kl", 2.4134, 0.8, 5)])

@@ -19,7 +19,8 @@ import pandas as pd
 
 from negkit.plotting.style import METHOD_LABELS
 
-__all__ = ["scenario_label", "method_label", "cell", "gap_table", "metric_table", "paired_table", "regime_table"]
+__all__ = ["scenario_label", "method_label", "cell", "frame_table", "gap_table", "metric_table", "paired_table",
+           "regime_table"]
 
 #: Names the docs use where they differ from the figure legends.
 DOC_LABELS = {"original": "Original (no unlearning)", "task_arithmetic": "Task Arithmetic, val.-selected member",
@@ -78,6 +79,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def frame_table(df: pd.DataFrame) -> str:
+    """Any DataFrame as a pipe table, its columns as the header and each value as ``str`` shows it."""
+    return _table([str(c) for c in df.columns], [[str(v) for v in row] for row in df.itertuples(index=False)])
+
+
 def gap_table(summary: pd.DataFrame, *, columns: Sequence[tuple[str, str]], methods: Sequence[str] | None = None,
               metric: str = "avg_gap", labels: Mapping[str, str] | None = None, digits: int = 2,
               fallback: str | None = None) -> str:
@@ -122,7 +128,7 @@ def metric_table(summary: pd.DataFrame, *, scenarios: Sequence[str], methods: Se
     """One row per scenario and method, one column per metric (mean ± std).
 
     Args:
-        labels: Row names per method (``{"ft": "FT (best baseline)"}``); a callable-free mapping.
+        labels: Row names per method (``{"ft": "FT (best baseline)"}``).
         headers: Column names per metric (default: the metric's name).
         digits: Decimals, one number or per metric.
         zero: Methods shown as ``0`` where their value is exactly 0 with no spread (Retrain's divergence
