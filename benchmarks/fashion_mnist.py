@@ -260,16 +260,14 @@ def doc_tables(figures_dir: str | Path) -> dict[str, str]:
     retrain = fig / f"{DATASET}_retrain_metrics.csv"
     if retrain.is_file():
         out = pd.read_csv(retrain)
-        rows = []
-        for s in scenarios:
-            best = paired[(paired.scenario == s) & paired.best_baseline.astype(bool)].b
-            methods = ["original", "retrain", "task_arithmetic", "mean", "negmerge", *best.unique()[:1]]
-            labels = {"task_arithmetic": "Task Arithmetic (val.)",
-                      **{b: f"{markdown.method_label(b)} (best baseline)" for b in best.unique()[:1]}}
-            rows.append(markdown.metric_table(out, scenarios=[s], methods=methods, metrics=tuple(RETRAIN_COLUMNS),
-                                              headers=RETRAIN_COLUMNS, labels=labels, zero=("retrain",),
-                                              digits={**dict.fromkeys(RETRAIN_COLUMNS, 3), "relearn_epochs": 1}))
-        tables["retrain_metrics"] = rows[0] + "".join("\n" + r.split("\n", 2)[2] for r in rows[1:])
+        best = {s: list(paired[(paired.scenario == s) & paired.best_baseline.astype(bool)].b.unique()[:1])
+                for s in scenarios}
+        methods = {s: ["original", "retrain", "task_arithmetic", "mean", "negmerge", *best[s]] for s in scenarios}
+        labels = {"task_arithmetic": "Task Arithmetic (val.)",
+                  **{b: f"{markdown.method_label(b)} (best baseline)" for bs in best.values() for b in bs}}
+        tables["retrain_metrics"] = markdown.metric_table(
+            out, scenarios=scenarios, methods=methods, metrics=tuple(RETRAIN_COLUMNS), headers=RETRAIN_COLUMNS,
+            labels=labels, zero=("retrain",), digits={**dict.fromkeys(RETRAIN_COLUMNS, 3), "relearn_epochs": 1})
     tables["regime"] = markdown.regime_table(pd.read_csv(fig / f"{DATASET}_regime.csv"))
     tables["paired"] = markdown.paired_table(paired)
     return tables

@@ -121,13 +121,15 @@ def gap_table(summary: pd.DataFrame, *, columns: Sequence[tuple[str, str]], meth
     return _table(header, rows)
 
 
-def metric_table(summary: pd.DataFrame, *, scenarios: Sequence[str], methods: Sequence[str],
+def metric_table(summary: pd.DataFrame, *, scenarios: Sequence[str],
+                 methods: Sequence[str] | Mapping[str, Sequence[str]],
                  metrics: Sequence[str] = ("UA", "RA", "TA", "MIA"), setting: str = "standard",
                  labels: Mapping[str, str] | None = None, headers: Mapping[str, str] | None = None,
                  digits: Mapping[str, int] | int = 2, zero: Sequence[str] = ()) -> str:
     """One row per scenario and method, one column per metric (mean ± std).
 
     Args:
+        methods: The rows of every scenario, or per scenario (``{"random_10": [..., "ft"], "class_0": [..., "rl"]}``).
         labels: Row names per method (``{"ft": "FT (best baseline)"}``).
         headers: Column names per metric (default: the metric's name).
         digits: Decimals, one number or per metric.
@@ -139,7 +141,7 @@ def metric_table(summary: pd.DataFrame, *, scenarios: Sequence[str], methods: Se
     header = ["scenario", "method"] + [(headers or {}).get(k, k) for k in metrics]
     rows = []
     for s in scenarios:
-        for m in methods:
+        for m in (methods.get(s, ()) if isinstance(methods, Mapping) else methods):
             row = [scenario_label(s), method_label(m, labels)]
             for k in metrics:
                 d = digits if isinstance(digits, int) else digits.get(k, 2)
